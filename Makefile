@@ -1,0 +1,35 @@
+# The README's commands. Everything installs into .venv from constraints.txt (what CI tested).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+FOPT   := $(VENV)/bin/fopt
+STAMP  := $(VENV)/.fopt-installed
+DEMO_OUT ?= artifacts/demo
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: the whole pipeline on the embedded synthetic dataset.
+demo: $(STAMP)
+	$(FOPT) pipeline --out $(DEMO_OUT)
+
+# Fast test suite (slow/GPU tests skip themselves).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Everything, including tests marked slow.
+test-all: $(STAMP)
+	FOPT_SLOW=1 $(PY) -m pytest -q
+
+# Speed and estimate-quality benchmarks; JSON and plots under artifacts/bench/.
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py --out artifacts/bench
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,55 @@
+"""The one family of errors a user can cause.
+
+Every error the user can fix (missing file, wrong format, bad option, corrupt checkpoint, no GPU,
+missing optional package) is a `FoptError`. The CLI prints ``error: <message>`` on one line and
+exits with status 2; ``fopt --debug`` shows the traceback. Bugs are anything else and keep their
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class FoptError(Exception):
+    """Base class: a problem the user can fix. Message must fit on one line."""
+
+    exit_code = 2
+
+
+class UsageError(FoptError):
+    """Conflicting or invalid options (say what to pass instead)."""
+
+
+class InputError(FoptError):
+    """An input file or folder is missing, unreadable or of the wrong format."""
+
+
+class DataError(InputError):
+    """A dataset or annotation file is malformed (name the file and line)."""
+
+
+class CheckpointError(InputError):
+    """A file is not a fopt checkpoint, is truncated, or names an unknown model."""
+
+
+class OutputExistsError(FoptError):
+    """An output exists and --force was not given."""
+
+
+class MissingDependency(FoptError):
+    """An optional package is needed: the message says what to pip install."""
+
+
+class DeviceUnavailable(FoptError):
+    """The requested device (e.g. CUDA) is not available here."""
+
+
+class ExportError(FoptError):
+    """Export failed inside the exporter; no partial file is left."""
+
+
+class ValidationError(FoptError):
+    """An artifact does not match its parent (shape mismatch, parity over tolerance)."""
+
+
+class AnalysisIncomplete(FoptError):
+    """--strict analysis met an op type it cannot count."""

@@ -1,0 +1,174 @@
+"""One interface for everything that executes a model.
+
+A `Runner` loads one artifact for one device, runs a batch, reports the input spec from the
+artifact's card, and closes. Eval, export parity, optimize accuracy checks and bench all go through
+runners; there is no second way to run a model. Backends live one per module and register
+themselves in `RUNNERS` under the artifact format they run (the card's ``format`` field).
+
+Public methods validate; backends implement the ``_*_impl`` methods (Polygraphy BaseRunner).
+Timing-sensitive callers (bench) use ``prepare`` once and then ``run_prepared`` in the loop, so
+host-side conversion is not inside the timed region unless they want it to be.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fopt.artifacts import InputSpec, detect_format, read_card
+from fopt.errors import DeviceUnavailable, InputError, ValidationError
+from fopt.registry import Registry
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' if available else 'cpu'; 'cuda' without a GPU is a clear error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    raise DeviceUnavailable("--device cuda requested but no CUDA GPU is available "
+                            "(torch.cuda.is_available() is False)")
+
+
+class Runner(abc.ABC):
+    """Runs one artifact. Use as a context manager, or call load()/close()."""
+
+    format: ClassVar[str] = ""
+    backend: ClassVar[str] = ""   # human/bench name, e.g. "torch-eager", "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
+                 **options: Any):
+        self.path = Path(path)
+        self.device = resolve_device(device)
+        self.threads = threads
+        self.options = options
+        self.card: dict[str, Any] = self._read_card()
+        self._loaded = False
+        self.last_infer_s: float | None = None
+
+    # -- metadata ------------------------------------------------------------------------------
+    def _read_card(self) -> dict[str, Any]:
+        """The sidecar card; backends override to read an embedded copy when the sidecar is gone."""
+        card = read_card(self.path, required=False)
+        if card is None:
+            raise InputError(f"{self.path}: no artifact card ({self.path.name}.json) beside it; "
+                             f"fopt needs it to know the input size and normalisation")
+        return card
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.from_dict(self.card["input_spec"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.card["class_names"])
+
+    @property
+    def precision(self) -> str:
+        return self.card.get("precision", "fp32")
+
+    @property
+    def input_metadata(self) -> dict[str, Any]:
+        spec = self.input_spec
+        return {"name": "input", "shape": ["batch", spec.channels, spec.size, spec.size],
+                "dtype": "float32", "mean": list(spec.mean), "std": list(spec.std)}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> "Runner":
+        if not self._loaded:
+            self._load_impl()
+            self._loaded = True
+        return self
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close_impl()
+            self._loaded = False
+
+    def __enter__(self) -> "Runner":
+        return self.load()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inference -----------------------------------------------------------------------------
+    def validate_batch(self, batch: Any) -> np.ndarray:
+        arr = batch.detach().cpu().numpy() if hasattr(batch, "detach") else np.asarray(batch)
+        spec = self.input_spec
+        if arr.ndim != 4 or arr.shape[1] != spec.channels:
+            raise ValidationError(f"{self.path.name}: expected input (N, {spec.channels}, H, W), "
+                                  f"got {tuple(arr.shape)}")
+        if arr.shape[0] < 1:
+            raise ValidationError(f"{self.path.name}: empty batch")
+        return np.ascontiguousarray(arr, dtype=np.float32)
+
+    def prepare(self, batch: Any) -> Any:
+        """Convert a host batch to what the backend consumes (done outside timed loops)."""
+        self.load()
+        return self._prepare_impl(self.validate_batch(batch))
+
+    def run_prepared(self, prepared: Any) -> Any:
+        """Run a prepared batch; returns the backend-native output (no host copy forced)."""
+        return self._run_impl(prepared)
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        return self._to_numpy_impl(output)
+
+    def infer(self, batch: Any) -> np.ndarray:
+        """Logits (N, num_classes) float32 for a normalised NCHW batch."""
+        prepared = self.prepare(batch)
+        t0 = time.perf_counter()
+        out = self.to_numpy(self.run_prepared(prepared))
+        self.last_infer_s = time.perf_counter() - t0
+        return out
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (CUDA backends override)."""
+
+    # -- backend hooks -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load_impl(self) -> None: ...
+
+    def _close_impl(self) -> None:
+        pass
+
+    def _prepare_impl(self, batch: np.ndarray) -> Any:
+        return batch
+
+    @abc.abstractmethod
+    def _run_impl(self, prepared: Any) -> Any: ...
+
+    def _to_numpy_impl(self, output: Any) -> np.ndarray:
+        if hasattr(output, "detach"):
+            output = output.detach().float().cpu().numpy()
+        return np.asarray(output, dtype=np.float32)
+
+
+RUNNERS: Registry[type[Runner]] = Registry("runner format")
+
+
+def _import_backends() -> None:
+    # Importing a backend module registers it; each import is cheap (heavy libs load in _load_impl).
+    from fopt.runtime import onnxrt, pytorch  # noqa: F401
+    try:
+        from fopt.runtime import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+
+
+def open_runner(path: str | Path, device: str = "cpu", threads: int | None = None,
+                **options: Any) -> Runner:
+    """The runner for any artifact, chosen by its card's format (or its content)."""
+    _import_backends()
+    fmt = detect_format(path)
+    return RUNNERS.get(fmt)(path, device=device, threads=threads, **options)
