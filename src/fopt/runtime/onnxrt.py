@@ -1,0 +1,91 @@
+"""ONNX Runtime runner (CPU provider; CUDA/TensorRT providers for --device cuda)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from fopt.errors import DeviceUnavailable, InputError, MissingDependency
+from fopt.runtime.base import RUNNERS, Runner
+
+CARD_KEY = "fopt_card"
+
+
+def embedded_card(path) -> dict[str, Any] | None:
+    """The card stored in an ONNX file's metadata_props, if any (weights are not loaded)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    for prop in model.metadata_props:
+        if prop.key == CARD_KEY:
+            return json.loads(prop.value)
+    return None
+
+
+@RUNNERS.register("onnx")
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def _read_card(self) -> dict[str, Any]:
+        from fopt.artifacts import read_card
+
+        card = read_card(self.path, required=False) or embedded_card(self.path)
+        if card is None:
+            raise InputError(f"{self.path}: ONNX file has no fopt card (neither {self.path.name}.json "
+                             f"beside it nor '{CARD_KEY}' in its metadata_props)")
+        return card
+
+    def providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        if self.device == "cpu":
+            return ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise DeviceUnavailable("--device cuda needs onnxruntime-gpu (pip install fopt[gpu]); "
+                                    f"this onnxruntime offers {', '.join(available)}")
+        wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if self.options.get("tensorrt_provider") and "TensorrtExecutionProvider" in available:
+            wanted.insert(0, "TensorrtExecutionProvider")
+        return wanted
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = int(self.threads)
+            so.inter_op_num_threads = 1
+        if self.options.get("profile"):
+            so.enable_profiling = True
+            so.profile_file_prefix = str(self.options.get("profile_prefix", "ort_profile"))
+        if self.options.get("optimized_model_path"):
+            so.optimized_model_filepath = str(self.options["optimized_model_path"])
+        return so
+
+    def _load_impl(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependency("onnxruntime is not installed (pip install onnxruntime)") from None
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=self.session_options(),
+                                                providers=self.providers())
+        except (DeviceUnavailable, MissingDependency):
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{self.path}: onnxruntime cannot load it: {first}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def _run_impl(self, prepared: np.ndarray):
+        return self.session.run([self.output_name], {self.input_name: prepared})[0]
+
+    def _close_impl(self) -> None:
+        self.session = None
