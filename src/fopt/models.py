@@ -125,3 +125,132 @@ def build_model(name: str, num_classes: int, dropout: float | None = None):
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- listing
+
+def list_models(num_classes: int = 1000) -> list[dict[str, Any]]:
+    """One row per registry model: params at `num_classes`, default size, local ImageNet weights."""
+    rows = []
+    for name, entry in MODELS.items():
+        weights = imagenet_weights_file(name) if entry.torchvision_weights else None
+        rows.append({"name": name, "params": count_params(build_model(name, num_classes)),
+                     "default_size": entry.default_size,
+                     "imagenet": ("local" if weights and weights.exists()
+                                  else "absent" if weights else "-"),
+                     "description": entry.description})
+    return rows
+
+
+# ----------------------------------------------------------------------------- heads, freezing
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet weights expect these stats
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def head_name(model) -> str:
+    """The top-level child holding the last Linear: ``classifier`` (VGG, EfficientNet, MobileNet),
+    ``fc`` (ResNet) or the final index of a Sequential (tiny)."""
+    import torch.nn as nn
+
+    head = None
+    for child_name, child in model.named_children():
+        if isinstance(child, nn.Linear) or any(isinstance(m, nn.Linear) for m in child.modules()):
+            head = child_name
+    if head is None:
+        raise UsageError(f"{type(model).__name__} has no Linear classifier head to keep trainable")
+    return head
+
+
+def freeze_backbone(model) -> int:
+    """Freeze every parameter outside the classifier head; returns the trainable parameter count."""
+    head = head_name(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] == head)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def frozen_norm_eval(model) -> None:
+    """Put BatchNorm layers whose parameters are all frozen into eval mode (call after .train()).
+
+    A frozen backbone must not drift: in train mode BatchNorm would still update its running
+    statistics (and normalise with batch statistics) even though its weights never change.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            params = list(m.parameters())
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+
+def imagenet_weights_file(name: str) -> Path | None:
+    """Where torchvision's ImageNet weights for `name` live in the local torch hub cache."""
+    entry = MODELS.get(name)
+    if entry.torchvision_weights is None:
+        return None
+    import torch
+    import torchvision.models as tvm
+
+    url = getattr(tvm, entry.torchvision_weights).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _imagenet_url(name: str) -> str:
+    import torchvision.models as tvm
+
+    return getattr(tvm, MODELS.get(name).torchvision_weights).DEFAULT.url
+
+
+def load_pretrained(model, name: str, source: str) -> dict[str, Any]:
+    """Load `source` ("imagenet" or a state-dict file) into `model` (a registry `name`) in place.
+
+    Classifier weights whose shape does not fit (1000 ImageNet classes vs ours) are skipped and
+    stay randomly initialised; any other missing or unexpected key is an error, so a file for a
+    different architecture never half-loads. Returns {"source", "file", "skipped"}.
+    """
+    import torch
+
+    if source == "imagenet":
+        path = imagenet_weights_file(name)
+        if path is None:
+            raise UsageError(f"model {name!r} has no ImageNet weights; use --pretrained PATH or none")
+        if not path.exists():
+            raise InputError(f"ImageNet weights for {name} are not in the local torch hub cache and "
+                             f"fopt does not download: put {path.name} (from {_imagenet_url(name)}) "
+                             f"into {path.parent}/ or pass --pretrained PATH")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"--pretrained {source}: no such file (expected a state-dict .pt/.pth, "
+                             f"or 'imagenet')")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling/zip failure is the user's file, reported in one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: not a loadable state dict ({first})") from None
+    if isinstance(raw, dict) and "fopt_checkpoint" in raw and "state_dict" in raw:
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not raw or not all(hasattr(v, "shape") for v in raw.values()):
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of parameter names "
+                              f"to tensors)")
+    state = {k.removeprefix("module."): v for k, v in raw.items()}
+    own = model.state_dict()
+    head = head_name(model)
+    skipped = [k for k, v in state.items()
+               if k in own and k.split(".", 1)[0] == head and tuple(v.shape) != tuple(own[k].shape)]
+    for k in skipped:
+        del state[k]
+    missing = [k for k in own if k not in state and k not in skipped]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else
+                  f"unexpected {unexpected[:3]}" if unexpected else f"shape mismatch {wrong[:3]}")
+        raise CheckpointError(f"{path}: weights do not fit {name} ({detail}"
+                              f"{' ...' if max(len(missing), len(unexpected), len(wrong)) > 3 else ''})")
+    model.load_state_dict(state, strict=False)
+    return {"source": source, "file": str(path), "skipped": skipped}

@@ -1,0 +1,70 @@
+"""Accuracy, macro-F1 and the per-class report of any artifact, through its runtime runner.
+
+The loop only knows the `Runner` interface: checkpoints today, and TorchScript, ONNX and
+TensorRT artifacts through the same call as soon as their runners are registered. The runner's
+card says how to feed the model (input size, mean, std), so no training flag is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fopt.errors import DataError
+from fopt.train.metrics import classification_metrics
+
+
+def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_size: int = 64,
+                    show_progress: bool = False) -> dict[str, Any]:
+    """Run `runner` over a dataset split; returns accuracy, macro_f1, n, per_class and more."""
+    from fopt.console import progress
+    from fopt.data.calibration import iter_batches
+    from fopt.data.datasets import DatasetTable
+
+    table = DatasetTable.load(dataset_dir)
+    names = list(table.class_names)
+    if names != runner.class_names:
+        raise DataError(f"{dataset_dir}: its classes {_short(names)} differ from the ones "
+                        f"{runner.path.name} was trained on {_short(runner.class_names)}")
+    n_total = len(table.split(split))
+    if n_total == 0:
+        raise DataError(f"{dataset_dir}: the {split!r} split is empty")
+    spec = runner.input_spec
+    labels, preds = [], []
+    infer_s = 0.0
+    t0 = time.perf_counter()
+    runner.load()
+    with progress() as bar:
+        task = bar.add_task(f"eval {runner.path.name} [{split}]", total=n_total, info="",
+                            visible=show_progress)
+        for batch, y in iter_batches(dataset_dir, split, spec.size, spec.mean, spec.std, batch_size):
+            logits = runner.infer(batch)
+            infer_s += runner.last_infer_s or 0.0
+            preds.append(np.asarray(logits).argmax(axis=1))
+            labels.append(np.asarray(y))
+            bar.advance(task, len(y))
+    y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
+    result = classification_metrics(y_true, y_pred, names)
+    result.update({"split": split, "artifact": str(runner.path), "format": runner.format,
+                   "backend": runner.backend, "precision": runner.precision,
+                   "device": runner.device, "batch_size": batch_size,
+                   "seconds": round(time.perf_counter() - t0, 3),
+                   "infer_seconds": round(infer_s, 3)})
+    return result
+
+
+def evaluate_artifact(path: str | Path, dataset_dir: str | Path, split: str = "val",
+                      device: str = "cpu", batch_size: int = 64, threads: int | None = None,
+                      show_progress: bool = False) -> dict[str, Any]:
+    """Open any artifact with its runner and evaluate it on `split` of `dataset_dir`."""
+    from fopt.runtime.base import open_runner
+
+    with open_runner(path, device=device, threads=threads) as runner:
+        return evaluate_runner(runner, dataset_dir, split, batch_size, show_progress=show_progress)
+
+
+def _short(names: list[str]) -> str:
+    return f"[{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}] ({len(names)})"
