@@ -1,0 +1,140 @@
+"""Kernel classes: what kind of work an executed node does, and how much.
+
+Achieved MAC rates differ 10-40x between kernel types on the same CPU (MEASURED.md), so the
+calibrated estimate gives each executed node a class and a work amount, and the calibration
+measures each class's rate on this machine. The same function classifies the calibration probes
+and the models being estimated, so a class means the same thing on both sides.
+
+Work units: MACs for convolutions and GEMMs (1 MAC = 2 FLOPs), elements for everything else
+(the largest tensor the node reads or writes). Bytes are every input and output tensor at its
+element type, plus pre-packed weights the profile leaves out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fopt.bench.profile import DTYPE_BYTES, ExecNode
+
+CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv", "NhwcConv",
+            "conv2d", "convolution", "_convolution", "mkldnn_convolution", "conv1d", "conv3d"}
+GEMM_OPS = {"Gemm", "FusedGemm", "MatMul", "FusedMatMul", "QGemm", "MatMulInteger",
+            "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QLinearMatMul",
+            "linear", "addmm", "mm", "matmul", "bmm"}
+# Non-MAC work, by op type (ONNX, ORT contrib, ATen).
+OP_CLASS = {
+    **{op: "eltwise" for op in (
+        "Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Neg", "Abs",
+        "BatchNormalization", "Identity", "Dropout", "Concat", "Slice", "Split", "Pad", "Cast",
+        "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearConcat",
+        "relu", "relu_", "add", "add_", "mul", "mul_", "sub", "div", "hardtanh", "hardtanh_",
+        "batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training", "cat",
+        "clamp", "clamp_", "dropout", "dropout_", "clone", "contiguous", "copy_", "leaky_relu")},
+    **{op: "eltwise_transcendental" for op in (
+        "Sigmoid", "QuickGelu", "Tanh", "Erf", "Gelu", "FastGelu", "BiasGelu", "Exp", "Log",
+        "Softmax", "LogSoftmax", "Swish", "QLinearSigmoid", "QLinearSoftmax",
+        "sigmoid", "sigmoid_", "silu", "silu_", "gelu", "tanh", "softmax", "_softmax", "exp")},
+    **{op: "eltwise_hard" for op in (
+        "HardSigmoid", "HardSwish", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_")},
+    **{op: "pool" for op in (
+        "MaxPool", "AveragePool", "NhwcMaxPool", "QLinearAveragePool", "LpPool",
+        "max_pool2d", "max_pool2d_with_indices", "avg_pool2d")},
+    **{op: "global_pool" for op in (
+        "GlobalAveragePool", "GlobalMaxPool", "QLinearGlobalAveragePool", "ReduceMean", "ReduceMax",
+        "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean", "amax")},
+    **{op: "layout" for op in ("ReorderInput", "ReorderOutput", "Transpose", "permute")},
+    **{op: "quant" for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")},
+    **{op: "noop" for op in (
+        "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Gather", "Constant", "Expand",
+        "Size", "ConstantOfShape", "flatten", "view", "reshape", "_reshape_alias", "t",
+        "squeeze", "unsqueeze", "expand", "detach", "alias")},
+}
+COMPUTE_CLASSES = ("conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm")
+MEMORY_CLASSES = ("eltwise", "eltwise_transcendental", "eltwise_hard", "pool", "global_pool",
+                  "layout", "quant", "noop")
+ALL_CLASSES = COMPUTE_CLASSES + MEMORY_CLASSES
+# A conv whose input channels per group x kernel area is this small (an RGB stem) vectorises poorly.
+STEM_MAX_REDUCTION = 3 * 7 * 7
+
+
+@dataclass(frozen=True)
+class NodeWork:
+    kernel_class: str
+    work: float           # MACs (compute classes) or elements (memory classes)
+    macs: float
+    bytes_moved: float
+    unknown: bool = False  # op type not in the tables: costed as element-wise, flagged
+
+
+def _numel(shape: list[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _dtype_bytes(dtype: str | None, default: int = 4) -> int:
+    return DTYPE_BYTES.get(dtype or "", default)
+
+
+def _bytes(node: ExecNode) -> float:
+    total = sum(_numel(s) * _dtype_bytes(d) for s, d in zip(node.input_shapes, node.input_dtypes))
+    total += sum(_numel(s) * _dtype_bytes(d) for s, d in zip(node.output_shapes, node.output_dtypes))
+    if node.weight_shape is not None and node.weight_shape not in node.input_shapes:
+        total += _numel(node.weight_shape) * _dtype_bytes(node.weight_dtype)  # pre-packed weight
+    return float(total)
+
+
+def _conv(node: ExecNode) -> NodeWork:
+    out = node.output_shapes[0] if node.output_shapes else []
+    w = node.weight_shape
+    if w is None:  # fall back to the profile's inputs: the first 4-D tensor after x
+        w = next((s for s in node.input_shapes[1:] if len(s) == len(out)), None)
+    group = int(node.attrs.get("group", 1) or 1)
+    if not out or w is None or len(w) < 3:
+        return NodeWork("conv_dense", 0.0, 0.0, _bytes(node), unknown=True)
+    cin_per_group = w[1]
+    kernel_area = math.prod(w[2:])
+    macs = float(_numel(out) * cin_per_group * kernel_area)
+    cout = w[0]
+    # Output spatial size, whatever the layout (NCHW, NHWC, NCHWc-logical).
+    spatial = _numel(out) // max(1, out[0] * cout)
+    if spatial <= 1:
+        cls = "conv_se"
+    elif group > 1 and cin_per_group == 1:
+        cls = "conv_dw"
+    elif group > 1:
+        cls = "conv_grouped"
+    elif kernel_area == 1:
+        cls = "conv_pw"
+    elif cin_per_group * kernel_area <= STEM_MAX_REDUCTION and cin_per_group <= 4:
+        cls = "conv_stem"
+    else:
+        cls = "conv_dense"
+    return NodeWork(cls, macs, macs, _bytes(node))
+
+
+def _gemm(node: ExecNode) -> NodeWork:
+    out = node.output_shapes[0] if node.output_shapes else []
+    w = node.weight_shape
+    x = node.input_shapes[0] if node.input_shapes else []
+    if not out or not x:
+        return NodeWork("gemm", 0.0, 0.0, _bytes(node), unknown=True)
+    trans_a = bool(node.attrs.get("transA", 0))
+    k = x[-2] if trans_a else x[-1]
+    macs = float(_numel(out) * k)
+    return NodeWork("gemm", macs, macs, _bytes(node))
+
+
+def classify(node: ExecNode) -> NodeWork:
+    """The kernel class and work of one executed node."""
+    if node.op in CONV_OPS:
+        return _conv(node)
+    if node.op in GEMM_OPS:
+        return _gemm(node)
+    cls = OP_CLASS.get(node.op)
+    shapes = node.input_shapes + node.output_shapes
+    elements = float(max((_numel(s) for s in shapes), default=0))
+    if cls == "noop":
+        return NodeWork("noop", 0.0, 0.0, 0.0)
+    if cls is None:
+        return NodeWork("eltwise", elements, 0.0, _bytes(node), unknown=True)
+    return NodeWork(cls, elements, 0.0, _bytes(node))

@@ -1,0 +1,158 @@
+"""The machine record written into every bench JSON, and the key the calibration cache uses.
+
+A latency is only meaningful with the machine it was measured on: CPU model and the instruction
+set flags that change kernels (``avx512_vnni`` / ``amx`` decide whether INT8 is fast), core and
+thread counts, cache sizes, the GPU and driver when there is one, and library versions. Reading
+it is cheap (``/proc/cpuinfo``, ``/sys``); the GPU part imports torch only if it is already
+loaded or ``gpu=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+# Flags that change which kernels the runtimes pick (INT8 dot products, bf16, wide vectors).
+INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+                     "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo as a dict (empty where it does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.setdefault(k.strip(), v.strip())
+    return out
+
+
+def _cache_bytes(level: int) -> int | None:
+    """Size of the CPU cache at `level` (from sysfs), e.g. the L3 that holds batch-1 activations."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    if not base.is_dir():
+        return None
+    for idx in sorted(base.glob("index*")):
+        try:
+            if int((idx / "level").read_text()) != level:
+                continue
+            if (idx / "type").read_text().strip() == "Instruction":
+                continue
+            size = (idx / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        m = re.fullmatch(r"(\d+)([KMG]?)", size)
+        if m:
+            return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}[m.group(2)]
+    return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity-aware; what a default thread pool would use)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int | None:
+    info = _cpuinfo()
+    try:
+        per_socket = int(info["cpu cores"])
+    except (KeyError, ValueError):
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        sockets = len(set(re.findall(r"^physical id\s*:\s*(\d+)", text, re.M))) or 1
+    except OSError:
+        sockets = 1
+    return per_socket * sockets
+
+
+def cpu_record() -> dict[str, Any]:
+    info = _cpuinfo()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return {
+        "model": info.get("model name") or platform.processor() or platform.machine(),
+        "vendor": info.get("vendor_id"),
+        "family": info.get("cpu family"),
+        "arch": platform.machine(),
+        "flags": {f: (f in flags) for f in INTERESTING_FLAGS if flags},
+        "physical_cores": physical_cores(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "l2_bytes": _cache_bytes(2),
+        "l3_bytes": _cache_bytes(3),
+        "hypervisor": "hypervisor" in flags,
+    }
+
+
+def gpu_record(load_torch: bool = False) -> dict[str, Any] | None:
+    """Name, memory and driver of CUDA device 0, or None when there is no GPU."""
+    import sys
+
+    if not load_torch and "torch" not in sys.modules:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    rec: dict[str, Any] = {"name": props.name, "memory_bytes": int(props.total_memory),
+                           "capability": f"{props.major}.{props.minor}",
+                           "count": torch.cuda.device_count(), "cuda_runtime": torch.version.cuda}
+    rec["driver"] = _nvidia_driver()
+    return rec
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def machine_record(*, gpu: bool = False) -> dict[str, Any]:
+    """Everything a reader needs to know where a number was measured."""
+    from fopt.artifacts import library_versions
+
+    return {
+        "cpu": cpu_record(),
+        "gpu": gpu_record(load_torch=gpu),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": library_versions(),
+        "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                        if k in os.environ},
+    }
+
+
+def machine_key(record: dict[str, Any] | None = None) -> str:
+    """Cache key for calibrations: CPU model + core count + the libraries whose kernels were timed.
+
+    A new torch/onnxruntime or a different VM size gets a fresh calibration; a readable prefix
+    keeps the cache folder browsable.
+    """
+    rec = record or machine_record()
+    cpu = rec["cpu"]
+    versions = rec.get("versions", {})
+    parts = [cpu.get("model") or "cpu", str(cpu.get("usable_cpus")),
+             *(f"{k}={versions.get(k)}" for k in ("torch", "onnxruntime", "numpy"))]
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+    slug = re.sub(r"[^a-z0-9]+", "-", (cpu.get("model") or "cpu").lower()).strip("-")[:32]
+    return f"{slug}-{cpu.get('usable_cpus')}cpu-{digest}"
+
+
+def default_threads() -> int:
+    """Intra-op threads when the user gives none: the physical cores this process may use."""
+    usable = usable_cpus()
+    cores = physical_cores() or usable
+    return max(1, min(usable, cores))

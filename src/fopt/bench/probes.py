@@ -1,0 +1,324 @@
+"""Micro-benchmarks for `fopt bench --calibrate`: small, synthetic, never a registry model.
+
+Four kinds of probe (each one a few tenths of a second):
+
+- GEMM rate per precision: ONNX Runtime MatMul (FP32) and MatMulInteger (u8 x s8, INT8), torch.mm.
+- Memory bandwidth: a numpy copy of an L3-sized and of a DRAM-sized buffer (read + write counted).
+- Dispatch overhead: chains of N element-wise nodes on real-sized tensors (ORT, torch). Tiny
+  tensors skip the thread pool and make the per-node cost look 20x too small (MEASURED.md), so the
+  chains run at several sizes and the overhead is the intercept of time per node vs size.
+- Kernel classes: `ProbeNet`, one synthetic network with many independent branches - dense,
+  stem, pointwise, depthwise (k3/k5, stride 1/2), grouped convolutions, squeeze-and-excitation
+  blocks, SiLU/Hardswish/ReLU activations, residual adds, pooling and classifier GEMMs at the
+  channel/spatial sizes CNN classifiers use. It is exported to ONNX (and quantized to QDQ INT8 the
+  way `fopt optimize` does) and profiled in ONNX Runtime; in eager mode its ATen calls are
+  replayed one by one. Every executed node becomes one point (class, work, time) for the fit.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from fopt.bench.latency import StopRule, WallTimer, measure
+
+# (kind, cin, cout, size, kernel, stride, groups) - sizes are the input's H = W.
+BranchSpec = tuple[str, int, int, int, int, int, int]
+
+FULL_BRANCHES: list[BranchSpec] = [
+    # dense 3x3 (C^2 H^2 constant ~ resnet layers), with and without a residual add
+    ("conv", 32, 32, 112, 3, 1, 1), ("conv", 64, 64, 56, 3, 1, 1), ("res", 128, 128, 28, 3, 1, 1),
+    ("conv", 256, 256, 14, 3, 1, 1), ("res", 512, 512, 7, 3, 1, 1), ("conv", 64, 128, 56, 3, 2, 1),
+    ("conv", 16, 24, 56, 3, 1, 1),
+    # stems: RGB input, stride 2
+    ("conv_silu", 3, 32, 224, 3, 2, 1), ("conv", 3, 64, 224, 7, 2, 1), ("conv_hs", 3, 16, 112, 3, 2, 1),
+    # pointwise expansions / projections (mobile nets, resnet50 bottlenecks, heads)
+    ("conv", 16, 96, 112, 1, 1, 1), ("conv_silu", 24, 144, 56, 1, 1, 1), ("conv", 144, 24, 56, 1, 1, 1),
+    ("conv", 40, 240, 28, 1, 1, 1), ("conv_hs", 80, 480, 14, 1, 1, 1), ("conv_silu", 192, 1152, 7, 1, 1, 1),
+    ("conv", 64, 256, 56, 1, 1, 1), ("conv", 256, 64, 56, 1, 1, 1), ("conv", 1024, 256, 14, 1, 1, 1),
+    ("conv", 320, 1280, 7, 1, 1, 1), ("conv", 16, 16, 56, 1, 1, 1),
+    # depthwise k3 / k5, stride 1 and 2
+    ("conv", 32, 32, 112, 3, 1, 32), ("conv_silu", 144, 144, 56, 3, 1, 144), ("conv_hs", 480, 480, 14, 3, 1, 480),
+    ("conv", 96, 96, 112, 3, 2, 96), ("conv", 240, 240, 28, 5, 1, 240), ("conv_silu", 672, 672, 14, 5, 1, 672),
+    ("conv", 1152, 1152, 7, 5, 1, 1152), ("conv", 144, 144, 56, 5, 2, 144), ("conv", 16, 16, 56, 3, 1, 16),
+    # grouped (8 and 16 channels per group)
+    ("conv", 128, 128, 28, 3, 1, 16), ("conv", 256, 256, 14, 3, 1, 16),
+    # squeeze-and-excitation: sigmoid (efficientnet) and hardsigmoid (mobilenet_v3) gates
+    ("se_sigmoid", 96, 4, 56, 1, 1, 1), ("se_sigmoid", 240, 10, 28, 1, 1, 1),
+    ("se_sigmoid", 672, 28, 14, 1, 1, 1), ("se_sigmoid", 1152, 48, 7, 1, 1, 1),
+    ("se_hard", 16, 8, 56, 1, 1, 1), ("se_hard", 120, 32, 28, 1, 1, 1), ("se_hard", 576, 144, 7, 1, 1, 1),
+    # activations and residual adds on their own
+    ("silu", 32, 32, 112, 1, 1, 1), ("silu", 144, 144, 56, 1, 1, 1), ("silu", 672, 672, 14, 1, 1, 1),
+    ("silu", 1280, 1280, 7, 1, 1, 1),
+    ("hswish", 16, 16, 112, 1, 1, 1), ("hswish", 240, 240, 28, 1, 1, 1), ("hswish", 960, 960, 7, 1, 1, 1),
+    ("add", 24, 24, 56, 1, 1, 1), ("add", 256, 256, 56, 1, 1, 1), ("add", 112, 112, 14, 1, 1, 1),
+    ("maxpool", 64, 64, 112, 3, 2, 1),
+    # classifier heads (input is the pooled vector)
+    ("linear", 1280, 22, 1, 1, 1, 1), ("linear", 576, 1024, 1, 1, 1, 1), ("linear", 2048, 1000, 1, 1, 1, 1),
+]
+
+# A handful of branches for tests and `quick` calibration: every class, small sizes.
+QUICK_BRANCHES: list[BranchSpec] = [
+    ("conv", 16, 16, 28, 3, 1, 1), ("res", 32, 32, 14, 3, 1, 1), ("conv", 3, 16, 56, 3, 2, 1),
+    ("conv", 16, 64, 28, 1, 1, 1), ("conv_hs", 64, 16, 14, 1, 1, 1), ("conv_silu", 32, 32, 28, 3, 1, 32),
+    ("conv", 64, 64, 14, 5, 2, 64), ("conv", 32, 32, 14, 3, 1, 4),
+    ("se_sigmoid", 32, 8, 14, 1, 1, 1), ("se_hard", 32, 8, 14, 1, 1, 1),
+    ("silu", 32, 32, 28, 1, 1, 1), ("hswish", 32, 32, 28, 1, 1, 1), ("add", 16, 16, 28, 1, 1, 1),
+    ("maxpool", 16, 16, 28, 3, 2, 1), ("linear", 128, 22, 1, 1, 1, 1),
+]
+
+
+def _branch(spec: BranchSpec):
+    import torch
+    import torch.nn as nn
+
+    kind, cin, cout, _size, k, stride, groups = spec
+    act = {"conv": nn.ReLU, "conv_hs": nn.Hardswish, "conv_silu": nn.SiLU}.get(kind, nn.ReLU)
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, k, 1, k // 2, bias=False)
+            self.bn = nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + x)
+
+    class SE(nn.Module):
+        def __init__(self, gate):
+            super().__init__()
+            self.fc1 = nn.Conv2d(cin, cout, 1)
+            self.fc2 = nn.Conv2d(cout, cin, 1)
+            self.gate = gate
+
+        def forward(self, x):
+            s = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+            return x * self.gate(self.fc2(torch.relu(self.fc1(s))))
+
+    class Add(nn.Module):
+        def forward(self, x):
+            return x + torch.sigmoid(x)
+
+    if kind in ("conv", "conv_hs", "conv_silu"):
+        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                             nn.BatchNorm2d(cout), act())
+    if kind == "res":
+        return Res()
+    if kind == "se_sigmoid":
+        return SE(nn.Sigmoid())
+    if kind == "se_hard":
+        return SE(nn.Hardsigmoid())
+    if kind == "silu":
+        return nn.SiLU()
+    if kind == "hswish":
+        return nn.Hardswish()
+    if kind == "add":
+        return Add()
+    if kind == "maxpool":
+        return nn.MaxPool2d(k, stride, k // 2)
+    if kind == "linear":
+        return nn.Sequential(nn.Flatten(), nn.Linear(cin, cout))
+    raise ValueError(f"unknown probe kind {kind!r}")
+
+
+def build_probenet(branches: list[BranchSpec]):
+    """The multi-input probe network (eval mode, random weights, BN statistics randomised)."""
+    import torch
+    import torch.nn as nn
+
+    class ProbeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(_branch(s) for s in branches)
+
+        def forward(self, *xs):
+            # The leading ReLU makes each branch's input freshly written, as in a real network.
+            return tuple(b(torch.relu(x)) for b, x in zip(self.blocks, xs))
+
+    torch.manual_seed(0)
+    net = ProbeNet().eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def probe_inputs(branches: list[BranchSpec], batch: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, s[1], s[3], s[3]) if s[0] != "linear" else (batch, s[1], 1, 1))
+            .astype(np.float32) for s in branches]
+
+
+def probenet_to_onnx(net, branches: list[BranchSpec], opset: int = 17) -> bytes:
+    import torch
+
+    xs = tuple(torch.from_numpy(x) for x in probe_inputs(branches, 1))
+    names = [f"x{i}" for i in range(len(branches))]
+    outs = [f"y{i}" for i in range(len(branches))]
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            torch.onnx.export(net, xs, buf, input_names=names, output_names=outs, opset_version=opset,
+                              dynamic_axes={n: {0: "batch"} for n in names + outs},
+                              do_constant_folding=True, dynamo=False)
+    return buf.getvalue()
+
+
+def quantize_probe(fp32_path: str, int8_path: str, branches: list[BranchSpec], samples: int = 4) -> None:
+    """QDQ INT8 (per-channel s8 weights, u8 activations), as `fopt optimize` produces for CPU."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{f"x{i}": x for i, x in enumerate(probe_inputs(branches, 1, seed=s))}
+                            for s in range(samples)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(fp32_path, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+def time_callable(fn: Callable[[], Any], budget_s: float, min_iters: int = 3) -> float:
+    """Median seconds per call of fn (warm-up included, stops when stable or out of budget)."""
+    rule = StopRule(min_time_s=budget_s, warmup_iters=1, warmup_s=min(0.05, budget_s / 4),
+                    min_iters=min_iters, first_check=10)
+    res = measure(WallTimer(fn), rule)
+    return statistics.median(res.samples_s)
+
+
+def ort_session(model: bytes | str, threads: int | None, **opts: Any):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    for k, v in opts.items():
+        setattr(so, k, v)
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+# ----------------------------------------------------------------------------- GEMM, bandwidth
+
+def _matmul_model(n: int, int8: bool) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if int8:
+        b = numpy_helper.from_array(rng.integers(-127, 127, (n, n), dtype=np.int8), "B")
+        nodes = [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])]
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        b = numpy_helper.from_array(rng.standard_normal((n, n)).astype(np.float32), "B")
+        nodes = [helper.make_node("MatMul", ["A", "B"], ["Y"])]
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    g = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("A", a_type, [n, n])],
+                          [helper.make_tensor_value_info("Y", y_type, [n, n])], initializer=[b])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@dataclass
+class GemmResult:
+    name: str
+    n: int
+    seconds: float
+
+    @property
+    def ops_per_s(self) -> float:
+        return 2.0 * self.n ** 3 / self.seconds
+
+
+def gemm_probes(n: int, threads: int | None, budget_s: float) -> list[GemmResult]:
+    import torch
+
+    out = []
+    for int8 in (False, True):
+        sess = ort_session(_matmul_model(n, int8), threads)
+        a = (np.random.default_rng(1).integers(0, 255, (n, n), dtype=np.uint8) if int8
+             else np.random.default_rng(1).standard_normal((n, n)).astype(np.float32))
+        out.append(GemmResult("onnxruntime/int8" if int8 else "onnxruntime/fp32", n,
+                              time_callable(lambda: sess.run(None, {"A": a}), budget_s)))
+        del sess
+    ta, tb = torch.randn(n, n), torch.randn(n, n)
+    with torch.inference_mode():
+        out.append(GemmResult("torch-eager/fp32", n, time_callable(lambda: torch.mm(ta, tb), budget_s)))
+    return out
+
+
+def bandwidth_probe(nbytes: int, budget_s: float) -> float:
+    """Bytes per second of np.copyto over `nbytes` (read + write counted)."""
+    src = np.ones(nbytes // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    sec = time_callable(lambda: np.copyto(dst, src), budget_s)
+    return 2.0 * src.nbytes / sec
+
+
+# ----------------------------------------------------------------------------- dispatch overhead
+
+def _relu_chain(length: int, elements: int) -> bytes:
+    from onnx import TensorProto, helper
+
+    nodes, prev = [], "x"
+    for i in range(length):
+        nodes.append(helper.make_node("Relu", [prev], [f"y{i}"]))
+        prev = f"y{i}"
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, elements])],
+                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, elements])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _intercept_slope(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    a = np.vstack([np.ones(len(xs)), np.asarray(xs, dtype=float)]).T
+    (c, m), *_ = np.linalg.lstsq(a, np.asarray(ys, dtype=float), rcond=None)
+    return float(c), float(m)
+
+
+def overhead_probes(threads: int | None, budget_s: float, sizes: tuple[int, ...] = (50_000, 200_000),
+                    length: int = 25) -> dict[str, Any]:
+    """Per-node cost vs tensor size for ORT and torch chains; the intercept is the dispatch overhead."""
+    import torch
+
+    res: dict[str, Any] = {"chain_length": length, "sizes": list(sizes)}
+    ort_node, torch_node = {}, {}
+    run_fixed = None
+    for e in (16, *sizes):
+        t = {}
+        for length_ in (1, length):
+            sess = ort_session(_relu_chain(length_, e), threads)
+            x = np.random.default_rng(0).standard_normal((1, e)).astype(np.float32)
+            t[length_] = time_callable(lambda: sess.run(None, {"x": x}), budget_s)
+            del sess
+        ort_node[e] = (t[length] - t[1]) / (length - 1)
+        if e == 16:
+            run_fixed = t[1] - ort_node[e]
+        xt = torch.randn(1, e)
+        chain = torch.nn.Sequential(*[torch.nn.ReLU() for _ in range(length)])
+        with torch.inference_mode():
+            torch_node[e] = time_callable(lambda: chain(xt), budget_s) / length
+    res["onnxruntime_node_s"] = {str(k): v for k, v in ort_node.items()}
+    res["torch_module_s"] = {str(k): v for k, v in torch_node.items()}
+    res["onnxruntime_run_fixed_s"] = max(0.0, run_fixed or 0.0)
+    c, _ = _intercept_slope(list(sizes), [ort_node[e] for e in sizes])
+    res["onnxruntime_dispatch_s"] = max(0.0, c)
+    c, _ = _intercept_slope(list(sizes), [torch_node[e] for e in sizes])
+    res["torch_dispatch_s"] = max(0.0, c)
+    return res
+
+
+def wall_seconds() -> float:
+    return time.perf_counter()

@@ -1,0 +1,284 @@
+"""The graph a runtime actually executes, node by node, with measured time where it can profile.
+
+Estimates that work from the exported FP32 graph miss much of the time (MEASURED.md): layout
+reorders (NCHWc), fused activations, QLinear element-wise ops, leftover Q/DQ, transposes. So the
+calibrated estimate and ``--per-layer`` both start from the executed graph:
+
+- ONNX Runtime: one session with session profiling *and* ``optimized_model_filepath``. The
+  profile gives every executed node with its input/output shapes and element types; the saved
+  optimized model gives the same nodes' attributes (group, kernel shape) and the shapes of
+  pre-packed weights, which the profile leaves out. Node times come from the profile's
+  ``*_kernel_time`` events (median over the profiled runs after the first). Profiling inflates
+  small nodes by several microseconds each, which the calibration measures and corrects
+  (`fopt.bench.calibrate`); profiled times are shown as measured per-layer times, not used for
+  the estimate.
+- PyTorch eager / TorchScript: a ``TorchDispatchMode`` records each top-level ATen call
+  (``conv2d``, ``batch_norm``, ``relu_`` ...) with its argument shapes, which is what eager runs
+  one module at a time. ``--per-layer`` times the same calls with ``torch.profiler``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# ONNX/ORT element type names (profile) and torch dtypes -> bytes per element.
+DTYPE_BYTES = {"float": 4, "float32": 4, "float16": 2, "bfloat16": 2, "double": 8, "float64": 8,
+               "uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
+               "int64": 8, "uint64": 8, "bool": 1}
+
+
+@dataclass
+class ExecNode:
+    """One executed node/kernel call with the shapes it ran on."""
+
+    name: str
+    op: str                                    # "Conv", "QLinearConv", "ReorderInput", "conv2d", ...
+    domain: str = ""                           # ONNX domain ("com.microsoft.nchwc") or "aten"
+    input_shapes: list[list[int]] = field(default_factory=list)
+    input_dtypes: list[str] = field(default_factory=list)
+    output_shapes: list[list[int]] = field(default_factory=list)
+    output_dtypes: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    weight_shape: list[int] | None = None      # conv/gemm weight, when known
+    weight_dtype: str | None = None
+    measured_ms: float | None = None           # profiled time per run (inflated by the profiler)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExecGraph:
+    backend: str
+    precision: str
+    batch_size: int
+    nodes: list[ExecNode]
+    run_ms: float | None = None                # profiled whole-run time (median), when profiled
+    source: str = ""                           # how the graph was obtained
+
+    def measured_total_ms(self) -> float | None:
+        vals = [n.measured_ms for n in self.nodes if n.measured_ms is not None]
+        return sum(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime
+
+def _shape_list(items: list[dict[str, list[int]]] | None) -> tuple[list[list[int]], list[str]]:
+    shapes, dtypes = [], []
+    for item in items or []:
+        for dtype, shape in item.items():
+            dtypes.append(dtype)
+            shapes.append([int(d) for d in shape])
+    return shapes, dtypes
+
+
+def _onnx_attrs(node) -> dict[str, Any]:
+    import onnx
+
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else (list(v) if isinstance(v, (list, tuple)) else v)
+    return out
+
+
+# Which input holds the weight, per op type (for pre-packed weights the profile omits).
+_WEIGHT_INPUT = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "Gemm": 1,
+                 "FusedGemm": 1, "MatMul": 1, "QGemm": 3, "MatMulInteger": 1, "FusedMatMul": 1,
+                 "MatMulIntegerToFloat": 1, "DynamicQuantizeMatMul": 1}
+
+
+def _weight_info(node, inits: dict[str, Any]) -> tuple[list[int] | None, str | None]:
+    import onnx
+
+    idx = _WEIGHT_INPUT.get(node.op_type)
+    if idx is None or idx >= len(node.input):
+        return None, None
+    init = inits.get(node.input[idx])
+    if init is None:
+        return None, None
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+    return [int(d) for d in init.dims], dtype
+
+
+def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1) -> tuple[dict[str, dict], float | None]:
+    """Per node name: args of its first event and the median duration (ms) over the kept runs."""
+    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+    kept = runs[skip_runs:] if len(runs) > skip_runs else runs
+    windows = [(r["ts"], r["ts"] + r["dur"]) for r in kept]
+    per_node: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        rec = per_node.setdefault(name, {"args": e.get("args", {}), "durs": [], "order": len(per_node)})
+        if not windows or any(lo <= e["ts"] <= hi for lo, hi in windows):
+            rec["durs"].append(e["dur"] / 1e3)
+    for rec in per_node.values():
+        rec["ms"] = statistics.median(rec["durs"]) if rec["durs"] else None
+    run_ms = statistics.median(r["dur"] / 1e3 for r in kept) if kept else None
+    return per_node, run_ms
+
+
+def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None = None,
+                   runs: int = 3, providers: list[str] | None = None,
+                   session_options: Callable[[Any], None] | None = None,
+                   input_name: str | None = None, feeds: dict[str, np.ndarray] | None = None) -> ExecGraph:
+    """Run `path` `runs`+1 times with profiling; return its executed nodes (first run dropped)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="fopt-ortprof-") as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # the NCHWc "hardware specific" warning is expected here
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "prof")
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        if session_options:
+            session_options(so)
+        sess = ort.InferenceSession(str(path), sess_options=so,
+                                    providers=providers or ["CPUExecutionProvider"])
+        if feeds is None:
+            name = input_name or sess.get_inputs()[0].name
+            feeds = {name: batch}
+        for _ in range(runs + 1):
+            sess.run(None, feeds)
+        prof_file = sess.end_profiling()
+        events = json.loads(Path(prof_file).read_text())
+        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+        del sess
+    per_node, run_ms = parse_ort_profile(events, skip_runs=1)
+    graph_nodes = {n.name: n for n in optimized.graph.node if n.name}
+    inits = {i.name: i for i in optimized.graph.initializer}
+    nodes = []
+    for name, rec in sorted(per_node.items(), key=lambda kv: kv[1]["order"]):
+        args = rec["args"]
+        in_shapes, in_dtypes = _shape_list(args.get("input_type_shape"))
+        out_shapes, out_dtypes = _shape_list(args.get("output_type_shape"))
+        onode = graph_nodes.get(name)
+        attrs: dict[str, Any] = {}
+        domain = ""
+        wshape, wdtype = None, None
+        if onode is not None:
+            attrs = _onnx_attrs(onode)
+            domain = onode.domain
+            wshape, wdtype = _weight_info(onode, inits)
+        nodes.append(ExecNode(name=name, op=args.get("op_name", "?"), domain=domain,
+                              input_shapes=in_shapes, input_dtypes=in_dtypes,
+                              output_shapes=out_shapes, output_dtypes=out_dtypes, attrs=attrs,
+                              weight_shape=wshape, weight_dtype=wdtype, measured_ms=rec["ms"]))
+    return ExecGraph(backend="onnxruntime", precision="", batch_size=int(batch.shape[0]) if batch is not None else 0,
+                     nodes=nodes, run_ms=run_ms, source="onnxruntime profile + optimized model")
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+_TORCH_DTYPE = {"torch.float32": "float", "torch.float16": "float16", "torch.bfloat16": "bfloat16",
+                "torch.int8": "int8", "torch.uint8": "uint8", "torch.int32": "int32",
+                "torch.int64": "int64", "torch.bool": "bool", "torch.float64": "double"}
+
+
+def _tensors(obj: Any) -> list[Any]:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
+@dataclass
+class TorchCall:
+    """A recorded top-level ATen call; `func`/`args` let calibration replay it."""
+
+    node: ExecNode
+    func: Any
+    args: tuple
+    kwargs: dict
+
+
+def _torch_attrs(op: str, args: tuple) -> dict[str, Any]:
+    if op in ("conv2d", "convolution", "_convolution", "conv1d", "conv3d"):
+        # conv2d(input, weight, bias, stride, padding, dilation, groups)
+        names = ("stride", "padding", "dilation", "groups")
+        vals = list(args[3:7]) if op == "conv2d" else []
+        attrs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in zip(names, vals)}
+        if op != "conv2d" and len(args) > 8:
+            attrs["groups"] = args[8]
+        return {"group": int(attrs.get("groups", 1)), **attrs}
+    return {}
+
+
+def record_torch_calls(model: Any, batch: Any, keep_args: bool = False) -> list[TorchCall]:
+    """The top-level ATen calls of one forward pass (inference mode)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list[TorchCall] = []
+
+    class _Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            op = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+            ins = _tensors(args)
+            outs = _tensors(out)
+            weight = ins[1] if len(ins) > 1 and op in ("conv2d", "linear", "convolution", "_convolution",
+                                                       "addmm", "mm", "matmul") else None
+            node = ExecNode(name=f"{op}_{len(calls)}", op=op, domain="aten",
+                            input_shapes=[list(t.shape) for t in ins],
+                            input_dtypes=[_TORCH_DTYPE.get(str(t.dtype), str(t.dtype)) for t in ins],
+                            output_shapes=[list(t.shape) for t in outs],
+                            output_dtypes=[_TORCH_DTYPE.get(str(t.dtype), str(t.dtype)) for t in outs],
+                            attrs=_torch_attrs(op, args),
+                            weight_shape=list(weight.shape) if weight is not None else None,
+                            weight_dtype=_TORCH_DTYPE.get(str(weight.dtype)) if weight is not None else None)
+            if keep_args:
+                calls.append(TorchCall(node, func, args, kwargs))
+            else:
+                calls.append(TorchCall(node, None, (), {}))
+            return out
+
+    with torch.inference_mode(), _Recorder():
+        model(batch)
+    return calls
+
+
+def torch_exec_graph(model: Any, batch: Any, backend: str = "torch-eager") -> ExecGraph:
+    calls = record_torch_calls(model, batch)
+    return ExecGraph(backend=backend, precision="", batch_size=int(batch.shape[0]),
+                     nodes=[c.node for c in calls], source="torch dispatch trace")
+
+
+def torch_profile_times(model: Any, batch: Any, n_calls: int, runs: int = 3) -> list[float | None]:
+    """Measured ms of each top-level ATen call (in execution order) with torch.profiler.
+
+    Returns `n_calls` values (None where the profiler's events could not be matched)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        model(batch)  # warm-up outside the profiler
+        per_run: list[list[float]] = []
+        for _ in range(runs):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(batch)
+            top = [e for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
+            per_run.append([e.cpu_time_total / 1e3 for e in top])
+    out: list[float | None] = []
+    for i in range(n_calls):
+        vals = [r[i] for r in per_run if len(r) == n_calls]
+        out.append(statistics.median(vals) if vals else None)
+    return out
