@@ -521,7 +521,14 @@ def activation_inputs(model, const_names: Iterable[str]) -> list[Any]:
 
 
 def prepare_graph(model, *, batch: int | None = None, img_size: int | None = None) -> PreparedGraph:
-    """Strip weights, make every input dimension concrete and run ONNX shape inference.
+    """Strip weights, make every input dimension concrete and run ONNX shape inference."""
+    light, consts = strip_weights(model)
+    return concretize(light, consts, batch=batch, img_size=img_size)
+
+
+def concretize(stripped, consts: frozenset[str], *, batch: int | None = None,
+               img_size: int | None = None) -> PreparedGraph:
+    """Shape-infer a copy of a stripped model with every input dimension made concrete.
 
     The batch dimension (dim 0) becomes `batch` (default: the graph's own static batch, else 1);
     symbolic spatial dims of a 4-D input become `img_size`. A conflict with a static dimension is
@@ -529,7 +536,8 @@ def prepare_graph(model, *, batch: int | None = None, img_size: int | None = Non
     """
     import onnx
 
-    light, consts = strip_weights(model)
+    light = onnx.ModelProto()
+    light.CopyFrom(stripped)
     inputs = activation_inputs(light, consts)
     if not inputs:
         raise InputError("the ONNX graph has no activation input")

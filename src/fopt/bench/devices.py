@@ -1,0 +1,181 @@
+"""Device specifications for the roofline estimate: peak compute per precision, memory bandwidth.
+
+Peaks are *dense* figures (no 2:4 structured sparsity): NVIDIA datasheets print the sparse
+tensor-core number first, with an asterisk; the dense one is half of it. ``fp32`` is the CUDA-core
+(non-tensor) FP32 rate, ``fp16`` the FP16 tensor-core rate with FP32 accumulate where the sheet
+gives it, ``int8`` the INT8 tensor-core rate in OP/s (one multiply or one add = 1 op, like FLOPs).
+Memory bandwidth is the HBM/GDDR figure of the named board. These are ceilings no real network
+reaches; the roofline uses them as such.
+
+``node_overhead_s`` is not a datasheet number: it is a typical fixed cost per executed kernel
+(launch plus scheduling, a few microseconds on a GPU without CUDA graphs). Measure it for your
+stack before trusting small-batch estimates.
+
+``cpu`` is this machine: its figures come from ``fopt bench --calibrate`` (micro-benchmarks of the
+GEMM rate and memory bandwidth, cached per machine) and do not exist until that has run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from fopt.errors import FoptError, UsageError
+from fopt.registry import Registry
+
+TFLOPS = 1e12
+GBPS = 1e9
+GPU_NODE_OVERHEAD_S = 5e-6   # typical kernel launch + scheduling gap without CUDA graphs
+
+
+class CalibrationMissing(FoptError):
+    """`cpu` was asked for before `fopt bench --calibrate` measured this machine."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One device's ceilings. Units: FLOP/s (OP/s for int8), bytes/s, seconds."""
+
+    name: str
+    peak_flops: Mapping[str, float]   # precision (fp32 | fp16 | int8) -> FLOP/s
+    bandwidth_bytes_per_s: float
+    node_overhead_s: float
+    source: str
+    description: str = ""
+
+    def peak(self, precision: str) -> float:
+        """Peak rate at `precision`; a precision the device lacks falls back to the next wider one."""
+        for p in {"int8": ("int8", "fp16", "fp32"), "fp16": ("fp16", "fp32"),
+                  "fp32": ("fp32",)}.get(precision, (precision,)):
+            value = self.peak_flops.get(p)
+            if value:
+                return float(value)
+        raise UsageError(f"device {self.name!r} has no peak for {precision}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["peak_flops"] = dict(self.peak_flops)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DeviceSpec":
+        try:
+            return cls(name=str(d["name"]), peak_flops={k: float(v) for k, v in d["peak_flops"].items()},
+                       bandwidth_bytes_per_s=float(d["bandwidth_bytes_per_s"]),
+                       node_overhead_s=float(d["node_overhead_s"]), source=str(d.get("source", "")),
+                       description=str(d.get("description", "")))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise FoptError(f"malformed device spec ({type(e).__name__}: {e})") from None
+
+
+DEVICES: Registry[DeviceSpec] = Registry("device")
+
+
+def _add(spec: DeviceSpec) -> None:
+    DEVICES.add(spec.name, spec)
+
+
+_add(DeviceSpec(
+    "t4",
+    peak_flops={"fp32": 8.1 * TFLOPS,    # NVIDIA T4 datasheet: "Single-Precision 8.1 TFLOPS"
+                "fp16": 65 * TFLOPS,     # T4 datasheet: "Mixed-Precision (FP16/FP32) 65 TFLOPS"
+                "int8": 130 * TFLOPS},   # T4 datasheet: "INT8 130 TOPS"
+    bandwidth_bytes_per_s=320 * GBPS,    # T4 datasheet: "GPU Memory Bandwidth 320+ GB/s"
+    node_overhead_s=GPU_NODE_OVERHEAD_S,
+    source="NVIDIA T4 Tensor Core GPU datasheet", description="Turing, 70 W, 16 GB GDDR6"))
+
+_add(DeviceSpec(
+    "l4",
+    peak_flops={"fp32": 30.3 * TFLOPS,   # NVIDIA L4 datasheet: "FP32 30.3 teraFLOPs"
+                "fp16": 121 * TFLOPS,    # L4 datasheet: "FP16 Tensor Core 242 teraFLOPS*" (*sparse) / 2
+                "int8": 242.5 * TFLOPS},  # L4 datasheet: "INT8 Tensor Core 485 TOPs*" (*sparse) / 2
+    bandwidth_bytes_per_s=300 * GBPS,    # L4 datasheet: "GPU Memory Bandwidth 300 GB/s"
+    node_overhead_s=GPU_NODE_OVERHEAD_S,
+    source="NVIDIA L4 Tensor Core GPU datasheet", description="Ada, 72 W, 24 GB GDDR6"))
+
+_add(DeviceSpec(
+    "a10",
+    peak_flops={"fp32": 31.2 * TFLOPS,   # NVIDIA A10 datasheet: "FP32 31.2 teraFLOPS"
+                "fp16": 125 * TFLOPS,    # A10 datasheet: "FP16 Tensor Core 125 teraFLOPS | 250*"
+                "int8": 250 * TFLOPS},   # A10 datasheet: "INT8 Tensor Core 250 TOPS | 500*"
+    bandwidth_bytes_per_s=600 * GBPS,    # A10 datasheet: "GPU Memory Bandwidth 600 GB/s"
+    node_overhead_s=GPU_NODE_OVERHEAD_S,
+    source="NVIDIA A10 Tensor Core GPU datasheet", description="Ampere, 150 W, 24 GB GDDR6"))
+
+_add(DeviceSpec(
+    "a100",
+    peak_flops={"fp32": 19.5 * TFLOPS,   # NVIDIA A100 datasheet: "FP32 19.5 TFLOPS"
+                "fp16": 312 * TFLOPS,    # A100 datasheet: "FP16 Tensor Core 312 TFLOPS | 624*"
+                "int8": 624 * TFLOPS},   # A100 datasheet: "INT8 Tensor Core 624 TOPS | 1248*"
+    bandwidth_bytes_per_s=2039 * GBPS,   # A100 datasheet, 80GB SXM: "GPU Memory Bandwidth 2,039 GB/s"
+    node_overhead_s=GPU_NODE_OVERHEAD_S,
+    source="NVIDIA A100 Tensor Core GPU datasheet (80GB SXM)", description="Ampere, 80 GB HBM2e"))
+
+_add(DeviceSpec(
+    "h100",
+    peak_flops={"fp32": 67 * TFLOPS,     # NVIDIA H100 datasheet, SXM: "FP32 67 teraFLOPS"
+                "fp16": 989.5 * TFLOPS,  # H100 SXM: "FP16 Tensor Core 1,979 teraFLOPS*" (*sparse) / 2
+                "int8": 1979 * TFLOPS},  # H100 SXM: "INT8 Tensor Core 3,958 TOPS*" (*sparse) / 2
+    bandwidth_bytes_per_s=3350 * GBPS,   # H100 SXM: "GPU Memory Bandwidth 3.35TB/s"
+    node_overhead_s=GPU_NODE_OVERHEAD_S,
+    source="NVIDIA H100 Tensor Core GPU datasheet (SXM)", description="Hopper, 80 GB HBM3"))
+
+_add(DeviceSpec(
+    "h200",
+    peak_flops={"fp32": 67 * TFLOPS,     # NVIDIA H200 datasheet, SXM: "FP32 67 TFLOPS"
+                "fp16": 989.5 * TFLOPS,  # H200 SXM: "FP16 Tensor Core 1,979 TFLOPS*" (*sparse) / 2
+                "int8": 1979 * TFLOPS},  # H200 SXM: "INT8 Tensor Core 3,958 TOPS*" (*sparse) / 2
+    bandwidth_bytes_per_s=4800 * GBPS,   # H200 SXM: "GPU Memory Bandwidth 4.8TB/s"
+    node_overhead_s=GPU_NODE_OVERHEAD_S,
+    source="NVIDIA H200 Tensor Core GPU datasheet (SXM)", description="Hopper, 141 GB HBM3e"))
+
+
+def device_names() -> list[str]:
+    return [*DEVICES.names(), "cpu"]
+
+
+def get_device_spec(name: "str | DeviceSpec") -> DeviceSpec:
+    """A device by table name (case-insensitive), or ``cpu`` for this machine's calibration."""
+    if isinstance(name, DeviceSpec):
+        return name
+    key = str(name).strip().lower()
+    if key == "cpu":
+        return _cpu_spec()
+    return DEVICES.get(key)
+
+
+def _cpu_spec() -> DeviceSpec:
+    hint = "no CPU calibration yet: run `fopt bench --calibrate`"
+    try:
+        from fopt.bench.calibrate import load_calibration
+    except ImportError:
+        raise CalibrationMissing(hint) from None
+    cal = load_calibration()
+    if cal is None:
+        raise CalibrationMissing(hint)
+    if isinstance(cal, DeviceSpec):
+        return cal
+    if hasattr(cal, "to_device_spec"):
+        return cal.to_device_spec()
+    if isinstance(cal, Mapping):
+        return DeviceSpec.from_dict({"name": "cpu", **cal})
+    raise FoptError(f"unreadable CPU calibration ({type(cal).__name__}); rerun `fopt bench --calibrate`")
+
+
+def device_rows() -> list[dict[str, Any]]:
+    """The device table for `fopt analyze --list-devices` (cpu listed only once calibrated)."""
+    rows = []
+    specs = [spec for _, spec in DEVICES.items()]
+    try:
+        specs.append(_cpu_spec())
+    except CalibrationMissing:
+        pass
+    for spec in specs:
+        rows.append({"name": spec.name,
+                     "fp32_tflops": spec.peak_flops.get("fp32", 0) / TFLOPS,
+                     "fp16_tflops": spec.peak_flops.get("fp16", 0) / TFLOPS,
+                     "int8_tops": spec.peak_flops.get("int8", 0) / TFLOPS,
+                     "bandwidth_gb_s": spec.bandwidth_bytes_per_s / GBPS,
+                     "node_overhead_us": spec.node_overhead_s * 1e6,
+                     "source": spec.source})
+    return rows
