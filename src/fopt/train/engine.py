@@ -373,6 +373,9 @@ def _fit(cfg: TrainConfig, resume: bool, dist: DistInfo) -> FitResult:
     history: list[dict[str, Any]] = []
     start_epoch, best_f1, best_epoch, best_state = 1, -1.0, 0, None
     if resume:
+        if main:  # temporaries of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
+            for stale in run_dir.glob(".*.tmp"):
+                stale.unlink()
         raw = read_checkpoint(run_dir / "last.pt")
         ts = raw.get("train_state")
         if not ts:

@@ -48,7 +48,7 @@ def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_s
             bar.advance(task, len(y))
     y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
     result = classification_metrics(y_true, y_pred, names)
-    result.update({"split": split, "artifact": str(runner.path), "format": runner.format,
+    result.update({"split": split, "artifact": str(runner.path), "format": runner.card.get("format"),
                    "backend": runner.backend, "precision": runner.precision,
                    "device": runner.device, "batch_size": batch_size,
                    "seconds": round(time.perf_counter() - t0, 3),
