@@ -271,8 +271,9 @@ def _select(cands: list[Candidate], root: Path, need: int | None, rng: np.random
 def _stratified(n: int, rng: np.random.Generator, fractions: Sequence[float]) -> list[str]:
     n_val = round(n * fractions[1])
     n_test = round(n * fractions[2])
-    if n >= 3:
-        n_val, n_test = max(1, n_val), max(1, n_test)
+    if n >= 3:  # every split that should exist gets at least one image of every class
+        n_val = max(1, n_val) if fractions[1] > 0 else 0
+        n_test = max(1, n_test) if fractions[2] > 0 else 0
     splits = ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
     return [splits[i] for i in np.argsort(rng.permutation(n))]
 

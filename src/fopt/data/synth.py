@@ -38,10 +38,10 @@ from fopt.data.categories import CATEGORIES, label_of, synth_category_order
 from fopt.errors import OutputExistsError, UsageError
 
 SYNTH_VERSION = 1           # bump when the images change, so cached folders are not reused
-IMAGES_PER_ITEM = (3, 6)    # views per garment, inclusive range
+IMAGES_PER_ITEM = (2, 4)    # views per garment, inclusive range
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 NAME_WIDTH = 71             # annotation files left-justify image names to 71 characters
-DEFAULT_PER_CLASS = 80
+DEFAULT_PER_CLASS = 100
 DEFAULT_SIZE = 64
 JPEG_QUALITY = 90
 
@@ -421,11 +421,11 @@ def _background(rng: np.random.Generator, px: int) -> Image.Image:
     layer = Image.new("RGB", (px, px))
     alpha = Image.new("L", (px, px), 0)
     dl, da = ImageDraw.Draw(layer), ImageDraw.Draw(alpha)
-    for _ in range(int(rng.integers(4, 12))):
+    for _ in range(int(rng.integers(3, 9))):
         col = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.1, 1))
-        a = int(rng.uniform(60, 200))
+        a = int(rng.uniform(40, 150))
         x0, y0 = rng.uniform(-0.2, 1.0, size=2) * px
-        w, h = rng.uniform(0.05, 0.5, size=2) * px
+        w, h = rng.uniform(0.05, 0.35, size=2) * px
         box = [x0, y0, x0 + w, y0 + h]
         kind = rng.integers(0, 3)
         if kind == 0:
@@ -450,8 +450,8 @@ def render_image(category: str, item_params: dict[str, Any], style: dict[str, An
     tex = Image.composite(light, tex, canvas.light)
     mask = canvas.mask.filter(ImageFilter.GaussianBlur(0.6))
     # pose: rotation, scale, mirror, position
-    angle = float(rng.uniform(-18, 18))
-    scale = float(rng.uniform(0.62, 0.98))
+    angle = float(rng.uniform(-12, 12))
+    scale = float(rng.uniform(0.72, 1.0))
     if rng.random() < 0.5:
         mask, tex = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT), tex.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     mask = mask.rotate(angle, resample=Image.Resampling.BILINEAR)
@@ -468,7 +468,7 @@ def render_image(category: str, item_params: dict[str, Any], style: dict[str, An
     # lighting and sensor noise
     arr = np.asarray(img, dtype=np.float32)
     arr = arr * float(rng.uniform(0.75, 1.2)) + float(rng.uniform(-20, 20))
-    arr += rng.normal(0.0, float(rng.uniform(3, 14)), size=arr.shape).astype(np.float32)
+    arr += rng.normal(0.0, float(rng.uniform(2, 9)), size=arr.shape).astype(np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
