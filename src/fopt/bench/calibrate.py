@@ -96,7 +96,21 @@ def _read_cache_file(path: Path) -> dict[str, Any] | None:
     return doc
 
 
-def load_calibration(device: str = "cpu", threads: int | None = None) -> dict[str, Any] | None:
+class Calibration(dict):
+    """A cached calibration (a plain dict) that can also act as a `DeviceSpec` for `analyze`."""
+
+    def to_device_spec(self):
+        from fopt.bench.devices import DeviceSpec
+
+        s = self["summary"]
+        return DeviceSpec(name=s.get("name", self.get("device", "cpu")),
+                          peak_flops={k: float(v) for k, v in s["peak_flops"].items() if v},
+                          bandwidth_bytes_per_s=float(s["mem_bandwidth"]),
+                          node_overhead_s=float(s["per_node_overhead_s"]), source=s.get("source", ""),
+                          description=f"calibrated, {self.get('threads')} threads")
+
+
+def load_calibration(device: str = "cpu", threads: int | None = None) -> Calibration | None:
     """This machine's cached calibration for `device` (and `threads`, else the newest), or None.
 
     The dict has ``summary`` {``peak_flops`` {fp32, fp16, int8} in FLOP/s, ``mem_bandwidth``
@@ -111,10 +125,12 @@ def load_calibration(device: str = "cpu", threads: int | None = None) -> dict[st
         entries = [e for e in entries if e.get("threads") == threads]
     if not entries:
         return None
-    return max(entries, key=lambda e: e.get("created", ""))
+    cal = Calibration(max(entries, key=lambda e: e.get("created", "")))
+    cal["path"] = str(cache_path())
+    return cal
 
 
-def require_calibration(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+def require_calibration(device: str = "cpu", threads: int | None = None) -> Calibration:
     cal = load_calibration(device, threads)
     if cal is None:
         where = f" for {threads} threads" if threads is not None else ""
@@ -201,9 +217,14 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
         points += _graph_points(graph, b)
         unprof = time_callable(lambda: sess.run(None, feeds), budget_s)
         prof_sum = sum(n.measured_ms for n in graph.nodes if n.measured_ms is not None) / 1e3
+        prof_run = (graph.run_ms or 0.0) / 1e3
         n = sum(1 for n in graph.nodes if n.measured_ms is not None)
-        deltas.append({"batch": b, "nodes": n, "profiled_sum_s": prof_sum, "unprofiled_s": unprof,
-                       "delta_s": (prof_sum - unprof) / max(1, n)})
+        # Profiled vs unprofiled *run* medians: the profiler's cost per node. (The sum of per-node
+        # medians is lower than a run's median when another process steals the CPU: then nodes
+        # are slow in different runs; `busy_ratio` records how much.)
+        deltas.append({"batch": b, "nodes": n, "node_median_sum_s": prof_sum, "profiled_run_s": prof_run,
+                       "unprofiled_run_s": unprof, "delta_s": (prof_run - unprof) / max(1, n),
+                       "busy_ratio": prof_run / prof_sum if prof_sum else None})
     del sess
     return {"points": points, "delta": deltas}
 
@@ -261,8 +282,6 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
 
     device = resolve_device(device)
     if device == "cuda":
-        from fopt.bench.calibrate_cuda import calibrate_cuda
-
         cal = calibrate_cuda(quick=quick, on_step=on_step)
         if save:
             cal["path"] = str(save_calibration(cal))
@@ -345,6 +364,81 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     if save:
         cal["path"] = str(save_calibration(cal))
     return cal
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+def calibrate_cuda(*, quick: bool = False, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """GPU GEMM rate per precision, device-memory bandwidth and kernel launch gap (torch, CUDA events).
+
+    No per-class fits: on a GPU the calibrated estimate is analyze's roofline with these measured
+    figures in place of the datasheet's.
+    """
+    import torch
+
+    from fopt.bench.latency import CudaEventTimer
+    from fopt.bench.machine import machine_key, machine_record
+
+    step = on_step or (lambda msg: None)
+    t_start = time.perf_counter()
+    rec = machine_record(gpu=True)
+    dev = torch.device("cuda")
+    budget = 0.1 if quick else 0.5
+
+    def timed(fn: Callable[[], Any]) -> float:
+        from fopt.bench.latency import StopRule, measure
+
+        res = measure(CudaEventTimer(fn), StopRule(min_time_s=budget, warmup_iters=3, warmup_s=0.05,
+                                                   min_iters=5, first_check=10))
+        return statistics.median(res.samples_s)
+
+    n = 2048 if quick else 8192
+    step("GEMM rates")
+    peaks: dict[str, float | None] = {}
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the FP32 rate, not TF32 tensor cores
+    try:
+        for prec, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+            a = torch.randn(n, n, device=dev, dtype=dtype)
+            b = torch.randn(n, n, device=dev, dtype=dtype)
+            peaks[prec] = 2.0 * n ** 3 / timed(lambda: torch.mm(a, b))
+            del a, b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+    try:
+        a8 = torch.randint(-127, 127, (n, n), device=dev, dtype=torch.int8)
+        b8 = torch.randint(-127, 127, (n, n), device=dev, dtype=torch.int8)
+        peaks["int8"] = 2.0 * n ** 3 / timed(lambda: torch._int_mm(a8, b8))
+        del a8, b8
+    except (RuntimeError, AttributeError):
+        peaks["int8"] = None  # no int8 GEMM in this torch build / GPU
+    step("memory bandwidth")
+    nbytes = (256 << 20) if quick else (2 << 30)
+    src = torch.empty(nbytes // 4, device=dev, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    bw = 2.0 * nbytes / timed(lambda: dst.copy_(src))
+    del src, dst
+    step("launch overhead")
+    x = torch.zeros(16, device=dev)
+    chain = 200
+
+    def many() -> None:
+        for _ in range(chain):
+            x.add_(1.0)
+
+    per_kernel = timed(many) / chain
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    gpu = rec.get("gpu") or {}
+    return {
+        "schema": SCHEMA, "created": created, "device": "cuda", "threads": 0, "quick": quick,
+        "machine_key": machine_key(rec), "machine": rec,
+        "summary": {"name": f"cuda:{gpu.get('name', 'gpu')}", "peak_flops": peaks, "mem_bandwidth": bw,
+                    "cache_bandwidth": None, "per_node_overhead_s": per_kernel,
+                    "source": f"fopt bench --calibrate --device cuda on {gpu.get('name')}, {created}"},
+        "probes": {"gemm_n": n, "bandwidth_bytes": nbytes, "launch_chain": chain},
+        "backends": {},
+        "duration_s": time.perf_counter() - t_start,
+    }
 
 
 # ----------------------------------------------------------------------------- show

@@ -1,0 +1,179 @@
+"""Estimates beside every measured row: naive, roofline (from `fopt analyze`) and calibrated.
+
+- ``naive``: total FLOPs / peak(precision) of the device: what a FLOP count alone predicts.
+- ``roofline``: analyze's per-node ``max(flops / peak, bytes / bandwidth) + overhead`` on the
+  exported graph. For ``cpu`` both use this machine's calibrated summary (GEMM rate, DRAM
+  bandwidth, dispatch overhead); without a calibration they are absent, with a note.
+- ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.profile`)::
+
+      time = overhead[class] + max(work / rate[class], bytes / dram_bandwidth)
+
+  with ``class`` the kernel class (`fopt.bench.kernels`: dense/stem/pointwise/depthwise/grouped/
+  SE convs, GEMM, element-wise, transcendental, pooling, layout, Q/DQ ...) and ``rate`` and
+  ``overhead`` fitted for this backend and precision by ``fopt bench --calibrate`` on synthetic
+  probes (never on the model being estimated). The model's time is the sum over nodes, plus the
+  backend's fixed cost per run, minus the profiler's inflation per node (ONNX Runtime: the
+  executed graph and its shapes come from one short profiled run whose *times are not used*),
+  plus the ``nn.Module`` call cost per op (eager).
+
+Error is ``(estimate / measured_p50 - 1) * 100``: positive means the estimate is too high.
+On the machine this was developed on, graph-level models reached about 65% of points within
+25% out of sample (MEASURED.md); `benchmarks/bench_quality.py` measures what this one reaches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fopt.bench.kernels import NodeWork, classify
+from fopt.bench.profile import ExecGraph
+
+# Which calibrated backend a runner's rows use.
+_BACKEND_FITS = {"torch-eager": "torch-eager", "torchscript": "torch-eager", "onnxruntime": "onnxruntime"}
+
+
+def fit_key(backend: str, precision: str) -> str | None:
+    base = _BACKEND_FITS.get(backend)
+    return f"{base}/{precision}" if base else None
+
+
+@dataclass
+class NodeEstimate:
+    name: str
+    op: str
+    kernel_class: str
+    fit_class: str             # the class whose fit was used (differs when one was borrowed)
+    work: float
+    macs: float
+    bytes_moved: float
+    estimate_ms: float
+    bound: str                 # "compute" (work/rate), "memory" (bytes/DRAM) or "overhead"
+    measured_ms: float | None = None
+    unknown_op: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CalibratedEstimate:
+    total_ms: float
+    nodes: list[NodeEstimate]
+    fixed_ms: float                      # per-run constant (session.run) + per-op module calls
+    profiler_correction_ms: float        # subtracted: profiled node times' inflation
+    notes: list[str] = field(default_factory=list)
+
+    def by_class(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for n in self.nodes:
+            out[n.kernel_class] = out.get(n.kernel_class, 0.0) + n.estimate_ms
+        return out
+
+    def to_dict(self, with_nodes: bool = False) -> dict[str, Any]:
+        d = {"total_ms": self.total_ms, "fixed_ms": self.fixed_ms,
+             "profiler_correction_ms": self.profiler_correction_ms, "by_class_ms": self.by_class(),
+             "nodes": len(self.nodes), "notes": self.notes}
+        if with_nodes:
+            d["layers"] = [n.to_dict() for n in self.nodes]
+        return d
+
+
+def _resolve_fit(fits: dict[str, dict], cls: str) -> tuple[str, dict | None]:
+    from fopt.bench.calibrate import CLASS_FALLBACK
+
+    seen = set()
+    cur = cls
+    while cur not in fits and cur in CLASS_FALLBACK and cur not in seen:
+        seen.add(cur)
+        cur = CLASS_FALLBACK[cur]
+    return cur, fits.get(cur)
+
+
+def predict_node(nw: NodeWork, fits: dict[str, dict], dram_Bps: float | None) -> tuple[float, str, str]:
+    """(seconds, class used, bound) for one node."""
+    used, fit = _resolve_fit(fits, nw.kernel_class)
+    if fit is None:
+        return 0.0, "none", "overhead"
+    compute = nw.work * fit["sec_per_work"]
+    memory = nw.bytes_moved / dram_Bps if dram_Bps else 0.0
+    body = max(compute, memory)
+    bound = "overhead" if body < fit["overhead_s"] else ("memory" if memory > compute else "compute")
+    return fit["overhead_s"] + body, used, bound
+
+
+def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> CalibratedEstimate:
+    """The calibrated estimate of one executed graph with the fits of backend `key`."""
+    from fopt.errors import UsageError
+
+    backend = cal.get("backends", {}).get(key)
+    if backend is None:
+        raise UsageError(f"the calibration has no fits for {key} (it has "
+                         f"{', '.join(cal.get('backends', {})) or 'none'}); rerun `fopt bench --calibrate`")
+    fits = backend["classes"]
+    dram = cal["summary"].get("mem_bandwidth")
+    nodes, notes = [], []
+    borrowed: dict[str, str] = {}
+    unknown: dict[str, int] = {}
+    for node in graph.nodes:
+        nw = classify(node)
+        sec, used, bound = predict_node(nw, fits, dram)
+        if used != nw.kernel_class:
+            borrowed[nw.kernel_class] = used
+        if nw.unknown:
+            unknown[node.op] = unknown.get(node.op, 0) + 1
+        nodes.append(NodeEstimate(node.name, node.op, nw.kernel_class, used, nw.work, nw.macs,
+                                  nw.bytes_moved, sec * 1e3, bound, node.measured_ms, nw.unknown))
+    n = len(nodes)
+    fixed_s = backend.get("run_fixed_s", 0.0) + n * backend.get("module_overhead_s", 0.0)
+    correction_s = n * backend.get("node_delta_s", 0.0)
+    total_ms = sum(x.estimate_ms for x in nodes) + (fixed_s - correction_s) * 1e3
+    for cls, used in sorted(borrowed.items()):
+        notes.append(f"class {cls} not calibrated, used {used}")
+    if unknown:
+        notes.append("op types costed as element-wise: " + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items())))
+    return CalibratedEstimate(total_ms=max(total_ms, 0.0), nodes=nodes, fixed_ms=fixed_s * 1e3,
+                              profiler_correction_ms=correction_s * 1e3, notes=notes)
+
+
+# ----------------------------------------------------------------------------- executed graphs
+
+def exec_graph_for(runner: Any, batch: np.ndarray) -> ExecGraph | None:
+    """The executed graph of a loaded runner at this batch (None where fopt cannot see it)."""
+    from fopt.bench.profile import ort_exec_graph, torch_exec_graph
+
+    if runner.backend == "onnxruntime":
+        if runner.device != "cpu":
+            return None
+        g = ort_exec_graph(runner.path, batch, threads=runner.threads, runs=2,
+                           input_name=getattr(runner, "input_name", None))
+    elif runner.backend in ("torch-eager", "torchscript"):
+        import torch
+
+        runner.load()
+        g = torch_exec_graph(runner.model, torch.from_numpy(batch).to(runner.device), backend=runner.backend)
+    else:
+        return None
+    g.precision = runner.precision
+    return g
+
+
+# ----------------------------------------------------------------------------- analyze's estimates
+
+def analytic_estimates(path: str | Path, *, batch: int, precision: str, device_spec: Any) -> dict[str, Any]:
+    """naive and roofline ms from `fopt analyze` for `device_spec` (a name or DeviceSpec)."""
+    from fopt.bench.analyze import analyze
+    from fopt.bench.roofline import estimate_latency
+
+    result = analyze(str(path), batch=batch, precision=precision, device_spec=device_spec)
+    est = estimate_latency(result, device_spec, precision=precision, batch=batch)
+    return {"naive": est.naive_ms, "roofline": est.roofline_ms}
+
+
+def error_pct(estimate_ms: float | None, measured_ms: float | None) -> float | None:
+    if estimate_ms is None or not measured_ms:
+        return None
+    return (estimate_ms / measured_ms - 1.0) * 100.0

@@ -1,0 +1,441 @@
+"""`bench_artifacts`: measure artifacts x batch sizes, put the estimates beside, one row each.
+
+Rows are measured first (artifact by artifact, every batch size on one loaded runner, same input
+and threads for all), then estimated, so estimation work (analysis, a short profiled run) never
+overlaps timing. A row that fails (unloadable artifact, unsupported batch size, backend error)
+is recorded with ``status: "error"`` and its message; the run goes on.
+
+With ``processes=K > 1`` each artifact is measured in K fresh Python processes, one after the
+other, and the row pools their samples (`fopt.bench.latency.combine`): ``process_p50_ms`` lists
+each process's median and ``spread_pct`` their ``max/min - 1``. On shared virtual machines the
+spread between processes is often far larger than within one (MEASURED.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from fopt.bench.latency import (Clock, CudaEventTimer, StopRule, WallTimer, combine, measure,
+                                summarize, throughput_ips)
+from fopt.errors import FoptError, UsageError
+
+ESTIMATE_KEYS = ("naive", "roofline", "calibrated")
+INPUT_SEED = 0
+
+
+def make_input(channels: int, size: int, batch: int, seed: int = INPUT_SEED) -> np.ndarray:
+    """The one input every backend gets for this (size, batch): standard normal, fixed seed."""
+    return np.random.default_rng(seed).standard_normal((batch, channels, size, size), dtype=np.float32)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}" if not isinstance(e, FoptError) else msg or type(e).__name__
+
+
+@dataclass
+class BenchRow:
+    """One artifact x batch size. ``to_dict`` gives the JSON keys scripts rely on first."""
+
+    artifact: str
+    batch_size: int
+    backend: str | None = None
+    precision: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    status: str = "ok"
+    error: str | None = None
+    stats: Any = None                      # LatencyStats
+    h2d_ms: float | None = None            # CUDA: host-to-device copy of the batch, timed apart
+    timer: str = "wall"
+    processes: int = 1
+    estimate_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ESTIMATE_KEYS))
+    estimate_notes: list[str] = field(default_factory=list)
+    estimate_detail: dict[str, Any] = field(default_factory=dict)
+    layers: list[dict[str, Any]] | None = None
+
+    @property
+    def p50(self) -> float | None:
+        return self.stats.p50 if self.stats is not None else None
+
+    def error_pct(self) -> dict[str, float | None]:
+        from fopt.bench.estimate import error_pct
+
+        return {k: error_pct(self.estimate_ms.get(k), self.p50) for k in ESTIMATE_KEYS}
+
+    def fail(self, e: BaseException | str) -> "BenchRow":
+        self.status = "error"
+        self.error = e if isinstance(e, str) else _one_line(e)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.stats
+        d: dict[str, Any] = {
+            "artifact": self.artifact, "backend": self.backend, "precision": self.precision,
+            "batch_size": self.batch_size,
+            "latency_ms": s.latency_ms() if s is not None else None,
+            "throughput_ips": throughput_ips(self.batch_size, s.p50) if s is not None else None,
+            "estimate_ms": dict(self.estimate_ms), "error_pct": self.error_pct(),
+            "status": self.status, "error": self.error,
+            "device": self.device, "threads": self.threads, "timer": self.timer,
+            "h2d_ms": self.h2d_ms, "processes": self.processes,
+        }
+        if s is not None:
+            d.update({"min_ms": s.min, "max_ms": s.max, "n_samples": s.n, "n_clipped": s.n_clipped,
+                      "stop_reason": s.stop_reason, "warmup_iters": s.warmup_iters,
+                      "process_p50_ms": s.process_p50 or None, "spread_pct": s.spread_pct})
+        d["estimate_notes"] = list(self.estimate_notes)
+        if self.estimate_detail:
+            d["estimate_detail"] = self.estimate_detail
+        if self.layers is not None:
+            d["layers"] = self.layers
+        return d
+
+
+@dataclass
+class BenchResult:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[BenchRow]
+    calibration: dict[str, Any] | None = None
+
+    @property
+    def failed(self) -> list[BenchRow]:
+        return [r for r in self.results if r.status != "ok"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machine": self.machine, "settings": self.settings, "calibration": self.calibration,
+                "results": [r.to_dict() for r in self.results]}
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def _rule_dict(rule: StopRule) -> dict[str, Any]:
+    return dict(rule.__dict__)
+
+
+def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int], threads: int,
+                     rule: StopRule, clock: Clock = time.perf_counter) -> list[dict[str, Any]]:
+    """Measure one artifact at every batch size in this process; one dict per batch size.
+
+    Each dict has ``batch_size``, ``status``, ``error`` and, when it worked, ``samples_s``,
+    ``stop_reason``, ``warmup_iters``, ``timer``, ``h2d_ms``, ``backend``, ``precision``.
+    """
+    from fopt.runtime.base import open_runner
+
+    meta: dict[str, Any] = {}
+    try:
+        runner = open_runner(path, device=device, threads=threads)
+        meta = {"backend": runner.backend, "precision": runner.precision}
+        runner.load()
+    except Exception as e:  # recorded in every row of this artifact; the run goes on
+        return [{"batch_size": b, "status": "error", "error": _one_line(e), **meta} for b in batch_sizes]
+    out = []
+    try:
+        spec = runner.input_spec
+        for b in batch_sizes:
+            row: dict[str, Any] = {"batch_size": b, **meta}
+            try:
+                host = make_input(spec.channels, spec.size, b)
+                h2d_ms = None
+                if runner.device == "cuda":
+                    h2d_ms = _h2d_ms(runner, host, clock)
+                prepared = runner.prepare(host)
+                step = lambda: runner.run_prepared(prepared)  # noqa: E731 - the timed call
+                if runner.device == "cuda" and runner.backend in ("torch-eager", "torchscript", "tensorrt"):
+                    timer, timer_name = CudaEventTimer(step), "cuda-events"
+                else:
+                    timer, timer_name = WallTimer(step, runner.synchronize, clock), "wall"
+                loop = measure(timer, rule, clock)
+                row.update(status="ok", error=None, samples_s=loop.samples_s, stop_reason=loop.stop_reason,
+                           warmup_iters=loop.warmup_iters, timer=timer_name, h2d_ms=h2d_ms)
+            except Exception as e:  # one failing row is recorded; the others still run
+                row.update(status="error", error=_one_line(e))
+            out.append(row)
+    finally:
+        runner.close()
+    return out
+
+
+def _h2d_ms(runner: Any, host: np.ndarray, clock: Clock, iters: int = 20) -> float:
+    """Median time of runner.prepare (host -> device copy) + synchronize, in ms."""
+    times = []
+    for _ in range(iters):
+        t0 = clock()
+        runner.prepare(host)
+        runner.synchronize()
+        times.append(clock() - t0)
+    return summarize(times).p50
+
+
+def _measure_in_subprocess(path: str, *, device: str, batch_sizes: Sequence[int], threads: int,
+                           rule: StopRule) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="fopt-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps({"path": str(path), "device": device, "batch_sizes": list(batch_sizes),
+                                         "threads": threads, "rule": _rule_dict(rule)}))
+        proc = subprocess.run([sys.executable, "-m", "fopt.bench.run", "--worker", str(spec_path), str(out_path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not out_path.exists():
+            lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+            msg = lines[-1] if lines else f"worker exited with status {proc.returncode}"
+            return [{"batch_size": b, "status": "error", "error": f"measuring process failed: {msg}"}
+                    for b in batch_sizes]
+        return json.loads(out_path.read_text())
+
+
+def _worker_main(spec_path: str, out_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    rows = measure_artifact(spec["path"], device=spec["device"], batch_sizes=spec["batch_sizes"],
+                            threads=spec["threads"], rule=StopRule(**spec["rule"]))
+    Path(out_path).write_text(json.dumps(rows))
+    return 0
+
+
+def _rows_from_measurements(path: str, device: str, threads: int, runs: list[list[dict[str, Any]]],
+                            batch_sizes: Sequence[int]) -> list[BenchRow]:
+    rows = []
+    for i, b in enumerate(batch_sizes):
+        per_proc = [r[i] for r in runs]
+        row = BenchRow(artifact=str(path), batch_size=b, device=device, threads=threads, processes=len(runs))
+        first_meta = next((p for p in per_proc if p.get("backend")), {})
+        row.backend, row.precision = first_meta.get("backend"), first_meta.get("precision")
+        ok = [p for p in per_proc if p.get("status") == "ok"]
+        if len(ok) < len(per_proc):
+            bad = next(p for p in per_proc if p.get("status") != "ok")
+            rows.append(row.fail(bad.get("error") or "measurement failed"))
+            continue
+        row.timer = ok[0].get("timer", "wall")
+        h2d = [p["h2d_ms"] for p in ok if p.get("h2d_ms") is not None]
+        row.h2d_ms = float(np.median(h2d)) if h2d else None
+        if len(ok) == 1:
+            row.stats = summarize(ok[0]["samples_s"], stop_reason=ok[0]["stop_reason"],
+                                  warmup_iters=ok[0]["warmup_iters"])
+        else:
+            row.stats = combine([p["samples_s"] for p in ok], stop_reasons=[p["stop_reason"] for p in ok])
+            row.stats.warmup_iters = ok[0]["warmup_iters"]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- estimating
+
+def _device_spec_for(device: str, cal: dict[str, Any] | None, machine: dict[str, Any]):
+    """(DeviceSpec or None, note) for the naive/roofline estimates of rows on `device`."""
+    if device == "cpu":
+        if cal is None:
+            return None, "no CPU calibration for these threads: run `fopt bench --calibrate`"
+        return cal.to_device_spec(), None
+    from fopt.bench.devices import DEVICES
+
+    import re
+
+    gpu = (machine.get("gpu") or {}).get("name", "")
+    for name, spec in DEVICES.items():
+        if re.search(rf"\b{re.escape(name.lower())}\b", gpu.lower()):
+            return spec, None
+    if cal is not None:
+        return cal.to_device_spec(), None
+    return None, f"GPU {gpu!r} is not in the device table and not calibrated: run `fopt bench --calibrate --device cuda`"
+
+
+def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine: dict[str, Any],
+                   per_layer: bool, threads: int, on_row: Callable[[BenchRow], None] | None = None) -> None:
+    from fopt.bench import estimate as est
+    from fopt.runtime.base import open_runner
+
+    by_artifact: dict[str, list[BenchRow]] = {}
+    for r in rows:
+        if r.status == "ok":
+            by_artifact.setdefault(r.artifact, []).append(r)
+    for path, arows in by_artifact.items():
+        device = arows[0].device
+        spec, note = _device_spec_for(device, cal, machine)
+        analysis = None
+        if spec is not None:
+            try:
+                from fopt.bench.analyze import analyze
+
+                analysis = analyze(path, batch=arows[0].batch_size, precision=_analyze_precision(arows[0].precision),
+                                   device_spec=spec)
+            except Exception as e:  # analysis cannot read every artifact (e.g. engines): say why
+                note = f"analyze: {_one_line(e)}"
+        runner = None
+        try:
+            runner = open_runner(path, device=device, threads=threads)
+            runner.load()
+        except Exception as e:
+            for r in arows:
+                r.estimate_notes.append(f"calibrated: cannot open artifact ({_one_line(e)})")
+        for r in arows:
+            if note:
+                r.estimate_notes.append(note)
+            if analysis is not None:
+                try:
+                    from fopt.bench.roofline import estimate_latency
+
+                    le = estimate_latency(analysis, spec, precision=_analyze_precision(r.precision),
+                                          batch=r.batch_size)
+                    r.estimate_ms["naive"], r.estimate_ms["roofline"] = le.naive_ms, le.roofline_ms
+                except Exception as e:
+                    r.estimate_notes.append(f"roofline: {_one_line(e)}")
+            if device == "cuda":
+                _cuda_calibrated(r, analysis, cal)
+            if runner is not None and (device == "cpu" or per_layer):
+                _calibrated_for_row(r, runner, cal if device == "cpu" else None, per_layer)
+            if on_row:
+                on_row(r)
+        if runner is not None:
+            runner.close()
+
+
+def _cuda_calibrated(row: BenchRow, analysis: Any, cal: dict[str, Any] | None) -> None:
+    """On a GPU the calibrated estimate is analyze's roofline with this GPU's measured peaks."""
+    if cal is None or analysis is None:
+        row.estimate_notes.append("calibrated: run `fopt bench --calibrate --device cuda` first"
+                                  if cal is None else "calibrated: needs the analysis (see above)")
+        return
+    from fopt.bench.roofline import estimate_latency
+
+    try:
+        le = estimate_latency(analysis, cal.to_device_spec(), precision=_analyze_precision(row.precision),
+                              batch=row.batch_size)
+        row.estimate_ms["calibrated"] = le.roofline_ms
+    except Exception as e:
+        row.estimate_notes.append(f"calibrated: {_one_line(e)}")
+
+
+def _analyze_precision(precision: str | None) -> str:
+    return precision if precision in ("fp32", "fp16", "int8") else "fp32"
+
+
+def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, per_layer: bool) -> None:
+    from fopt.bench import estimate as est
+
+    key = est.fit_key(runner.backend, runner.precision)
+    want_estimate = cal is not None and key is not None and key in cal.get("backends", {})
+    if not want_estimate and not per_layer:
+        if key is None or cal is None:
+            row.estimate_notes.append(f"calibrated: not available for {runner.backend} on {row.device}")
+        else:
+            row.estimate_notes.append(f"calibrated: no calibration for {key}")
+        return
+    try:
+        spec = runner.input_spec
+        batch = make_input(spec.channels, spec.size, row.batch_size)
+        graph = est.exec_graph_for(runner, batch)
+    except Exception as e:
+        row.estimate_notes.append(f"calibrated: executed graph unavailable ({_one_line(e)})")
+        return
+    if graph is None:
+        row.estimate_notes.append(f"calibrated: executed graph not visible for {runner.backend} on {row.device}")
+        return
+    ce = None
+    if want_estimate:
+        ce = est.calibrated_estimate(graph, cal, key)
+        row.estimate_ms["calibrated"] = ce.total_ms
+        row.estimate_detail = ce.to_dict()
+        row.estimate_notes += ce.notes
+    else:
+        row.estimate_notes.append(f"calibrated: no calibration for {key}")
+    if per_layer:
+        row.layers = _layers(row, runner, graph, ce, batch)
+
+
+def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray) -> list[dict[str, Any]]:
+    from fopt.bench.kernels import classify
+
+    measured = [n.measured_ms for n in graph.nodes]
+    source = "onnxruntime profiling" if runner.backend == "onnxruntime" else "torch.profiler"
+    if runner.backend in ("torch-eager", "torchscript"):
+        import torch
+
+        from fopt.bench.profile import torch_profile_times
+
+        measured = torch_profile_times(runner.model, torch.from_numpy(batch).to(runner.device), len(graph.nodes))
+    total = sum(m for m in measured if m) or None
+    out = []
+    for i, node in enumerate(graph.nodes):
+        m = measured[i]
+        ne = ce.nodes[i] if ce is not None else None
+        nw = classify(node)
+        out.append({"name": node.name, "op": node.op, "class": nw.kernel_class,
+                    "output_shape": node.output_shapes[0] if node.output_shapes else None,
+                    "macs": nw.macs, "bytes": nw.bytes_moved,
+                    "measured_ms": m, "estimate_ms": ne.estimate_ms if ne else None,
+                    "share_pct": (m / total * 100.0) if (m is not None and total) else None,
+                    "source": source})
+    return out
+
+
+# ----------------------------------------------------------------------------- the library call
+
+def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8),
+                    threads: int | None = None, min_time_s: float = 1.0, processes: int = 1,
+                    estimate: bool = True, per_layer: bool = False, rule: StopRule | None = None,
+                    clock: Clock = time.perf_counter,
+                    on_progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Measure every artifact at every batch size; estimates beside each row (see module doc).
+
+    `threads` defaults to the physical cores this process may use, and is the same for every
+    backend. `rule` overrides the stop rule built from `min_time_s`.
+    """
+    from fopt.bench.calibrate import load_calibration
+    from fopt.bench.machine import default_threads, machine_record
+    from fopt.runtime.base import resolve_device
+
+    if not paths:
+        raise UsageError("give at least one artifact to benchmark")
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise UsageError(f"batch sizes must be >= 1, got {batch_sizes}")
+    if processes < 1:
+        raise UsageError(f"--processes must be >= 1, got {processes}")
+    device = resolve_device(device)
+    threads = int(threads or default_threads())
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    rule = rule or StopRule(min_time_s=min_time_s)
+    say = on_progress or (lambda msg: None)
+    machine = machine_record(gpu=device == "cuda")
+
+    rows: list[BenchRow] = []
+    for path in paths:
+        say(f"measuring {path}")
+        if processes == 1:
+            runs = [measure_artifact(path, device=device, batch_sizes=batch_sizes, threads=threads,
+                                     rule=rule, clock=clock)]
+        else:
+            runs = [_measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
+                                           threads=threads, rule=rule) for _ in range(processes)]
+        rows += _rows_from_measurements(str(path), device, threads, runs, batch_sizes)
+
+    cal = None
+    if estimate or per_layer:
+        cal = load_calibration(device, threads)
+        say("estimating")
+        _estimate_rows(rows, cal=cal if estimate else None, machine=machine, per_layer=per_layer, threads=threads)
+    settings = {"device": device, "batch_sizes": batch_sizes, "threads": threads, "processes": processes,
+                "stop_rule": _rule_dict(rule), "input": f"standard normal, seed {INPUT_SEED}",
+                "estimate": estimate, "per_layer": per_layer}
+    cal_info = None
+    if cal is not None:
+        cal_info = {"path": cal.get("path"), "created": cal.get("created"), "threads": cal.get("threads"),
+                    "quick": cal.get("quick"), "summary": cal.get("summary")}
+    return BenchResult(machine=machine, settings=settings, results=rows, calibration=cal_info)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        sys.exit(_worker_main(sys.argv[2], sys.argv[3]))
+    print("usage: python -m fopt.bench.run --worker SPEC.json OUT.json", file=sys.stderr)
+    sys.exit(2)

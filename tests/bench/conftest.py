@@ -1,0 +1,94 @@
+"""Fixtures for bench tests: tiny artifacts (32 px) and a synthetic calibration in a tmp cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_CLASSES = ["a", "b", "c", "d"]
+
+
+def _tiny_model():
+    import torch
+
+    from fopt.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("tiny", num_classes=len(TINY_CLASSES)).eval()
+
+
+def write_tiny_onnx(path: Path, *, dynamic_batch: bool = True, size: int = 32) -> Path:
+    """The `tiny` registry model as a carded ONNX file (what `fopt export` writes, minus checks)."""
+    import onnx
+
+    from fopt.artifacts import InputSpec, make_card, write_card
+    from fopt.export.onnx import model_to_onnx
+
+    proto = model_to_onnx(_tiny_model(), size, dynamic_batch=dynamic_batch)
+    card = make_card(kind="onnx", format="onnx", precision="fp32", input_spec=InputSpec(size=size),
+                     class_names=TINY_CLASSES, model={"name": "tiny", "kwargs": {"num_classes": 4}},
+                     opset=17)
+    onnx.save(proto, str(path))
+    write_card(path, card)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bench_dir(tmp_path_factory) -> Path:
+    """tiny.onnx (dynamic batch), tiny_static.onnx (batch 1 only), tiny.pt checkpoint, corrupt.onnx."""
+    from fopt.artifacts import InputSpec
+    from fopt.train.checkpoint import save_checkpoint
+
+    d = tmp_path_factory.mktemp("bench_artifacts")
+    write_tiny_onnx(d / "tiny.onnx")
+    write_tiny_onnx(d / "tiny_static.onnx", dynamic_batch=False)
+    save_checkpoint(d / "tiny.pt", _tiny_model(), model_name="tiny", model_kwargs={"num_classes": 4},
+                    class_names=TINY_CLASSES, input_spec=InputSpec(size=32))
+    (d / "corrupt.onnx").write_bytes(b"not an onnx file at all")
+    return d
+
+
+def synthetic_calibration(threads: int = 1) -> dict:
+    """A calibration with round numbers, so estimates can be checked by arithmetic."""
+    from fopt.bench.kernels import ALL_CLASSES, COMPUTE_CLASSES
+    from fopt.bench.machine import machine_key, machine_record
+
+    rec = machine_record()
+
+    def classes():
+        return {c: {"overhead_s": 5e-6, "sec_per_work": (1e-11 if c in COMPUTE_CLASSES else 2e-10),
+                    "n": 3, "rel_rmse": 0.0} for c in ALL_CLASSES}
+
+    return {
+        "schema": 1, "created": "2026-01-01T00:00:00+00:00", "device": "cpu", "threads": threads,
+        "quick": True, "machine_key": machine_key(rec), "machine": rec,
+        "summary": {"name": "cpu", "peak_flops": {"fp32": 1e11, "fp16": None, "int8": 4e11},
+                    "mem_bandwidth": 2e10, "cache_bandwidth": 6e10, "per_node_overhead_s": 5e-6,
+                    "source": "synthetic test calibration"},
+        "probes": {"overhead": {"onnxruntime_dispatch_s": 5e-6, "onnxruntime_run_fixed_s": 1e-5,
+                                "torch_dispatch_s": 3e-6}},
+        "backends": {
+            "onnxruntime/fp32": {"classes": classes(), "node_delta_s": 1e-6, "run_fixed_s": 1e-5},
+            "onnxruntime/int8": {"classes": classes(), "node_delta_s": 1e-6, "run_fixed_s": 1e-5},
+            "torch-eager/fp32": {"classes": classes(), "module_overhead_s": 2e-6, "run_fixed_s": 0.0},
+        },
+    }
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """An empty calibration cache for this test (FOPT_CACHE_DIR)."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FOPT_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def synthetic_cal(cache_dir) -> dict:
+    """The synthetic calibration saved for 1 thread in the test's cache."""
+    from fopt.bench.calibrate import save_calibration
+
+    cal = synthetic_calibration(threads=1)
+    save_calibration(cal)
+    return cal
