@@ -494,7 +494,7 @@ def render_class_histogram(counts: dict[str, dict[str, int]], threshold: int | N
     ax.tick_params(axis="x", labelrotation=60)
     for lab in ax.get_xticklabels():
         lab.set_horizontalalignment("right")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
