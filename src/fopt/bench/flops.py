@@ -25,12 +25,14 @@ Convention (every figure fopt prints follows it)
 * Folding the runtime always does is modelled, so that a checkpoint and its exported ONNX file
   give the same compute figures:
   - a BatchNormalization whose only input is a Conv output used by nothing else is ``fused`` into
-    that Conv (0 FLOPs, 0 bytes, no node of its own; its params still count, and the folded bias
-    it leaves behind counts in weight bytes). The legacy exporter folds exactly these.
+    that Conv (0 FLOPs, 0 bytes, no node of its own; its params still count, and the bias the
+    Conv gains by folding counts in the Conv's weight bytes). The legacy exporter folds exactly
+    these.
   - a node whose inputs are all constants (e.g. DequantizeLinear of int8 weights, Identity copies
     of initializers) is ``folded``: computed once at load time, not per inference.
 * QDQ INT8 graphs (QuantizeLinear/DequantizeLinear pairs, onnxruntime's default format): a node
-  whose float activation inputs all come from DequantizeLinear runs in int8 (its tensors count at
+  of a type runtimes have integer kernels for (`INT8_CAPABLE`) whose float activation inputs all
+  come from DequantizeLinear runs in int8 (its tensors count at
   1 B, its MACs at the device's INT8 rate); a node left between float tensors is a float island at
   the graph's float precision. Activation Q/DQ nodes are counted as the element-wise work they are
   in the graph (QuantizeLinear 3 FLOPs, DequantizeLinear 2 per element, real dtypes on each side):
@@ -349,6 +351,15 @@ def _qlinear_matmul(n: NodeView) -> OpCost:
     return _matmul_cost(n, 0, 3, extra={i: "qparam" for i in (1, 2, 4, 5, 6, 7)})
 
 
+@handles("QGemm")  # onnxruntime contrib: A, a_scale, a_zp, B, b_scale, b_zp, C, y_scale, y_zp
+def _qgemm(n: NodeView) -> OpCost:
+    a = n.shape_in(0)
+    k = a[0] if int(n.attrs.get("transA", 0)) else a[-1]
+    macs = n.out_numel(0) * k
+    roles = {0: "param", 3: "param", 6: "bias", **{i: "qparam" for i in (1, 2, 4, 5, 7, 8)}}
+    return OpCost("gemm", macs=macs, flops=2 * macs, roles=_const_roles(n, roles), details={"k": k})
+
+
 @handles("Gemm", "FusedGemm")
 def _gemm(n: NodeView) -> OpCost:
     a = n.shape_in(0)
@@ -586,33 +597,63 @@ def concretize(stripped, consts: frozenset[str], *, batch: int | None = None,
     except Exception as e:  # onnx raises several types for malformed graphs
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(f"ONNX shape inference failed: {first}") from e
-    inferred = _fill_contrib_shapes(inferred)
+    inferred = _contrib_shape_pass(inferred)
     real_batch = first_shape[0]
     size = first_shape[2] if len(first_shape) == 4 and first_shape[2] == first_shape[3] else img_size
     return PreparedGraph(inferred, consts, first_shape, real_batch, size)
 
 
-def _fill_contrib_shapes(model):
-    """Second pass with onnxruntime's symbolic shape inference for ops ONNX does not know.
+# onnxruntime contrib ops -> a standard op with the same output shape (inputs by index), so that
+# ONNX shape inference can see through graphs saved by ORT's optimizer at the portable "extended"
+# level. NCHWc graphs (level "all") use blocked layouts and are not covered.
+_SHAPE_STANDINS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
+    "FusedConv": ("Conv", (0, 1, 2), ("activation", "activation_params")),
+    "FusedGemm": ("Gemm", (0, 1, 2), ("activation", "activation_alpha", "activation_beta",
+                                      "activation_gamma")),
+    "QGemm": ("Gemm", (0, 3, 6), ()),
+    "QLinearAdd": ("Add", (0, 3), ()),
+    "QLinearMul": ("Mul", (0, 3), ()),
+    "QLinearSigmoid": ("Identity", (0,), ("alpha",)),
+    "QLinearLeakyRelu": ("Identity", (0,), ("alpha",)),
+    "QLinearSoftmax": ("Identity", (0,), ("axis", "opset")),
+    "QuickGelu": ("Identity", (0,), ("alpha",)),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", (0,), ("channels_last",)),
+}
 
-    onnxruntime-optimised graphs (FusedConv, QLinear* contrib ops, NCHWc reorders) leave ONNX's
-    inference blind from the first such node on. Used only when something is missing.
-    """
-    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.output)
-             if _dims(vi) is not None and None not in (_dims(vi) or [None])}
-    known |= {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer}
-    missing = any(o and o not in known for n in model.graph.node for o in n.output)
-    if not missing:
+
+def _contrib_shape_pass(model):
+    """Run ONNX inference on a copy whose contrib nodes are stand-ins; keep the shapes it finds."""
+    import onnx
+
+    if not any(n.op_type in _SHAPE_STANDINS and n.domain == "com.microsoft" for n in model.graph.node):
         return model
+    shadow = onnx.ModelProto()
+    shadow.CopyFrom(model)
+    del shadow.graph.node[:]
+    for n in model.graph.node:
+        standin = _SHAPE_STANDINS.get(n.op_type) if n.domain == "com.microsoft" else None
+        if standin is None or (n.op_type == "QLinearGlobalAveragePool" and any(
+                a.name == "channels_last" and a.i for a in n.attribute)):
+            shadow.graph.node.append(n)
+            continue
+        op, idx, drop = standin
+        new = shadow.graph.node.add()
+        new.op_type, new.name, new.domain = op, n.name, ""
+        new.input.extend(n.input[i] if i < len(n.input) else "" for i in idx)
+        while new.input and not new.input[-1]:
+            del new.input[-1]
+        new.output.extend(n.output[:1])
+        new.attribute.extend(a for a in n.attribute if a.name not in drop)
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-    except ImportError:
+        inferred = onnx.shape_inference.infer_shapes(shadow, check_type=False, strict_mode=False,
+                                                     data_prop=True)
+    except Exception:  # noqa: BLE001 - a refinement only: the holes are reported as missing shapes
         return model
-    try:
-        out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
-    except Exception:  # noqa: BLE001 - optional refinement: keep ONNX's partial result, report holes
-        return model
-    return out if out is not None else model
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    return model
 
 
 # ----------------------------------------------------------------------------- the counting engine
@@ -706,11 +747,19 @@ class GraphCount:
         return sum(layer.executes for layer in self.layers)
 
 
-QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QGemm",
                        "ConvInteger", "MatMulInteger", "QLinearMatMul", "QLinearAdd", "QLinearMul",
                        "QLinearSigmoid", "QLinearGlobalAveragePool", "QLinearConcat",
                        "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSoftmax"})
 INTEGER_OPS = QUANT_OPS - {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# Op types that runtimes execute on int8 data when Q/DQ surround them (onnxruntime's QDQ
+# selectors and TensorRT's quantized layers); others (HardSwish, HardSigmoid, LayerNorm, ...) stay
+# float islands between a DequantizeLinear and a QuantizeLinear.
+INT8_CAPABLE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Sigmoid",
+                          "LeakyRelu", "Relu", "Clip", "AveragePool", "GlobalAveragePool", "MaxPool",
+                          "Concat", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze",
+                          "Unsqueeze", "Split", "Slice", "Gather", "Pad", "Softmax", "Where",
+                          "ArgMax", "DepthToSpace", "SpaceToDepth", "InstanceNormalization"})
 REAL_DTYPE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast",
                             "CastLike"})
 
@@ -864,8 +913,8 @@ def _node_precision(idx: GraphIndex, node, precision: str, quantized: bool, floa
         if dt in (2, 3):  # UINT8, INT8 activations: a QOperator-format integer path
             return "int8"
         float_acts.append(x)
-    if float_acts and all((p := idx.producer.get(x)) is not None and p.op_type == "DequantizeLinear"
-                          for x in float_acts):
+    if node.op_type in INT8_CAPABLE and float_acts and all(
+            (p := idx.producer.get(x)) is not None and p.op_type == "DequantizeLinear" for x in float_acts):
         return "int8"
     return float_precision
 
@@ -889,6 +938,7 @@ def count_graph(prepared: PreparedGraph, precision: str | None = None) -> GraphC
     fused = _fused_batchnorms(idx)
     names = {id(n): _node_name(n, i) for i, n in enumerate(idx.nodes)}
     conv_has_bias = {id(c): len(c.input) > 2 and bool(c.input[2]) for c in fused.values()}
+    layer_of: dict[int, Layer] = {}
 
     layers: list[Layer] = []
     unsupported: Counter[str] = Counter()
@@ -908,6 +958,7 @@ def count_graph(prepared: PreparedGraph, precision: str | None = None) -> GraphC
         layer = Layer(name, node.op_type, "other", "counted", compute_prec,
                       list(out0) if out0 is not None else None)
         layers.append(layer)
+        layer_of[id(node)] = layer
         outputs_const = all(o in idx.const for o in node.output if o)
 
         if node.op_type in IGNORED_OPS:
@@ -936,10 +987,13 @@ def count_graph(prepared: PreparedGraph, precision: str | None = None) -> GraphC
                     if t.name not in param_seen:
                         param_seen.add(t.name)
                         params_total += t.numel
-            if not conv_has_bias[id(conv)] and view.inp(2) is not None and view.inp(2).shape is not None:
-                # the folded bias the Conv gains (weights are rewritten in place, same size)
-                layer.weight_bytes = view.inp(2).numel * element_bytes(view.inp(2).dtype, nprec, "bias")
-                weight_bytes_total += layer.weight_bytes
+            shift = view.inp(2)
+            if not conv_has_bias[id(conv)] and shift is not None and shift.shape is not None:
+                # the bias the Conv gains by folding (its weights are rewritten in place, same size):
+                # the Conv reads it, exactly as in the exported, folded graph
+                nbytes = shift.numel * element_bytes(shift.dtype, nprec, "bias")
+                layer_of[id(conv)].weight_bytes += nbytes
+                weight_bytes_total += nbytes
             continue
         handler = HANDLERS.get(node.op_type)
         if handler is None:
