@@ -215,9 +215,9 @@ def _read_fashion_mnist(raw: Path) -> Source:
         bad = np.flatnonzero(labels > 9)
         if bad.size:
             raise DataError(f"{folder / lab_stem}: label {labels[bad[0]]} at index {bad[0]} is outside 0..9")
-        for i in range(len(labels)):
-            cands.append(Candidate(f"images/{split}/{i:05d}.png", int(labels[i]), split,
-                                   origin=f"{folder / img_stem}[{i}]", pixels=images[i]))
+        origin = str(folder / img_stem)
+        cands += [Candidate(f"images/{split}/{i:05d}.png", lab, split, origin=f"{origin}[{i}]", pixels=images[i])
+                  for i, lab in enumerate(labels.tolist())]
     return Source("fashion-mnist", raw, cands, dict(enumerate(FMNIST_CLASSES)), "official train/test",
                   {"idx_dir": str(folder.resolve())})
 
