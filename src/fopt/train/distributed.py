@@ -77,6 +77,21 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def broadcast_buffers(model, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the start of each training forward, but each rank then updates
+    its own copy with its own batch; evaluating without this would score each validation shard
+    with slightly different statistics than the best.pt that rank 0 saves.
+    """
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for buf in model.buffers():
+        dist.broadcast(buf, src=0)
+
+
 def all_reduce_sum(values: list[float], info: DistInfo, device) -> list[float]:
     """Element-wise sum of a few scalars over ranks (float64, so counts stay exact)."""
     if not info.enabled:

@@ -25,7 +25,8 @@ from fopt.console import err_console, progress
 from fopt.errors import DataError, UsageError
 from fopt.train import metrics as M
 from fopt.train.config import TrainConfig
-from fopt.train.distributed import DistInfo, all_reduce_sum, cleanup, gather_arrays, init_from_env
+from fopt.train.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, cleanup,
+                                    gather_arrays, init_from_env)
 
 
 @dataclass
@@ -319,7 +320,10 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
         return _fit(cfg, resume, dist)
     except BaseException as e:
         if dist.enabled:  # name the rank: torchrun's summary otherwise only shows exit codes
-            note(f"rank {dist.rank}/{dist.world_size} failed: {type(e).__name__}: {e}")
+            first = (str(e).strip().splitlines() or [""])[0]
+            hint = (f" (no answer from another rank within --dist-timeout {cfg.dist_timeout_s} s: "
+                    f"it died or hung; its own log says why)" if "timed out" in first.lower() else "")
+            note(f"rank {dist.rank}/{dist.world_size} failed: {type(e).__name__}: {first}{hint}")
         raise
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
@@ -418,6 +422,7 @@ def _fit(cfg: TrainConfig, resume: bool, dist: DistInfo) -> FitResult:
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(net, loaders["train"], optimizer, scaler, device, amp=amp, dist=dist,
                              description=f"epoch {epoch}/{cfg.epochs}", show_progress=main)
+        broadcast_buffers(model, dist)
         ev = evaluate(model, loaders["val"], device, amp=amp, dist=dist)
         m = M.classification_metrics(ev["label"], ev["pred"], class_names)
         val_loss = float(ev["loss"].mean())
