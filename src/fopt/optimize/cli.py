@@ -1,0 +1,110 @@
+"""`fopt optimize`: parse options, call `fopt.optimize.run.optimize_onnx`, print the table.
+
+No onnx/onnxruntime/torch import at module level: `fopt --help` stays light.
+"""
+
+from __future__ import annotations
+
+import click
+
+from fopt.console import csv_option, force_option, json_option, note, print_table, write_csv, write_json
+
+
+def _csv_list(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@click.command("optimize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--int8-dynamic", is_flag=True, help="Dynamic INT8 (weights INT8, activations per batch).")
+@click.option("--int8-static", is_flag=True, help="Static QDQ INT8 calibrated on real images.")
+@click.option("--fp16", is_flag=True, help="FP16 weights/compute, FP32 inputs/outputs (for GPUs).")
+@click.option("--tensorrt", is_flag=True, help="TensorRT engine(s): from MODEL and from the FP16/INT8 files "
+                                              "made in this run (needs a CUDA GPU and tensorrt).")
+@click.option("--all", "all_methods", is_flag=True, help="Every method this machine supports.")
+@click.option("--eval", "eval_dir", type=click.Path(file_okay=False),
+              help="Dataset folder to evaluate on (val split). Default: the dataset in MODEL's lineage.")
+@click.option("--no-eval", is_flag=True, help="Skip the accuracy evaluation.")
+@click.option("--no-latency", is_flag=True, help="Skip the quick batch-1 latency check.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default: beside MODEL).")
+@json_option
+@csv_option
+@force_option
+@click.option("--op-types", default="MatMul,Gemm", show_default=True,
+              help="Dynamic INT8: op types to quantize (comma-separated). Adding Conv makes CNNs slower on CPU.")
+@click.option("--calib-data", type=click.Path(file_okay=False),
+              help="Static INT8: a dataset folder (train split) or a folder of images. "
+                   "Default: the dataset in MODEL's lineage.")
+@click.option("--calib-size", type=int, default=None,
+              help="Static INT8: calibration images (default 256, or all if 32-255 exist; minimum 32).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="Static INT8: how activation ranges are chosen.")
+@click.option("--exclude", "exclude", multiple=True,
+              help="Static INT8: node name to keep FP32 (repeatable or comma-separated).")
+@click.option("--keep-fp32", default="", help="Static INT8: 'first', 'last' or 'first,last' Conv/Gemm to keep FP32.")
+@click.option("--per-tensor", is_flag=True, help="Static INT8: per-tensor weight scales (default per-channel).")
+@click.option("--reduce-range", is_flag=True,
+              help="Static INT8: 7-bit weights (only for x86 CPUs without VNNI, where U8S8 can overflow).")
+@click.option("--int8-target", type=click.Choice(["auto", "ort", "tensorrt", "both"]), default="auto",
+              show_default=True,
+              help="Static INT8 encoding: 'ort' = uint8 activations for ONNX Runtime CPU (MODEL.int8.onnx); "
+                   "'tensorrt' = symmetric int8 for TensorRT (MODEL.int8-trt.onnx); auto = both with "
+                   "--tensorrt, else ort.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile: smallest batch.")
+@click.option("--opt-batch", type=int, default=1, show_default=True, help="TensorRT profile: batch to tune for.")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--workspace", "workspace_mb", type=int, default=2048, show_default=True,
+              help="TensorRT builder workspace limit in MiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False),
+              help="TensorRT timing cache file, reused across builds (default OUT/tensorrt.timing.cache).")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for evaluation and latency (default: the runtime's default).")
+@click.option("--batch-size", "eval_batch_size", type=int, default=64, show_default=True,
+              help="Evaluation batch size.")
+def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, all_methods, eval_dir, no_eval, no_latency,
+             out_dir, json_path, csv_path, force, op_types, calib_data, calib_size, calib_method, exclude,
+             keep_fp32, per_tensor, reduce_range, int8_target, seed, min_batch, opt_batch, max_batch,
+             workspace_mb, timing_cache, threads, eval_batch_size):
+    """Turn an FP32 ONNX export into INT8, FP16 and TensorRT artifacts, each with its accuracy cost.
+
+    Every artifact gets a card (<file>.json) and is evaluated on the validation split through its
+    own runner; the table shows size, parameters, accuracy and macro-F1 with their change against
+    the FP32 parent, and a quick batch-1 latency (use `fopt bench` for real measurements).
+
+    Example: fopt optimize artifacts/run1/model.onnx --int8-static --int8-dynamic --fp16
+    """
+    from fopt.optimize.run import OptimizeOptions, optimize_onnx
+
+    methods = tuple(m for m, on in (("int8-dynamic", int8_dynamic), ("int8-static", int8_static),
+                                    ("fp16", fp16), ("tensorrt", tensorrt)) if on)
+    opts = OptimizeOptions(
+        methods=methods, all_methods=all_methods, out_dir=out_dir, eval_dir=eval_dir,
+        evaluate=not no_eval, latency=not no_latency, force=force, op_types=_csv_list(op_types),
+        calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
+        exclude=tuple(x for e in exclude for x in _csv_list(e)), keep_fp32=_csv_list(keep_fp32),
+        per_channel=not per_tensor, reduce_range=reduce_range, int8_target=int8_target, seed=seed,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
+        timing_cache=timing_cache, threads=threads, eval_batch_size=eval_batch_size)
+    result = optimize_onnx(model, opts, log=note)
+    from fopt.optimize.report import ROW_COLUMNS, ROW_HEADERS
+
+    print_table(result["rows"], ROW_COLUMNS, title=f"fopt optimize {result['model']}", headers=ROW_HEADERS)
+    note("Δ = change against the FP32 parent in percentage points; × = speed-up over the parent; "
+         "* quick latency check")
+    for row in result["rows"]:
+        note(f"{row['label']}: {row['artifact']} ({row['runs_on']})" + (f": {row['note']}" if row["note"] else ""))
+    for a in result["artifacts"]:
+        g = a.get("graph")
+        if g and a["precision"] == "int8":
+            quantized = ", ".join(f"{v} {k}" for k, v in {**g["quantized_ops"], **g["integer_ops"]}.items())
+            floats = g["float_compute_nodes"]
+            note(f"{a['method']}: quantized {quantized or 'nothing'}; {g['qdq_pairs']} QDQ pairs; "
+                 f"stayed FP32: {len(floats)} compute node(s)"
+                 f"{': ' + ', '.join(floats[:4]) + (' ...' if len(floats) > 4 else '') if floats else ''}")
+        if a.get("ort_executed"):
+            note(f"{a['method']}: onnxruntime executes {a['ort_executed']}")
+    if result["latency_note"]:
+        note(f"latency: {result['latency_note']}")
+    write_json(json_path, result)
+    write_csv(csv_path, result["rows"])

@@ -1,0 +1,271 @@
+"""INT8 quantization of an FP32 ONNX model with onnxruntime.quantization.
+
+Two pure functions, each ``(src, dst, **settings) -> settings record``:
+
+`onnx_to_int8_dynamic`
+    Weights to INT8 ahead of time, activations quantized on the fly per batch
+    (``quantize_dynamic``). By default only MatMul/Gemm: dynamic Conv becomes ConvInteger,
+    which on CPU is slower than the FP32 convolution (no fused requantisation, no NCHWc
+    layout), so for CNNs only the classifier head gains. ``op_types`` overrides.
+
+`onnx_to_int8_static`
+    QDQ static quantization calibrated on real images: ``quant_pre_process`` (symbolic shape
+    inference, ONNX Runtime graph fusions) first, then ``quantize_static`` with per-channel
+    symmetric INT8 weights. Two QDQ encodings of the same calibration, because the runtimes
+    want different things:
+
+    * ``target="ort"`` (ONNX Runtime on CPU): uint8 asymmetric activations (U8S8). On x86,
+      ONNX Runtime fuses DQ->Conv->Q into QLinearConv only for uint8 activations (int8 is
+      converted to uint8 only where a QuantizeLinear has a single consumer), and an
+      asymmetric range lets the quantizer fold Relu/Clip into the preceding Q; with symmetric
+      activations every Relu stays a float island and most convolutions stay FP32 (measured on
+      resnet18: INT8 symmetric was no faster than FP32). SiLU (x * sigmoid(x)) is first fused
+      into one com.microsoft QuickGelu(alpha=1) node, which ONNX Runtime runs as one float op
+      between one DQ and one Q instead of a QLinearSigmoid + QLinearMul pair (those two
+      dominated EfficientNet INT8 time).
+    * ``target="tensorrt"``: int8 activations with zero point 0 (TensorRT accepts only
+      symmetric signed INT8 Q/DQ), FP32 bias (no int32 bias DequantizeLinear), no contrib
+      ops. This is the file TensorRT 10/11 builds INT8 engines from (explicit quantization;
+      TensorRT 11 has no INT8 flag or calibrator). ONNX Runtime runs it too, slowly, so its
+      accuracy can be measured on CPU.
+
+Calibration never uses random data (`fopt.optimize.calib`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from fopt.errors import UsageError
+from fopt.optimize.calib import ArrayCalibrationReader, CalibrationSet
+
+DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+STATIC_TARGETS = ("ort", "tensorrt")
+KEEP_FP32_CHOICES = ("first", "last")
+CALIB_BATCH = 4          # images per calibration inference
+CALIB_STRIDE_BATCHES = 2  # batches whose intermediate outputs are held at once (memory bound)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def preprocess(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """quant_pre_process: symbolic shape inference + ORT basic fusions + ONNX shape inference.
+
+    Symbolic shape inference fails on some graphs; then it is skipped (ONNX shape inference still
+    runs), and the record says so.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+        return {"symbolic_shape_inference": True, "optimization": True}
+    except Exception as first:  # onnxruntime raises plain Exception subclasses here
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception:
+            raise first from None
+        return {"symbolic_shape_inference": False, "optimization": True,
+                "note": f"symbolic shape inference failed ({type(first).__name__}); skipped"}
+
+
+def fuse_silu(model) -> int:
+    """Replace x * Sigmoid(x) by com.microsoft QuickGelu(x, alpha=1) in place; returns the count.
+
+    Only where the Sigmoid's single consumer is that Mul, so nothing else reads the sigmoid.
+    """
+    from onnx import helper
+
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop: set[int] = set()
+    replace: dict[int, Any] = {}
+    for n in model.graph.node:
+        if n.op_type != "Sigmoid" or n.domain not in ("", "ai.onnx"):
+            continue
+        x, s = n.input[0], n.output[0]
+        users = consumers.get(s, [])
+        if len(users) != 1 or users[0].op_type != "Mul" or sorted(users[0].input) != sorted([x, s]):
+            continue
+        mul = users[0]
+        replace[id(mul)] = helper.make_node("QuickGelu", [x], [mul.output[0]],
+                                            name=(mul.name or "silu") + "_silu", domain="com.microsoft",
+                                            alpha=1.0)
+        drop.add(id(n))
+    if not replace:
+        return 0
+    nodes = [replace.get(id(n), n) for n in model.graph.node if id(n) not in drop]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return len(replace)
+
+
+def gemm_to_matmul(model) -> int:
+    """Rewrite Gemm(A, W, C) with a constant W as MatMul(A, W') + Add(C), in place; returns the count.
+
+    onnxruntime's dynamic quantizer has no Gemm support (its IntegerOps registry lacks it), and
+    torchvision's classifier heads export as Gemm; as MatMul they become DynamicQuantizeMatMul.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, count = [], 0
+    for n in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if (n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        if attrs.get("transB", 0):
+            w = w.T.copy()
+        w_name = n.input[1] + "_matmul"
+        model.graph.initializer.append(numpy_helper.from_array(w, w_name))
+        has_bias = len(n.input) > 2 and n.input[2]
+        mm_out = n.output[0] + "_matmul" if has_bias else n.output[0]
+        nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [mm_out], name=(n.name or "gemm") + "_matmul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=(n.name or "gemm") + "_bias"))
+        count += 1
+    if count:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {i for n in model.graph.node for i in n.input}
+        keep = [i for i in model.graph.initializer if i.name in used]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return count
+
+
+def resolve_exclusions(model, exclude: Sequence[str] = (), keep_fp32: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Node names to keep FP32: `exclude` (checked to exist) plus the first/last Conv/Gemm/MatMul."""
+    from fopt.optimize.graph import compute_nodes
+
+    names = [n.name for n in model.graph.node]
+    known = set(names)
+    missing = [e for e in exclude if e not in known]
+    if missing:
+        close = difflib.get_close_matches(missing[0], names, n=3, cutoff=0.5)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise UsageError(f"--exclude {missing[0]!r}: no node with that name in the pre-processed "
+                         f"graph{hint}")
+    bad = [k for k in keep_fp32 if k not in KEEP_FP32_CHOICES]
+    if bad:
+        raise UsageError(f"--keep-fp32 {bad[0]!r}: choose from {', '.join(KEEP_FP32_CHOICES)} "
+                         f"(comma-separated), or name nodes with --exclude")
+    compute = compute_nodes(model)
+    kept: list[str] = []
+    if compute:
+        if "first" in keep_fp32:
+            kept.append(compute[0].name)
+        if "last" in keep_fp32 and compute[-1].name not in kept:
+            kept.append(compute[-1].name)
+    return {"exclude": list(exclude), "keep_fp32": kept,
+            "nodes_to_exclude": list(dict.fromkeys([*exclude, *kept]))}
+
+
+def _input_name(model) -> str:
+    from fopt.optimize.graph import input_shape
+
+    return input_shape(model)[0]
+
+
+# ----------------------------------------------------------------------------- dynamic
+
+def onnx_to_int8_dynamic(src: str | Path, dst: str | Path, *,
+                         op_types: Sequence[str] = DYNAMIC_DEFAULT_OPS,
+                         per_channel: bool = False) -> dict[str, Any]:
+    """Dynamic INT8 (weights INT8, activations quantized per batch at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    import onnx
+
+    op_types = list(dict.fromkeys(op_types))
+    valid = sorted({*IntegerOpsRegistry, "Gemm"})
+    unknown = [o for o in op_types if o not in valid]
+    if not op_types or unknown:
+        raise UsageError(f"--op-types: {unknown[0] if unknown else '(empty)'} cannot be dynamically "
+                         f"quantized; choose from {', '.join(valid)}")
+    ort_ops = list(dict.fromkeys("MatMul" if o == "Gemm" else o for o in op_types))
+    rewrites: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="fopt-int8d-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        pre_info = preprocess(src, pre)
+        if "Gemm" in op_types:
+            model = onnx.load(str(pre))
+            n_gemm = gemm_to_matmul(model)
+            if n_gemm:
+                rewrites["gemm_to_matmul"] = n_gemm
+                onnx.save(model, str(pre))
+        quantize_dynamic(str(pre), str(dst), op_types_to_quantize=ort_ops, per_channel=per_channel,
+                         weight_type=QuantType.QInt8)
+    return {"mode": "dynamic", "op_types": op_types, "graph_rewrites": rewrites, "weight_type": "int8",
+            "weight_symmetric": True, "per_channel": per_channel,
+            "activation_type": "uint8 (dynamic, per batch)", "preprocess": pre_info,
+            "note": ("Conv included: ConvInteger is usually slower than FP32 Conv on CPU"
+                     if "Conv" in op_types else "MatMul/Gemm only (the classifier head in CNNs)")}
+
+
+# ----------------------------------------------------------------------------- static
+
+def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: CalibrationSet,
+                        target: str = "ort", calib_method: str = "minmax", per_channel: bool = True,
+                        exclude: Sequence[str] = (), keep_fp32: Sequence[str] = (),
+                        reduce_range: bool = False, calibration_cache: str | Path | None = None,
+                        percentile: float = 99.999) -> dict[str, Any]:
+    """Static QDQ INT8 calibrated on `calibration` (see the module docstring for `target`)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if target not in STATIC_TARGETS:
+        raise UsageError(f"INT8 target must be one of {', '.join(STATIC_TARGETS)}, got {target!r}")
+    if calib_method not in CALIB_METHODS:
+        raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[calib_method]
+
+    with tempfile.TemporaryDirectory(prefix="fopt-int8s-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        pre_info = preprocess(src, pre)
+        model = onnx.load(str(pre))
+        excl = resolve_exclusions(model, exclude, keep_fp32)
+        rewrites: dict[str, int] = {}
+        if target == "ort":
+            n_silu = fuse_silu(model)
+            if n_silu:
+                rewrites["silu_to_quickgelu"] = n_silu
+                onnx.save(model, str(pre))
+        reader = ArrayCalibrationReader(calibration.images, _input_name(model), CALIB_BATCH)
+        extra: dict[str, Any] = {"CalibStridedMinMax": reader.stride(CALIB_STRIDE_BATCHES)}
+        if calib_method == "percentile":
+            extra["CalibPercentile"] = percentile
+        if target == "tensorrt":
+            extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+            act_type = QuantType.QInt8
+        else:
+            extra.update({"ActivationSymmetric": False, "WeightSymmetric": True})
+            act_type = QuantType.QUInt8
+        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, reduce_range=reduce_range,
+                        activation_type=act_type, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excl["nodes_to_exclude"] or None,
+                        calibrate_method=method, extra_options=extra,
+                        calibration_cache_path=str(calibration_cache) if calibration_cache else None)
+    return {
+        "mode": "static", "format": "QDQ", "target": target,
+        "activation_type": "int8" if target == "tensorrt" else "uint8",
+        "activation_symmetric": target == "tensorrt",
+        "weight_type": "int8", "weight_symmetric": True, "per_channel": per_channel,
+        "reduce_range": reduce_range, "bias": "fp32" if target == "tensorrt" else "int32",
+        "calib_method": calib_method, **({"calib_percentile": percentile} if calib_method == "percentile" else {}),
+        "excluded_nodes": excl["exclude"], "keep_fp32": list(keep_fp32),
+        "keep_fp32_nodes": excl["keep_fp32"], "graph_rewrites": rewrites, "preprocess": pre_info,
+    }

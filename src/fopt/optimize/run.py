@@ -1,0 +1,383 @@
+"""`optimize_onnx`: every requested method on one FP32 ONNX file, then what each one costs.
+
+Order of work, so that a bad input fails before anything is written:
+
+1. Read and check the ONNX file and its card; refuse an already quantized / FP16 file for the
+   quantization and FP16 methods (a TensorRT engine may still be built from it).
+2. Check that TensorRT and a GPU exist when ``tensorrt`` is asked for (``--all`` skips it with
+   a note instead), that no output exists (unless forced), and load the calibration images.
+3. Produce the artifacts (`fopt.optimize.base.produce`): dynamic INT8, static INT8 (ONNX Runtime
+   flavour, plus the TensorRT flavour when engines are built), FP16, then TensorRT engines from
+   the FP32 input and from the FP16 / INT8-TensorRT files just written.
+4. Evaluate the FP32 parent and every artifact on the validation split of the dataset
+   (``--eval``, else the dataset recorded in the lineage), time each at batch 1 (quick check),
+   write the metrics into each card and return one row per artifact.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fopt.artifacts import InputSpec, update_card_metrics
+from fopt.errors import FoptError, InputError, OutputExistsError, UsageError
+from fopt.optimize.base import METHODS, Produced, output_path, produce
+from fopt.optimize.calib import DEFAULT_CALIB, validate_calib_size
+from fopt.optimize.quantize import CALIB_METHODS, DYNAMIC_DEFAULT_OPS
+
+USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt")
+INT8_TARGETS = ("auto", "ort", "tensorrt", "both")
+
+
+@dataclass
+class OptimizeOptions:
+    methods: tuple[str, ...] = ()
+    all_methods: bool = False
+    out_dir: str | None = None            # default: beside the input model
+    eval_dir: str | None = None           # default: the lineage dataset
+    evaluate: bool = True
+    latency: bool = True
+    force: bool = False
+    # dynamic INT8
+    op_types: tuple[str, ...] = DYNAMIC_DEFAULT_OPS
+    # static INT8
+    calib_data: str | None = None         # default: the lineage dataset (train split)
+    calib_size: int | None = None         # default: 256, or every image if 32..255 exist
+    calib_method: str = "minmax"
+    exclude: tuple[str, ...] = ()
+    keep_fp32: tuple[str, ...] = ()
+    per_channel: bool = True
+    reduce_range: bool = False
+    int8_target: str = "auto"             # auto = "both" when engines are built, else "ort"
+    seed: int = 0
+    # TensorRT
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_mb: int = 2048
+    timing_cache: str | None = None       # default: OUT/tensorrt.timing.cache
+    # measurement
+    threads: int | None = None
+    eval_batch_size: int = 64
+
+    def validate(self) -> "OptimizeOptions":
+        unknown = [m for m in self.methods if m not in USER_METHODS]
+        if unknown:
+            raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(USER_METHODS)}")
+        if not self.methods and not self.all_methods:
+            raise UsageError("no method chosen: pass --int8-dynamic, --int8-static, --fp16, "
+                             "--tensorrt or --all")
+        if self.calib_method not in CALIB_METHODS:
+            raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}")
+        if self.int8_target not in INT8_TARGETS:
+            raise UsageError(f"--int8-target must be one of {', '.join(INT8_TARGETS)}")
+        validate_calib_size(self.calib_size)
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        if self.eval_batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {self.eval_batch_size}")
+        return self
+
+
+@dataclass
+class _Step:
+    method: str            # registry name
+    source: Path
+    target: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    precision: str | None = None
+
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def inspect_input(path: Path) -> dict[str, Any]:
+    """Load/check the ONNX file; returns its card, graph summary and precision."""
+    from fopt.optimize.graph import check_onnx, graph_summary, load_onnx, precision_of
+    from fopt.optimize.lineage import onnx_card
+
+    model = load_onnx(path)
+    check_onnx(path)
+    card = onnx_card(path, model)
+    for key in ("input_spec", "class_names"):
+        if key not in card:
+            raise InputError(f"{path}: its card has no {key!r}; re-export it with `fopt export`")
+    summary = graph_summary(model)
+    return {"card": card, "summary": summary, "precision": precision_of(model),
+            "contrib_ops": sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})}
+
+
+def tensorrt_compatible(info: dict[str, Any]) -> str | None:
+    """None if TensorRT can build from this ONNX file, else why not."""
+    s = info["summary"]
+    if info["contrib_ops"]:
+        return f"it uses ONNX Runtime contrib ops ({', '.join(info['contrib_ops'])})"
+    if s["integer_ops"]:
+        return "it is dynamically quantized (ConvInteger/MatMulInteger), which TensorRT cannot run"
+    if "uint8" in s["activation_types"]:
+        return "its activations are uint8 (the ONNX Runtime INT8 flavour); TensorRT needs symmetric int8"
+    return None
+
+
+def _refuse_non_fp32(path: Path, info: dict[str, Any], methods: list[str]) -> None:
+    if info["precision"] == "fp32":
+        return
+    s = info["summary"]
+    what = (f"already quantized ({s['quantize_linear']} QuantizeLinear, {s['dequantize_linear']} "
+            f"DequantizeLinear, {sum(s['integer_ops'].values()) + sum(s['quantized_ops'].values())} "
+            f"quantized ops)" if info["precision"] == "int8"
+            else f"already FP16 ({s['fp16_initializers']} FP16 initializers)")
+    flags = ", ".join(f"--{m}" for m in methods)
+    raise InputError(f"{path}: {what}; {flags} need the FP32 ONNX export (TensorRT engines can "
+                     f"still be built from this file with --tensorrt alone)")
+
+
+# ----------------------------------------------------------------------------- planning
+
+def _plan(path: Path, info: dict[str, Any], methods: list[str], opts: OptimizeOptions,
+          out_dir: Path) -> list[_Step]:
+    steps: list[_Step] = []
+    if "int8-dynamic" in methods:
+        steps.append(_Step("int8-dynamic", path, output_path(METHODS.get("int8-dynamic"), path, out_dir),
+                           {"op_types": tuple(opts.op_types)}))
+    static_targets: list[str] = []
+    if "int8-static" in methods:
+        target = opts.int8_target
+        if target == "auto":
+            target = "both" if "tensorrt" in methods else "ort"
+        static_targets = ["tensorrt", "ort"] if target == "both" else [target]
+        common = {"calib_method": opts.calib_method, "per_channel": opts.per_channel,
+                  "exclude": tuple(opts.exclude), "keep_fp32": tuple(opts.keep_fp32),
+                  "reduce_range": opts.reduce_range}
+        # The TensorRT flavour calibrates first: its graph has every tensor (no SiLU fusion), so
+        # the ONNX Runtime flavour can reuse the ranges from the shared calibration cache.
+        for t in static_targets:
+            name = "int8-static-trt" if t == "tensorrt" else "int8-static"
+            steps.append(_Step(name, path, output_path(METHODS.get(name), path, out_dir),
+                               {**common, "target": t}))
+    if "fp16" in methods:
+        steps.append(_Step("fp16", path, output_path(METHODS.get("fp16"), path, out_dir)))
+    if "tensorrt" in methods:
+        engine = METHODS.get("tensorrt")
+        sources: list[tuple[Path, str]] = []
+        why_not = tensorrt_compatible(info)
+        if why_not is None:
+            sources.append((path, info["precision"]))
+        elif methods == ["tensorrt"]:
+            raise InputError(f"{path}: TensorRT cannot build from this file: {why_not}; use the FP32 "
+                             f"export, its .fp16.onnx or its .int8-trt.onnx")
+        if "fp16" in methods:
+            sources.append((output_path(METHODS.get("fp16"), path, out_dir), "fp16"))
+        if "tensorrt" in static_targets:
+            sources.append((output_path(METHODS.get("int8-static-trt"), path, out_dir), "int8"))
+        trt_settings = {"min_batch": opts.min_batch, "opt_batch": opts.opt_batch,
+                        "max_batch": opts.max_batch, "workspace_mb": opts.workspace_mb,
+                        "timing_cache": Path(opts.timing_cache) if opts.timing_cache
+                        else out_dir / "tensorrt.timing.cache"}
+        for src, prec in sources:
+            steps.append(_Step("tensorrt", src, output_path(engine, src, out_dir), dict(trt_settings), prec))
+    return steps
+
+
+def _resolve_dataset(explicit: str | None, card: dict[str, Any], what: str, log: Log) -> tuple[Path | None, str]:
+    from fopt.optimize.lineage import lineage_dataset
+
+    if explicit:
+        p = Path(explicit)
+        if not p.is_dir():
+            raise InputError(f"{what} {p}: no such folder")
+        return p, "option"
+    found = lineage_dataset(card)
+    if found is None:
+        return None, "none"
+    if not found.is_dir():
+        log(f"note: the dataset recorded in the model's lineage ({found}) no longer exists")
+        return None, "missing"
+    return found, "lineage"
+
+
+# ----------------------------------------------------------------------------- the run
+
+def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _quiet) -> dict[str, Any]:
+    """Run the methods in `opts` on one ONNX file; returns rows, artifacts and notes (module doc)."""
+    opts.validate()
+    path = Path(model_path)
+    info = inspect_input(path)
+    card = info["card"]
+    notes: list[str] = []
+
+    def say(msg: str) -> None:
+        notes.append(msg)
+        log(msg)
+
+    methods = [m for m in USER_METHODS if m in opts.methods or opts.all_methods]
+    if "tensorrt" in methods:
+        from fopt.optimize.tensorrt import require_tensorrt, tensorrt_unavailable_reason
+
+        if opts.all_methods and "tensorrt" not in opts.methods:
+            reason = tensorrt_unavailable_reason()
+            if reason:
+                methods.remove("tensorrt")
+                say(f"skipping --tensorrt: {reason}")
+        else:
+            require_tensorrt()
+    cpu_methods = [m for m in methods if m != "tensorrt"]
+    if cpu_methods:
+        _refuse_non_fp32(path, info, cpu_methods)
+
+    out_dir = Path(opts.out_dir) if opts.out_dir else path.parent
+    steps = _plan(path, info, methods, opts, out_dir)
+    if not opts.force:
+        for step in steps:
+            if step.target.exists():
+                raise OutputExistsError(f"{step.target} exists (pass --force to overwrite)")
+
+    spec = InputSpec.from_dict(card["input_spec"])
+    calibration = None
+    if any(s.method.startswith("int8-static") for s in steps):
+        from fopt.optimize.calib import load_calibration
+
+        calib_dir, calib_from = _resolve_dataset(opts.calib_data, card, "--calib-data", log)
+        if calib_dir is None:
+            raise UsageError(f"static INT8 needs real calibration images: pass --calib-data DIR "
+                             f"(no usable dataset is recorded in the lineage of {path.name})")
+        calibration = load_calibration(calib_dir, spec, opts.calib_size, seed=opts.seed)
+        calibration.info["from"] = calib_from
+        if opts.calib_size is None and calibration.info["n"] < DEFAULT_CALIB:
+            say(f"calibrating on all {calibration.info['n']} images available (fewer than the default 256)")
+    if "fp16" in methods:
+        from fopt.optimize.fp16 import CPU_NOTE
+
+        say(f"note: {CPU_NOTE}")
+    if "int8-dynamic" in methods and "Conv" in opts.op_types:
+        say("note: dynamic INT8 of Conv runs as ConvInteger, which is usually slower than FP32 on CPU; "
+            "see the speed-up column")
+
+    eval_dir, eval_from = (None, "off")
+    if opts.evaluate:
+        eval_dir, eval_from = _resolve_dataset(opts.eval_dir, card, "--eval", log)
+        if eval_dir is None:
+            say("no evaluation: pass --eval DATASET_DIR (no dataset is recorded in the model's lineage)")
+
+    produced: list[Produced] = []
+    with tempfile.TemporaryDirectory(prefix="fopt-calib-") as tmp:
+        cache = Path(tmp) / "calibration.json"
+        for step in steps:
+            settings = dict(step.settings)
+            extra: dict[str, Any] = {}
+            if step.method.startswith("int8-static"):
+                settings.update(calibration=calibration, calibration_cache=cache)
+                extra["calibration"] = calibration.info
+            log(f"{step.method}: {step.source.name} -> {step.target}")
+            p = produce(METHODS.get(step.method), step.source, step.target,
+                        _source_card(step, card, produced), force=opts.force, precision=step.precision,
+                        card_extra=extra, **settings)
+            log(f"{step.method}: wrote {p.path.name} in {p.seconds:.1f} s")
+            produced.append(p)
+
+    return _measure(path, info, produced, eval_dir, eval_from, opts, notes, log)
+
+
+def _source_card(step: _Step, input_card: dict[str, Any], produced: list[Produced]) -> dict[str, Any]:
+    """The card of a step's source: an artifact made earlier in this run, else the input's."""
+    return next((p.card for p in produced if p.path == step.source), input_card)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_dir: Path | None,
+             eval_from: str, opts: OptimizeOptions, notes: list[str], log: Log) -> dict[str, Any]:
+    from fopt.optimize import report
+    from fopt.optimize.graph import graph_summary, load_onnx, param_count
+
+    def params_of(p: Path) -> int | None:
+        return param_count(load_onnx(p, load_weights=False)) if p.suffix == ".onnx" else None
+
+    parent_params = params_of(path)
+    parent_metrics = parent_latency = None
+    if eval_dir is not None:
+        log(f"evaluating {path.name} on {eval_dir} [val]")
+        parent_metrics = report.evaluate(path, eval_dir, "cpu", opts.threads, opts.eval_batch_size)
+    if opts.latency:
+        parent_latency = report.quick_latency_ms(path, "cpu", opts.threads)
+    rows = [report.make_row(artifact=path, method="parent", precision=info["precision"],
+                            runs_on="onnxruntime cpu", params=parent_params, metrics=parent_metrics,
+                            parent_metrics=parent_metrics, latency=parent_latency,
+                            parent_latency=parent_latency, note="FP32 parent")]
+    artifacts = []
+    for p in produced:
+        is_engine = p.card["format"] == "tensorrt"
+        device = "cuda" if is_engine else "cpu"
+        note_parts: list[str] = []
+        metrics = latency = None
+        if eval_dir is not None:
+            log(f"evaluating {p.path.name}")
+            try:
+                metrics = report.evaluate(p.path, eval_dir, device, opts.threads, opts.eval_batch_size)
+            except Exception as e:  # recorded in the row and the JSON, not swallowed
+                note_parts.append(f"eval failed: {_one_line(e)}")
+        if opts.latency:
+            try:
+                latency = report.quick_latency_ms(p.path, device, opts.threads)
+            except Exception as e:
+                note_parts.append(f"latency failed: {_one_line(e)}")
+        entry: dict[str, Any] = {"method": p.method, "path": str(p.path), "seconds": p.seconds,
+                                 "precision": p.card["precision"]}
+        if not is_engine:
+            model = load_onnx(p.path, load_weights=False)
+            entry["graph"] = {k: v for k, v in graph_summary(model).items() if k != "op_counts"}
+            try:
+                entry["ort_executed_ops"] = report.ort_executed_ops(p.path, opts.threads)
+                entry["ort_executed"] = report.executed_summary(entry["ort_executed_ops"])
+            except Exception as e:
+                note_parts.append(f"onnxruntime cannot load it: {_one_line(e)}")
+        source_params = params_of(Path(p.card["parent"]["path"])) if is_engine else None
+        row = report.make_row(artifact=p.path, method=p.method, precision=p.card["precision"],
+                              runs_on="tensorrt cuda" if is_engine else "onnxruntime cpu",
+                              params=source_params if is_engine else params_of(p.path),
+                              metrics=metrics, parent_metrics=parent_metrics, latency=latency,
+                              parent_latency=parent_latency, note="")
+        if p.method == "int8-dynamic" and row["speedup"] is not None and row["speedup"] < 1:
+            note_parts.append("slower than FP32" + (" (ConvInteger)" if "Conv" in opts.op_types else ""))
+        if p.method == "fp16" and not is_engine:
+            note_parts.append("GPU target; not faster on CPU")
+        if p.method == "int8-static-trt":
+            note_parts.append("TensorRT input; slow on ORT CPU by design")
+        row["note"] = "; ".join(note_parts)
+        rows.append(row)
+        card_metrics: dict[str, Any] = {}
+        if metrics is not None:
+            card_metrics["val"] = metrics
+            card_metrics["delta_vs_parent_pts"] = {"accuracy": row["d_accuracy_pts"],
+                                                   "macro_f1": row["d_macro_f1_pts"],
+                                                   "parent": str(path.resolve())}
+        if latency is not None:
+            card_metrics["latency_b1_quick"] = {**latency, "speedup_vs_parent": row["speedup"],
+                                                "note": report.QUICK_LATENCY_LABEL}
+        if "ort_executed_ops" in entry:
+            card_metrics["ort_executed_ops"] = entry["ort_executed_ops"]
+        if card_metrics:
+            update_card_metrics(p.path, card_metrics)
+        entry["row"] = row
+        artifacts.append(entry)
+    return {
+        "model": str(path.resolve()), "input_precision": info["precision"],
+        "dataset": str(eval_dir.resolve()) if eval_dir else None, "dataset_from": eval_from,
+        "parent": {"metrics": parent_metrics, "latency_b1_quick": parent_latency, "params": parent_params},
+        "rows": rows, "artifacts": artifacts, "notes": notes,
+        "latency_note": report.QUICK_LATENCY_LABEL if opts.latency else None,
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+    }
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text and not isinstance(e, FoptError) else (text[0] if text else type(e).__name__)
