@@ -20,6 +20,14 @@ def _si(value: float | int | None, unit: str = "") -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
+def _ms(value: float) -> str:
+    return f"{value * 1e3:.3g} us" if value < 0.1 else f"{value:.4g} ms"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}x"
+
+
 def _mib(nbytes: int | float) -> str:
     return f"{nbytes / 2**20:.2f} MiB"
 
@@ -59,10 +67,10 @@ def _print_summary(d: dict) -> None:
         ("memory traffic", f"{_mib(d['bytes_read'])} read, {_mib(d['bytes_written'])} written"),
         ("nodes", f"{d['nodes']} ({d['nodes_executed']} executed)"),
         ("receptive field", _rf_text(d["receptive_field"])),
-        (f"naive {d['device']['name']}", f"{est['naive_ms']:.4g} ms (FLOPs / {d['precision']} peak)"),
+        (f"naive {d['device']['name']}", f"{_ms(est['naive_ms'])} (FLOPs / {d['precision']} peak)"),
         (f"roofline {d['device']['name']}",
-         f"{est['roofline_ms']:.4g} ms ({est['roofline_over_naive']:.3g}x naive; "
-         f"overhead {est['overhead_ms']:.3g} ms; bound: {est['bound_counts']['compute']} compute, "
+         f"{_ms(est['roofline_ms'])} ({_ratio(est['roofline_over_naive'])} naive; "
+         f"overhead {_ms(est['overhead_ms'])}; bound: {est['bound_counts']['compute']} compute, "
          f"{est['bound_counts']['memory']} memory nodes)"),
         ("status", d["status"]),
     ]
