@@ -40,6 +40,7 @@ def test_table_load(synth_dataset, synth_raw):
     (lambda d: _edit_csv(d, 4, lambda f: [f[0], f[1], "Parka", f[3]]), r"dataset\.csv:4: label \d is '\w+' in mapping\.json, but the row says 'Parka'"),
     (lambda d: _edit_csv(d, 5, lambda f: [f[0], f[1], f[2], "dev"]), r"dataset\.csv:5: split 'dev'"),
     (lambda d: _edit_mapping(d, root="/nonexistent/raw"), r"image root /nonexistent/raw does not exist"),
+    (lambda d: (d / "dataset.csv").write_text("path,label,label_name,split\n"), r"dataset\.csv: has no rows"),
 ])
 def test_table_errors_name_the_file(synth_dataset, tmp_path, damage, message):
     d = tmp_path / "ds"

@@ -329,14 +329,14 @@ def build_dataset(raw: str | os.PathLike, out: str | os.PathLike, fmt: str = "au
             need = None if max_per_class is None else max(max_per_class, sampling_threshold)
             rng = np.random.default_rng([seed, k]) if max_per_class is not None else None
             chosen = _select(sub, src.root, need, rng, check, skipped, pool)
+            if progress:
+                progress(k + 1, len(source_order))
             if len(chosen) < sampling_threshold:
                 dropped[src.class_names[lab]] = len(chosen)
                 continue
             if max_per_class is not None and len(chosen) > max_per_class:
                 chosen = sorted(np.random.default_rng([seed, k, 1]).choice(chosen, max_per_class, replace=False).tolist())
             kept[lab] = [idx[j] for j in chosen]
-            if progress:
-                progress(k + 1, len(source_order))
     if skipped:
         first = skipped[0]
         msg = (f"{len(skipped)} image file(s) missing or undecodable, e.g. {src.root / first['path']} "

@@ -35,6 +35,7 @@ def synth_cmd(out: str, classes: int, per_class: int | None, size: int | None, s
     OUT/Anno/list_category_img.txt and OUT/Eval/list_eval_partition.txt, exactly like the
     official Category and Attribute Prediction download. Deterministic for a seed.
 
+    \b
     Example: fopt data synth data/synth --classes 22 --per-class 100 --preview synth.png
     """
     from fopt.console import note, print_table, progress
@@ -77,6 +78,7 @@ def build_cmd(raw: str, out: str, fmt: str, sampling_threshold: int | None, max_
     FashionMNIST/raw/*-ubyte.gz. The official partition is kept when there is one, else a
     stratified 80/10/10 split is made. On bad input nothing is written to OUT.
 
+    \b
     Example: fopt data build data/deepfashion-raw data/deepfashion --sampling-threshold 1000 --max-per-class 1000 --plot classes.png
     """
     from fopt.console import note, print_table, progress, warn, write_csv, write_json

@@ -61,10 +61,15 @@ class DatasetTable:
         if missing:
             raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
         df = df[list(COLUMNS)].copy()
+        if df.empty:
+            raise DataError(f"{csv_path}: has no rows")
         if not pd.api.types.is_integer_dtype(df["label"]):
-            bad = pd.to_numeric(df["label"], errors="coerce").isna() | (pd.to_numeric(df["label"], errors="coerce") % 1 != 0)
-            line = int(bad.to_numpy().nonzero()[0][0]) + 2 if bad.any() else 2
-            raise DataError(f"{csv_path}:{line}: label {df['label'].iloc[line - 2]!r} is not an integer")
+            num = pd.to_numeric(df["label"], errors="coerce")
+            bad = (num.isna() | (num % 1 != 0)).to_numpy()
+            if bad.any():
+                row = int(bad.nonzero()[0][0])
+                raise DataError(f"{csv_path}:{row + 2}: label {df['label'].iloc[row]!r} is not an integer")
+            df["label"] = num.astype(int)
         for i, (lab, name, split) in enumerate(zip(df["label"], df["label_name"], df["split"]), start=2):
             if not 0 <= lab < len(class_names):
                 raise DataError(f"{csv_path}:{i}: label {lab} is outside 0..{len(class_names) - 1} ({map_path.name} classes)")
