@@ -130,3 +130,14 @@ def test_iter_batches_cover_the_split_in_order(synth_dataset):
     assert np.allclose(batches[0][0][3], ds[3][0].numpy())
     limited = list(iter_batches(synth_dataset, "val", 32, batch_size=4, limit=6))
     assert [len(b) for b, _ in limited] == [4, 2]
+
+
+def test_relative_or_overridden_root(synth_dataset, synth_raw, tmp_path):
+    d = tmp_path / "ds"
+    shutil.copytree(synth_dataset, d)
+    shutil.copytree(synth_raw, tmp_path / "moved")
+    _edit_mapping(d, root="../moved")                      # relative to the dataset folder
+    assert DatasetTable.load(d).root == (tmp_path / "moved").resolve()
+    _edit_mapping(d, root="/nonexistent")
+    t = DatasetTable.load(d, root=tmp_path / "moved")    # a dataset moved to another machine
+    assert all(p.is_file() for p in t.abs_paths("test"))

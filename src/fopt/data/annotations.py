@@ -40,7 +40,7 @@ def read_table(path: Path, name: str) -> list[Row]:
     if not path.is_file():
         raise DataError(f"{path}: annotation file is missing")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a BOM from Windows editors
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a text file ({e.reason} at byte {e.start})") from e
     except OSError as e:
