@@ -189,7 +189,10 @@ def plot_roofline(estimate: LatencyEstimate, device: DeviceSpec | str, path, *, 
     ax.set_title(title or f"roofline on {device.name} ({estimate.precision}, batch {estimate.batch}): "
                  f"{estimate.roofline_ms:.3g} ms vs naive {estimate.naive_ms:.3g} ms", fontsize=9)
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
-    ax.legend(fontsize=7, loc="lower right")
+    legend = ax.legend(fontsize=7, loc="lower right")
+    for handle in getattr(legend, "legend_handles", getattr(legend, "legendHandles", [])):
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([25])     # legend dots at one size; the plot's sizes encode time
     fig.tight_layout()
     suffix = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else "png"
     try:
