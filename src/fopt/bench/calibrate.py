@@ -205,7 +205,7 @@ def _graph_points(graph, batch: int) -> list[dict[str, Any]]:
 
 def _ort_backend(model_path: str, branches, batches, threads: int | None, budget_s: float,
                  runs: int) -> dict[str, Any]:
-    from fopt.bench.probes import ort_session, probe_inputs, time_callable
+    from fopt.bench.probes import PROBE_QUANTILE, ort_session, probe_inputs, time_samples
     from fopt.bench.profile import ort_exec_graph
 
     points: list[dict[str, Any]] = []
@@ -213,36 +213,38 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
     sess = ort_session(model_path, threads)
     for b in batches:
         feeds = {f"x{i}": x for i, x in enumerate(probe_inputs(branches, b))}
-        graph = ort_exec_graph(model_path, None, threads=threads, runs=runs, feeds=feeds)
+        graph = ort_exec_graph(model_path, None, threads=threads, runs=runs, feeds=feeds,
+                               node_quantile=PROBE_QUANTILE)
         points += _graph_points(graph, b)
-        unprof = time_callable(lambda: sess.run(None, feeds), budget_s)
-        prof_sum = sum(n.measured_ms for n in graph.nodes if n.measured_ms is not None) / 1e3
-        prof_run = (graph.run_ms or 0.0) / 1e3
+        unprof = min(time_samples(lambda: sess.run(None, feeds), budget_s, min_iters=runs))
+        node_sum = sum(n.measured_ms for n in graph.nodes if n.measured_ms is not None) / 1e3
+        prof_run = (graph.run_min_ms or 0.0) / 1e3
         n = sum(1 for n in graph.nodes if n.measured_ms is not None)
-        # Profiled vs unprofiled *run* medians: the profiler's cost per node. (The sum of per-node
-        # medians is lower than a run's median when another process steals the CPU: then nodes
-        # are slow in different runs; `busy_ratio` records how much.)
-        deltas.append({"batch": b, "nodes": n, "node_median_sum_s": prof_sum, "profiled_run_s": prof_run,
-                       "unprofiled_run_s": unprof, "delta_s": (prof_run - unprof) / max(1, n),
-                       "busy_ratio": prof_run / prof_sum if prof_sum else None})
+        # The profiler's cost per node: fastest profiled run vs fastest unprofiled run (fastest,
+        # because another process only ever adds time). `busy_ratio` > 1 says runs were disturbed:
+        # the median run took longer than the sum of the nodes' typical times.
+        deltas.append({"batch": b, "nodes": n, "node_sum_s": node_sum, "profiled_run_min_s": prof_run,
+                       "unprofiled_run_min_s": unprof, "delta_s": (prof_run - unprof) / max(1, n),
+                       "busy_ratio": (graph.run_ms or 0.0) / 1e3 / node_sum if node_sum else None})
     del sess
     return {"points": points, "delta": deltas}
 
 
-def _torch_backend(net, branches, batches, budget_s: float) -> dict[str, Any]:
+def _torch_backend(net, branches, batches, budget_s: float, overhead_every: int = 4) -> dict[str, Any]:
+    """Replay each probe block's ATen calls one by one; every `overhead_every`-th block is also
+    timed whole at the first batch size, to measure what the nn.Module calls add per op."""
     import torch
 
+    from fopt.bench.kernels import classify
     from fopt.bench.probes import probe_inputs, time_callable
     from fopt.bench.profile import record_torch_calls
 
     points: list[dict[str, Any]] = []
     module_over = []
-    from fopt.bench.kernels import classify
-
     with torch.inference_mode():
         for b in batches:
             xs = [torch.relu(torch.from_numpy(x)) for x in probe_inputs(branches, b)]
-            for block, x in zip(net.blocks, xs):
+            for i, (block, x) in enumerate(zip(net.blocks, xs)):
                 calls = record_torch_calls(block, x.clone(), keep_args=True)
                 replay_sum = 0.0
                 for c in calls:
@@ -251,10 +253,11 @@ def _torch_backend(net, branches, batches, budget_s: float) -> dict[str, Any]:
                     nw = classify(c.node)
                     points.append({"class": nw.kernel_class, "work": nw.work, "bytes": nw.bytes_moved,
                                    "seconds": sec, "op": c.node.op, "batch": b, "unknown": nw.unknown})
-                xin = x.clone()
-                block_s = time_callable(lambda: block(xin), budget_s)
-                module_over.append((block_s - replay_sum) / max(1, len(calls)))
-    return {"points": points, "module_overhead_s": statistics.median(module_over) if module_over else 0.0,
+                if b == batches[0] and i % overhead_every == 0:
+                    xin = x.clone()
+                    block_s = time_callable(lambda: block(xin), budget_s)
+                    module_over.append((block_s - replay_sum) / max(1, len(calls)))
+    return {"points": points, "module_overhead_s": max(0.0, statistics.median(module_over)) if module_over else 0.0,
             "module_overhead_samples_s": module_over}
 
 
@@ -264,10 +267,10 @@ def _steps(quick: bool) -> dict[str, Any]:
     from fopt.bench.probes import FULL_BRANCHES, QUICK_BRANCHES
 
     if quick:
-        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02,
-                "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 2, "chain_sizes": (20_000, 80_000)}
-    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05,
-            "branches": FULL_BRANCHES, "batches": (1, 8), "runs": 3, "chain_sizes": (50_000, 200_000)}
+        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004,
+                "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 3, "chain_sizes": (20_000, 80_000)}
+    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05, "torch_budget_s": 0.015,
+            "branches": FULL_BRANCHES, "batches": (1, 8), "runs": 5, "chain_sizes": (50_000, 200_000)}
 
 
 def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = False,
@@ -311,7 +314,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     net = probes.build_probenet(branches)
     backends: dict[str, Any] = {}
     step("kernel classes: torch eager")
-    tb = _torch_backend(net, branches, batches, cfg["budget_s"])
+    tb = _torch_backend(net, branches, batches, cfg["torch_budget_s"])
     backends["torch-eager/fp32"] = {"points": tb["points"], "module_overhead_s": tb["module_overhead_s"],
                                     "run_fixed_s": 0.0}
     with tempfile.TemporaryDirectory(prefix="fopt-calib-") as tmp:

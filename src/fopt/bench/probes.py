@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import statistics
+from pathlib import Path
 import time
 import warnings
 from dataclasses import dataclass
@@ -174,7 +175,9 @@ def probenet_to_onnx(net, branches: list[BranchSpec], opset: int = 17) -> bytes:
 
 
 def quantize_probe(fp32_path: str, int8_path: str, branches: list[BranchSpec], samples: int = 4) -> None:
-    """QDQ INT8 (per-channel s8 weights, u8 activations), as `fopt optimize` produces for CPU."""
+    """QDQ INT8 the way `fopt optimize --int8 static` (target ort) makes it: pre-processing, SiLU as
+    QuickGelu, per-channel symmetric s8 weights, asymmetric u8 activations."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -185,18 +188,43 @@ def quantize_probe(fp32_path: str, int8_path: str, branches: list[BranchSpec], s
         def get_next(self):
             return next(self.it, None)
 
-    quantize_static(fp32_path, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    src = fp32_path
+    try:
+        from fopt.optimize.quantize import fuse_silu, preprocess
+    except ImportError:  # optimize not installed: plain QDQ of the same graph
+        fuse_silu = preprocess = None
+    if preprocess is not None:
+        pre = str(Path(int8_path).with_suffix(".pre.onnx"))
+        preprocess(fp32_path, pre)
+        model = onnx.load(pre)
+        if fuse_silu(model):
+            onnx.save(model, pre)
+        src = pre
+    quantize_static(src, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
 # ----------------------------------------------------------------------------- timing helpers
 
-def time_callable(fn: Callable[[], Any], budget_s: float, min_iters: int = 3) -> float:
-    """Median seconds per call of fn (warm-up included, stops when stable or out of budget)."""
+PROBE_QUANTILE = 25.0
+
+def time_samples(fn: Callable[[], Any], budget_s: float, min_iters: int = 3) -> list[float]:
+    """Seconds per call of fn after a short warm-up, for about `budget_s` seconds."""
     rule = StopRule(min_time_s=budget_s, warmup_iters=1, warmup_s=min(0.05, budget_s / 4),
                     min_iters=min_iters, first_check=10)
-    res = measure(WallTimer(fn), rule)
-    return statistics.median(res.samples_s)
+    return measure(WallTimer(fn), rule).samples_s
+
+
+def time_callable(fn: Callable[[], Any], budget_s: float, min_iters: int = 3, q: float = PROBE_QUANTILE) -> float:
+    """Typical seconds per call of fn: the `q` percentile of its samples.
+
+    Probes use the 25th percentile rather than the median: on a shared machine another process
+    only ever adds time, and a probe that caught it would miscalibrate every later estimate. On a
+    quiet machine the two differ by a percent or two."""
+    from fopt.bench.latency import percentile
+
+    return percentile(sorted(time_samples(fn, budget_s, min_iters)), q)
 
 
 def ort_session(model: bytes | str, threads: int | None, **opts: Any):

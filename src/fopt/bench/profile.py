@@ -61,6 +61,7 @@ class ExecGraph:
     batch_size: int
     nodes: list[ExecNode]
     run_ms: float | None = None                # profiled whole-run time (median), when profiled
+    run_min_ms: float | None = None            # ... and its fastest run
     source: str = ""                           # how the graph was obtained
 
     def measured_total_ms(self) -> float | None:
@@ -108,8 +109,12 @@ def _weight_info(node, inits: dict[str, Any]) -> tuple[list[int] | None, str | N
     return [int(d) for d in init.dims], dtype
 
 
-def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1) -> tuple[dict[str, dict], float | None]:
-    """Per node name: args of its first event and the median duration (ms) over the kept runs."""
+def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1,
+                      quantile: float = 50.0) -> tuple[dict[str, dict], list[float]]:
+    """Per node name: args of its first event and the `quantile` of its duration (ms) over the
+    kept runs; and the kept runs' total times (ms)."""
+    from fopt.bench.latency import percentile
+
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])
     kept = runs[skip_runs:] if len(runs) > skip_runs else runs
@@ -123,16 +128,19 @@ def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1) -> tuple
         if not windows or any(lo <= e["ts"] <= hi for lo, hi in windows):
             rec["durs"].append(e["dur"] / 1e3)
     for rec in per_node.values():
-        rec["ms"] = statistics.median(rec["durs"]) if rec["durs"] else None
-    run_ms = statistics.median(r["dur"] / 1e3 for r in kept) if kept else None
-    return per_node, run_ms
+        rec["ms"] = percentile(sorted(rec["durs"]), quantile) if rec["durs"] else None
+    return per_node, [r["dur"] / 1e3 for r in kept]
 
 
 def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None = None,
                    runs: int = 3, providers: list[str] | None = None,
                    session_options: Callable[[Any], None] | None = None,
-                   input_name: str | None = None, feeds: dict[str, np.ndarray] | None = None) -> ExecGraph:
-    """Run `path` `runs`+1 times with profiling; return its executed nodes (first run dropped)."""
+                   input_name: str | None = None, feeds: dict[str, np.ndarray] | None = None,
+                   node_quantile: float = 50.0) -> ExecGraph:
+    """Run `path` `runs`+1 times with profiling; return its executed nodes (first run dropped).
+
+    Each node's ``measured_ms`` is the `node_quantile` of its time over the kept runs (a low
+    quantile resists another process stealing the CPU during some runs)."""
     import onnx
     import onnxruntime as ort
 
@@ -158,7 +166,7 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
         events = json.loads(Path(prof_file).read_text())
         optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
         del sess
-    per_node, run_ms = parse_ort_profile(events, skip_runs=1)
+    per_node, run_times = parse_ort_profile(events, skip_runs=1, quantile=node_quantile)
     graph_nodes = {n.name: n for n in optimized.graph.node if n.name}
     inits = {i.name: i for i in optimized.graph.initializer}
     nodes = []
@@ -179,7 +187,9 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
                               output_shapes=out_shapes, output_dtypes=out_dtypes, attrs=attrs,
                               weight_shape=wshape, weight_dtype=wdtype, measured_ms=rec["ms"]))
     return ExecGraph(backend="onnxruntime", precision="", batch_size=int(batch.shape[0]) if batch is not None else 0,
-                     nodes=nodes, run_ms=run_ms, source="onnxruntime profile + optimized model")
+                     nodes=nodes, run_ms=statistics.median(run_times) if run_times else None,
+                     run_min_ms=min(run_times) if run_times else None,
+                     source="onnxruntime profile + optimized model")
 
 
 # ----------------------------------------------------------------------------- PyTorch

@@ -21,6 +21,10 @@ def _with_err(est: float | None, err: float | None) -> str:
     return f"{fmt(est)} ({err:+.0f}%)" if err is not None else fmt(est)
 
 
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One display row per result (strings where two numbers share a cell)."""
     rows = []
@@ -36,7 +40,7 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "naive ms": _with_err(est.get("naive"), err.get("naive")),
             "roofline ms": _with_err(est.get("roofline"), err.get("roofline")),
             "calibrated ms": _with_err(est.get("calibrated"), err.get("calibrated")),
-            "status": r["status"] if r["status"] == "ok" else f"error: {r.get('error')}",
+            "status": r["status"] if r["status"] == "ok" else f"error: {_clip(r.get('error') or '', 60)}",
         })
     return rows
 

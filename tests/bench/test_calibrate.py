@@ -1,0 +1,112 @@
+"""Calibration: the quick probe set end to end into a tmp cache, the cache, the machine record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fopt.bench import calibrate as calib
+from fopt.bench.machine import default_threads, machine_key, machine_record
+
+
+def test_machine_record_has_what_a_reader_needs():
+    rec = machine_record()
+    cpu = rec["cpu"]
+    assert cpu["model"] and cpu["usable_cpus"] >= 1 and cpu["logical_cpus"] >= 1
+    if cpu["flags"]:  # Linux x86 or ARM: the INT8-relevant flags are reported either way
+        assert "avx512_vnni" in cpu["flags"] or "asimd" in cpu["flags"]
+    assert rec["versions"]["onnxruntime"] and rec["versions"]["torch"]
+    assert rec["gpu"] is None or rec["gpu"]["name"]
+    key = machine_key(rec)
+    assert key == machine_key(rec) and f"-{cpu['usable_cpus']}cpu-" in key
+    assert 1 <= default_threads() <= cpu["usable_cpus"]
+
+
+def test_cache_location_follows_env(cache_dir):
+    assert calib.cache_dir() == cache_dir / "calibration"
+    assert calib.cache_path().parent == cache_dir / "calibration"
+    assert calib.load_calibration() is None
+
+
+def test_cache_keeps_one_entry_per_thread_count(cache_dir):
+    from bench_testutil import synthetic_calibration
+
+    one, two = synthetic_calibration(threads=1), synthetic_calibration(threads=2)
+    two["created"] = "2026-02-01T00:00:00+00:00"
+    calib.save_calibration(one)
+    calib.save_calibration(two)
+    assert calib.load_calibration("cpu", 1)["threads"] == 1
+    assert calib.load_calibration("cpu", 2)["threads"] == 2
+    assert calib.load_calibration("cpu")["threads"] == 2          # newest when threads not given
+    assert calib.load_calibration("cpu", 3) is None
+    assert calib.load_calibration("cuda") is None
+    doc = json.loads(calib.cache_path().read_text())
+    assert sorted(doc["entries"]) == ["cpu:threads=1", "cpu:threads=2"]
+
+
+def test_corrupt_cache_is_a_clear_error_and_old_schema_is_ignored(cache_dir):
+    from fopt.errors import InputError, UsageError
+
+    path = calib.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(InputError, match="unreadable calibration cache"):
+        calib.load_calibration()
+    path.write_text(json.dumps({"schema": 0, "entries": {}}))
+    assert calib.load_calibration() is None
+    with pytest.raises(UsageError, match="fopt bench --calibrate"):
+        calib.require_calibration("cpu", 2)
+
+
+def test_calibration_is_a_device_spec_for_analyze(synthetic_cal):
+    from fopt.bench.devices import device_rows, get_device_spec
+
+    spec = get_device_spec("cpu")
+    assert spec.peak("fp32") == 1e11 and spec.peak("int8") == 4e11
+    assert spec.peak("fp16") == 1e11   # no fp16 rate measured: falls back to fp32
+    assert spec.bandwidth_bytes_per_s == 2e10 and spec.node_overhead_s == 5e-6
+    assert any(r["name"] == "cpu" for r in device_rows())
+
+
+def test_quick_calibration_end_to_end(cache_dir):
+    """The reduced probe set runs every stage, fits every class, and lands in the tmp cache."""
+    steps = []
+    cal = calib.calibrate("cpu", threads=1, quick=True, on_step=steps.append)
+    assert steps[0] == "GEMM rates" and steps[-1] == "kernel classes: onnxruntime int8"
+    assert calib.cache_path().exists() and str(calib.cache_path()) == cal["path"]
+    loaded = calib.load_calibration("cpu", 1)
+    assert loaded["created"] == cal["created"]
+    s = loaded["summary"]
+    assert s["peak_flops"]["fp32"] > 1e8 and s["peak_flops"]["int8"] > 1e8
+    assert s["mem_bandwidth"] > 1e8 and s["cache_bandwidth"] > 1e8
+    for key in calib.BACKEND_KEYS:
+        classes = loaded["backends"][key]["classes"]
+        for cls in ("conv_dense", "conv_pw", "conv_dw", "conv_grouped", "conv_stem", "conv_se", "gemm",
+                    "eltwise", "global_pool"):
+            assert cls in classes, (key, cls)
+            assert classes[cls]["overhead_s"] >= 0 and classes[cls]["sec_per_work"] >= 0
+        assert classes["conv_dense"]["sec_per_work"] > 0
+    assert "quant" in loaded["backends"]["onnxruntime/int8"]["classes"]
+    assert "layout" in loaded["backends"]["onnxruntime/fp32"]["classes"]
+    assert loaded["backends"]["torch-eager/fp32"]["module_overhead_s"] >= 0
+    summary, classes = calib.calibration_rows(loaded)
+    assert any(r["quantity"].startswith("GEMM int8") for r in summary) and len(classes) > 20
+
+
+def test_probe_network_covers_every_class_it_claims():
+    """The classes the probe network produces in eager mode (no timing): every compute class."""
+    import torch
+
+    from fopt.bench.kernels import classify
+    from fopt.bench.probes import QUICK_BRANCHES, build_probenet, probe_inputs
+    from fopt.bench.profile import record_torch_calls
+
+    net = build_probenet(QUICK_BRANCHES)
+    xs = [torch.from_numpy(x) for x in probe_inputs(QUICK_BRANCHES, 1)]
+    seen = set()
+    for block, x in zip(net.blocks, xs):
+        for c in record_torch_calls(block, x):
+            seen.add(classify(c.node).kernel_class)
+    assert {"conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm", "eltwise",
+            "eltwise_transcendental", "eltwise_hard", "pool", "global_pool"} <= seen

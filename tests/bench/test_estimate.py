@@ -1,0 +1,194 @@
+"""Kernel classes, the calibrated cost model, and its wiring into bench rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from fopt.bench.calibrate import fit_classes, fit_line
+from fopt.bench.estimate import calibrated_estimate, error_pct, fit_key
+from fopt.bench.kernels import classify
+from fopt.bench.profile import ExecGraph, ExecNode
+
+
+def conv(x, w, out, group=1, dtypes=("float", "float"), weight_in_inputs=True, op="Conv"):
+    ins = [x, w] if weight_in_inputs else [x]
+    return ExecNode(name="c", op=op, input_shapes=ins, input_dtypes=list(dtypes[: len(ins)]),
+                    output_shapes=[out], output_dtypes=[dtypes[0]], attrs={"group": group},
+                    weight_shape=w, weight_dtype=dtypes[1])
+
+
+@pytest.mark.parametrize("node, cls, macs", [
+    # dense 3x3, 64->64 at 56x56: 56*56*64 outputs x 64 x 9
+    (conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56]), "conv_dense", 56 * 56 * 64 * 64 * 9),
+    # pointwise 24->144 at 56x56
+    (conv([1, 24, 56, 56], [144, 24, 1, 1], [1, 144, 56, 56]), "conv_pw", 56 * 56 * 144 * 24),
+    # depthwise 3x3 stride 2, 96 channels, 112 -> 56
+    (conv([1, 96, 112, 112], [96, 1, 3, 3], [1, 96, 56, 56], group=96), "conv_dw", 56 * 56 * 96 * 9),
+    # grouped 128 channels in groups of 8
+    (conv([1, 128, 28, 28], [128, 8, 3, 3], [1, 128, 28, 28], group=16), "conv_grouped", 28 * 28 * 128 * 8 * 9),
+    # SE "fully connected" 1x1 conv on a pooled 1x1 map
+    (conv([1, 96, 1, 1], [4, 96, 1, 1], [1, 4, 1, 1]), "conv_se", 4 * 96),
+    # RGB stem, 7x7 stride 2, at batch 8
+    (conv([8, 3, 224, 224], [64, 3, 7, 7], [8, 64, 112, 112]), "conv_stem", 8 * 112 * 112 * 64 * 3 * 49),
+    # QLinearConv in NHWC with its pre-packed weight absent from the profiled inputs
+    (conv([1, 56, 56, 64], [64, 64, 3, 3], [1, 56, 56, 64], dtypes=("uint8", "int8"), weight_in_inputs=False,
+          op="QLinearConv"), "conv_dense", 56 * 56 * 64 * 64 * 9),
+])
+def test_conv_classes_and_macs(node, cls, macs):
+    nw = classify(node)
+    assert nw.kernel_class == cls
+    assert nw.macs == macs and nw.work == macs
+    assert not nw.unknown
+
+
+def test_bytes_count_prepacked_weights_once():
+    with_w = classify(conv([1, 8, 4, 4], [8, 8, 1, 1], [1, 8, 4, 4]))
+    prepacked = classify(conv([1, 8, 4, 4], [8, 8, 1, 1], [1, 8, 4, 4], weight_in_inputs=False))
+    assert with_w.bytes_moved == prepacked.bytes_moved == (128 + 64 + 128) * 4
+    int8 = classify(conv([1, 4, 4, 8], [8, 8, 1, 1], [1, 4, 4, 8], dtypes=("uint8", "int8"), weight_in_inputs=False,
+                         op="QLinearConv"))
+    assert int8.bytes_moved == 128 + 64 + 128
+
+
+def test_gemm_elementwise_noop_and_unknown():
+    g = classify(ExecNode("fc", "Gemm", input_shapes=[[8, 1280], [22, 1280]], input_dtypes=["float"] * 2,
+                          output_shapes=[[8, 22]], output_dtypes=["float"], attrs={"transB": 1}))
+    assert (g.kernel_class, g.macs) == ("gemm", 8 * 22 * 1280)
+    lin = classify(ExecNode("l", "linear", input_shapes=[[2, 576], [1024, 576]], input_dtypes=["float"] * 2,
+                            output_shapes=[[2, 1024]], output_dtypes=["float"]))
+    assert lin.macs == 2 * 1024 * 576
+    sig = classify(ExecNode("s", "QLinearSigmoid", input_shapes=[[1, 112, 112, 32], []],
+                            input_dtypes=["uint8", "float"], output_shapes=[[1, 112, 112, 32]], output_dtypes=["uint8"]))
+    assert sig.kernel_class == "eltwise_transcendental" and sig.work == 112 * 112 * 32
+    assert sig.bytes_moved == 2 * 112 * 112 * 32 + 4
+    gap = classify(ExecNode("p", "GlobalAveragePool", input_shapes=[[1, 16, 56, 56]], input_dtypes=["float"],
+                            output_shapes=[[1, 16, 1, 1]], output_dtypes=["float"]))
+    assert gap.kernel_class == "global_pool" and gap.work == 16 * 56 * 56
+    assert classify(ExecNode("f", "Flatten", input_shapes=[[1, 8, 1, 1]], input_dtypes=["float"],
+                           output_shapes=[[1, 8]], output_dtypes=["float"])).kernel_class == "noop"
+    odd = classify(ExecNode("o", "SomeNewOp", input_shapes=[[1, 10]], input_dtypes=["float"],
+                           output_shapes=[[1, 10]], output_dtypes=["float"]))
+    assert odd.unknown and odd.kernel_class == "eltwise"
+
+
+def test_fit_line_recovers_overhead_and_rate():
+    work = [1e6, 4e6, 1.6e7, 6.4e7]
+    secs = [5e-6 + w / 1e11 for w in work]
+    fit = fit_line(work, secs)
+    assert fit["overhead_s"] == pytest.approx(5e-6, rel=1e-6)
+    assert fit["sec_per_work"] == pytest.approx(1e-11, rel=1e-6)
+    assert fit["rel_rmse"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fit_line_never_goes_negative():
+    # time falls with work: a negative slope is refused (constant instead)
+    fit = fit_line([1.0, 2.0, 3.0], [3e-6, 2e-6, 1e-6])
+    assert fit["sec_per_work"] == 0.0 and fit["overhead_s"] > 0
+    # a negative intercept is refused (pure rate instead)
+    fit = fit_line([1e6, 2e6], [0.5e-5, 1.5e-5])
+    assert fit["overhead_s"] == 0.0 and fit["sec_per_work"] > 0
+    assert fit_line([0.0, 0.0], [2e-6, 2e-6], with_slope=False)["overhead_s"] == pytest.approx(2e-6)
+
+
+def test_fit_classes_groups_points():
+    pts = [{"class": "conv_dense", "work": w, "seconds": 1e-6 + w * 1e-11} for w in (1e6, 1e7)]
+    pts += [{"class": "noop", "work": 0.0, "seconds": 1e-6}]
+    fits = fit_classes(pts)
+    assert set(fits) == {"conv_dense", "noop"} and fits["noop"]["sec_per_work"] == 0.0
+
+
+def _graph(nodes):
+    return ExecGraph(backend="onnxruntime", precision="fp32", batch_size=1, nodes=nodes)
+
+
+def test_calibrated_estimate_is_the_sum_of_its_parts():
+    from bench_testutil import synthetic_calibration
+
+    cal = synthetic_calibration()
+    a = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])
+    b = ExecNode("r", "Relu", input_shapes=[[1, 64, 56, 56]], input_dtypes=["float"],
+                 output_shapes=[[1, 64, 56, 56]], output_dtypes=["float"])
+    est = calibrated_estimate(_graph([a, b]), cal, "onnxruntime/fp32")
+    macs = 56 * 56 * 64 * 64 * 9
+    elems = 56 * 56 * 64
+    conv_s = 5e-6 + max(macs * 1e-11, classify(a).bytes_moved / 2e10)
+    relu_s = 5e-6 + max(elems * 2e-10, classify(b).bytes_moved / 2e10)
+    expected_ms = (conv_s + relu_s + 1e-5 - 2 * 1e-6) * 1e3   # + run fixed - profiler inflation
+    assert est.total_ms == pytest.approx(expected_ms)
+    assert [n.bound for n in est.nodes] == ["compute", "memory"]
+    eager = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
+    assert eager.total_ms == pytest.approx((conv_s + relu_s + 2 * 2e-6) * 1e3)   # + module call per op
+
+
+def test_missing_class_borrows_and_says_so():
+    from bench_testutil import synthetic_calibration
+
+    cal = synthetic_calibration()
+    del cal["backends"]["onnxruntime/int8"]["classes"]["conv_stem"]
+    node = conv([1, 3, 32, 32], [8, 3, 3, 3], [1, 8, 16, 16], op="QLinearConv", weight_in_inputs=False,
+                dtypes=("uint8", "int8"))
+    est = calibrated_estimate(_graph([node]), cal, "onnxruntime/int8")
+    assert est.nodes[0].fit_class == "conv_dense"
+    assert any("conv_stem not calibrated" in n for n in est.notes)
+
+
+def test_unknown_backend_key_is_a_clear_error():
+    from bench_testutil import synthetic_calibration
+
+    from fopt.errors import UsageError
+
+    with pytest.raises(UsageError, match="no fits for onnxruntime/fp16"):
+        calibrated_estimate(_graph([]), synthetic_calibration(), "onnxruntime/fp16")
+
+
+def test_fit_keys_and_error_pct():
+    assert fit_key("torchscript", "fp32") == "torch-eager/fp32"
+    assert fit_key("onnxruntime", "int8") == "onnxruntime/int8"
+    assert fit_key("tensorrt", "fp16") is None
+    assert error_pct(12.0, 10.0) == pytest.approx(20.0)
+    assert error_pct(None, 10.0) is None and error_pct(1.0, None) is None
+
+
+def test_bench_rows_carry_all_three_estimates(bench_dir, synthetic_cal):
+    """Wiring: a synthetic calibration gives calibrated, naive and roofline beside every row."""
+    from fopt.bench.analyze import analyze
+    from fopt.bench.calibrate import load_calibration
+    from fopt.bench.latency import StopRule
+    from fopt.bench.roofline import estimate_latency
+    from fopt.bench.run import bench_artifacts
+
+    res = bench_artifacts([bench_dir / "tiny.onnx", bench_dir / "tiny.pt"], batch_sizes=[1, 2], threads=1,
+                          rule=StopRule(min_time_s=0.02, warmup_iters=1, warmup_s=0.0), per_layer=True)
+    assert res.calibration["summary"]["source"] == "synthetic test calibration"
+    spec = load_calibration("cpu", 1).to_device_spec()
+    for row in res.results:
+        d = row.to_dict()
+        assert d["status"] == "ok", d["error"]
+        est = d["estimate_ms"]
+        assert all(est[k] is not None and est[k] > 0 for k in ("naive", "roofline", "calibrated")), d
+        for k in est:
+            assert d["error_pct"][k] == pytest.approx((est[k] / d["latency_ms"]["p50"] - 1) * 100)
+        # naive and roofline are analyze's own numbers for the calibrated cpu spec
+        ref = estimate_latency(analyze(str(bench_dir / "tiny.onnx"), batch=row.batch_size, device_spec=spec),
+                               spec, precision="fp32", batch=row.batch_size)
+        assert est["naive"] == pytest.approx(ref.naive_ms, rel=1e-6)
+        assert est["roofline"] == pytest.approx(ref.roofline_ms, rel=1e-6)
+        # the calibrated total is the per-layer sum plus the backend's fixed terms
+        det = d["estimate_detail"]
+        layer_sum = sum(x["estimate_ms"] for x in d["layers"])
+        assert est["calibrated"] == pytest.approx(layer_sum + det["fixed_ms"] - det["profiler_correction_ms"])
+        assert any(x["class"] == "conv_stem" for x in d["layers"])
+        assert all(x["measured_ms"] is not None for x in d["layers"] if x["op"] != "flatten")
+        assert sum(x["share_pct"] or 0 for x in d["layers"]) == pytest.approx(100.0)
+
+
+def test_without_calibration_rows_say_how_to_get_one(bench_dir, cache_dir):
+    from fopt.bench.latency import StopRule
+    from fopt.bench.run import bench_artifacts
+
+    res = bench_artifacts([bench_dir / "tiny.onnx"], batch_sizes=[1], threads=1,
+                          rule=StopRule(min_time_s=0.02, warmup_iters=1, warmup_s=0.0))
+    d = res.results[0].to_dict()
+    assert d["status"] == "ok" and d["estimate_ms"] == {"naive": None, "roofline": None, "calibrated": None}
+    assert any("fopt bench --calibrate" in n for n in d["estimate_notes"])
+    assert res.calibration is None
