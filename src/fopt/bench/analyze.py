@@ -169,6 +169,9 @@ def module_to_analysis_onnx(model, img_size: int, channels: int = 3):
                                   training=torch.onnx.TrainingMode.PRESERVE)
     except Exception as e:  # exporter failures come in many types; one line, cause kept
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "adaptive_avg_pool2d" in first:
+            first = (f"AdaptiveAvgPool2d cannot be exported at {img_size} px: its output grid must "
+                     f"divide the feature map (e.g. vgg16 needs a multiple of 224); pass another --img-size")
         raise ExportError(f"in-memory ONNX export failed for {type(model).__name__}: {first}") from e
     return onnx.load_from_string(buf.getvalue())
 
