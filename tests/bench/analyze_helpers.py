@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
@@ -111,6 +110,3 @@ def calibration_reader(input_name: str, shape, n: int = 4, seed: int = 0):
             return next(self.items, None)
 
     return Reader()
-
-
-__all__ = ["GraphBuilder", "export_preserving_bn", "save_onnx", "quiet_torch_export", "calibration_reader", "io"]

@@ -764,7 +764,7 @@ REAL_DTYPE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuanti
                             "CastLike"})
 
 
-def graph_precision(model, const_names: Iterable[str] = ()) -> str:
+def graph_precision(model) -> str:
     """The precision a graph was built for: int8 (has Q/DQ or integer ops), fp16 or fp32."""
     from onnx import TensorProto as T
 
