@@ -369,6 +369,10 @@ def test_qdq_int8_file_counts_at_int8(tiny_onnx_files):
     assert q.flops > ref.flops                              # the Q/DQ work is counted, not hidden
     with pytest.raises(UsageError, match="INT8"):
         count(_load(tiny_onnx_files["qdq"]), "fp32")
+    # Q/DQ pass positions through: same receptive field (Flatten after Q/DQ after pooling is skipped)
+    from fopt.bench.receptive import receptive_field
+    assert receptive_field(q.index).to_dict() == receptive_field(ref.index).to_dict()
+    assert receptive_field(q.index).size == 31
 
 
 def test_dynamic_int8_and_fp16_files(tiny_onnx_files):

@@ -242,11 +242,12 @@ def propagate(idx: GraphIndex, layers: list[Layer] | None = None) -> tuple[dict[
     return states, no_rule
 
 
-def final_feature_map(idx: GraphIndex) -> str | None:
+def final_feature_map(idx: GraphIndex, states: dict[str, TensorRF]) -> str | None:
     """The input of the last spatial reduction (global pool, spatial reduce, flatten) before the output.
 
     Breadth-first from the graph outputs backwards, so the classifier's pooling is found before any
-    squeeze-and-excitation pooling deeper in the body.
+    squeeze-and-excitation pooling deeper in the body. A reduction whose input has no spatial path
+    left (Flatten after global pooling, with Q/DQ or casts between) is passed over.
     """
     from collections import deque
 
@@ -266,18 +267,17 @@ def final_feature_map(idx: GraphIndex) -> str | None:
         in_shape = idx.shapes.get(src) if src else None
         out_shape = idx.shapes.get(name)
         spatial_in = in_shape is not None and len(in_shape) >= 3
-        if spatial_in and node.op_type in GLOBAL_POOLS:
-            return src
-        if spatial_in and node.op_type in COLLAPSES and not _spatial_preserved(in_shape, out_shape):
-            before = idx.producer.get(src)
-            # Flatten after global pooling: the pooling's input is the feature map, one step back
-            if before is None or not (before.op_type in GLOBAL_POOLS or before.op_type in REDUCES):
+        has_path = src is not None and (st := states.get(src)) is not None and st.conv is not None
+        if spatial_in and has_path:
+            if node.op_type in GLOBAL_POOLS:
                 return src
-        if spatial_in and node.op_type in REDUCES:
-            axes = _reduce_axes(idx, node, _attrs(node))
-            rank = len(in_shape)
-            if axes is None or set(range(2, rank)) & {a % rank for a in axes}:
+            if node.op_type in COLLAPSES and not _spatial_preserved(in_shape, out_shape):
                 return src
+            if node.op_type in REDUCES:
+                axes = _reduce_axes(idx, node, _attrs(node))
+                rank = len(in_shape)
+                if axes is None or set(range(2, rank)) & {a % rank for a in axes}:
+                    return src
         queue.extend(x for x in node.input if x)
     return None
 
@@ -285,7 +285,7 @@ def final_feature_map(idx: GraphIndex) -> str | None:
 def receptive_field(idx: GraphIndex, layers: list[Layer] | None = None) -> ReceptiveField:
     """The receptive field of the final feature map (see the module docstring)."""
     states, no_rule = propagate(idx, layers)
-    fmap = final_feature_map(idx)
+    fmap = final_feature_map(idx, states)
     if fmap is None:  # a fully convolutional graph: the output itself is the feature map
         fmap = next((o for o in idx.graph_outputs if o in states), None)
     t = states.get(fmap) if fmap else None
