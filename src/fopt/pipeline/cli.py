@@ -1,0 +1,107 @@
+"""`fopt pipeline` and `fopt report`."""
+
+from __future__ import annotations
+
+import click
+
+from fopt.console import device_option, force_option
+
+
+def _int_list(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise click.BadParameter("batch sizes must be integers >= 1")
+    return out
+
+
+@click.command("pipeline")
+@click.option("--model", "models", multiple=True, default=("resnet18",), show_default=True,
+              help="Registry model; repeat for several (e.g. the study's vgg16, resnet50, "
+                   "efficientnet_b0, efficientnet_b7).")
+@click.option("--data", type=click.Path(file_okay=False),
+              help="Dataset table (from `fopt data build`) or raw dataset; default: synthetic.")
+@click.option("--out", default="artifacts/pipeline", show_default=True, type=click.Path(file_okay=False),
+              help="Run folder.")
+@click.option("--epochs", default=6, show_default=True, type=int)
+@click.option("--img-size", default=64, show_default=True, type=int, help="Training and inference size (px).")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Training batch size.")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--workers", default=2, show_default=True, type=int, help="DataLoader workers.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--synth-per-class", default=100, show_default=True, type=int,
+              help="Synthetic images per class (when --data is not given).")
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["int8-static", "int8-dynamic", "fp16", "tensorrt"]),
+              help="Optimize methods (repeatable); default: every one this machine supports.")
+@click.option("--calib-size", default=256, show_default=True, type=int, help="Static INT8 calibration images.")
+@click.option("--batch-sizes", default="1,8", show_default=True, callback=_int_list,
+              help="Bench batch sizes.")
+@click.option("--min-time", "min_time_s", default=1.0, show_default=True, type=float,
+              help="Bench time budget per row (s).")
+@click.option("--processes", default=1, show_default=True, type=int,
+              help="Bench in this many fresh processes and report the spread.")
+@click.option("--threads", type=int, help="Intra-op threads for every backend (default: cores).")
+@device_option
+@click.option("--max-accuracy-drop", default=1.0, show_default=True, type=float,
+              help="Recommendation: allowed accuracy and macro-F1 drop (points) vs FP32.")
+@click.option("--latency-budget", "latency_budget_ms", type=float,
+              help="Recommendation: batch-1 p50 limit (ms).")
+@force_option
+def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed, synth_per_class,
+             methods, calib_size, batch_sizes, min_time_s, processes, threads, device,
+             max_accuracy_drop, latency_budget_ms, force):
+    """Run data, train, export, optimize, eval, analyze and bench; write report.md/report.json.
+
+    Re-running skips every stage whose outputs exist and whose inputs and options are unchanged
+    (--force redoes them). The report recommends the fastest artifact whose accuracy and macro-F1
+    drop stays within --max-accuracy-drop.
+
+    Example: fopt pipeline --model resnet18 --model mobilenet_v3_large --out artifacts/cmp
+    """
+    from fopt.pipeline.run import PipelineConfig, run_pipeline
+    from fopt.runtime.base import resolve_device
+
+    cfg = PipelineConfig(out=out, models=tuple(models), data=data, synth_per_class=synth_per_class,
+                         epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
+                         workers=workers, seed=seed, methods=tuple(methods) or None,
+                         calib_size=calib_size, batch_sizes=batch_sizes, min_time_s=min_time_s,
+                         processes=processes, threads=threads, device=resolve_device(device),
+                         max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget_ms,
+                         force=force)
+    report = run_pipeline(cfg, log=lambda m: click.echo(m, err=True))
+    _print_summary(report)
+    click.echo(f"report: {out}/report.md")
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Where to write report.md/report.json (default: the first run folder).")
+@click.option("--max-accuracy-drop", default=1.0, show_default=True, type=float)
+@click.option("--latency-budget", "latency_budget_ms", type=float)
+def report(runs, out, max_accuracy_drop, latency_budget_ms):
+    """Rebuild the comparison report from existing `fopt pipeline` runs (compare runs and models).
+
+    Example: fopt report artifacts/run-a artifacts/run-b --out artifacts/compare
+    """
+    from fopt.pipeline.report import build_report, find_summaries, load_summaries
+
+    sums = load_summaries(find_summaries(runs))
+    dest = out or runs[0]
+    rep = build_report(sums, dest, max_accuracy_drop=max_accuracy_drop,
+                       latency_budget_ms=latency_budget_ms)
+    _print_summary(rep)
+    click.echo(f"report: {dest}/report.md")
+
+
+def _print_summary(report: dict) -> None:
+    from fopt.console import print_table
+
+    cols = ["model", "method", "precision", "size_mb", "accuracy", "d_accuracy_pts", "macro_f1",
+            "p50_b1_ms", "speedup_vs_eager"]
+    print_table(report["rows"], columns=cols, title="fopt pipeline: every artifact")
+    rec = report["recommendation"]
+    click.echo(("recommendation: " + rec["why"]) if rec.get("artifact") else rec["why"])

@@ -1,0 +1,403 @@
+"""`fopt pipeline`: data -> train -> export -> optimize -> eval -> analyze -> bench -> report.
+
+Layout of a run folder::
+
+    RUN/stages.json                 the ledger (what ran, on which input hashes, with which options)
+    RUN/data/raw, RUN/data/table    synthetic dataset and its table (when --data is not given)
+    RUN/<model>/train/              best.pt, last.pt, history, curves, reports
+    RUN/<model>/export/             best.onnx, best.torchscript.pt (+ cards)
+    RUN/<model>/optimize/           INT8 / FP16 ONNX (+ TensorRT engines on a GPU), optimize.json
+    RUN/<model>/eval.json           accuracy and macro-F1 of every artifact (validation split)
+    RUN/<model>/analysis.json       params, MACs, FLOPs, receptive field, T4 estimates
+    RUN/<model>/bench.json, plots/  measured latency beside the estimates
+    RUN/<model>/summary.json        one row per artifact: what the report is built from
+    RUN/report.md, report.json      the comparison across models, with the recommendation
+
+Each stage is skipped when its outputs exist and its inputs (sha256) and options are unchanged;
+``force`` redoes everything. Stages only call the library functions the single-stage commands
+call, so a pipeline artifact is exactly what `fopt export` / `fopt optimize` would have made.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from fopt.artifacts import read_card, write_json_atomic
+from fopt.errors import UsageError
+from fopt.pipeline.report import SUMMARY_NAME, build_report, load_summaries
+from fopt.pipeline.stages import Stage, StageLedger
+
+# What the original study used to turn FLOPs into T4 latency: the T4's FP64 rate (wrong),
+# applied to a "FLOPs" column that actually held MACs. Kept only to show the difference.
+STUDY_T4_RATE = 253e9
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "artifacts/pipeline"      # run folder
+    models: tuple[str, ...] = ("resnet18",)  # registry names; the study's four is one command
+    data: str | None = None              # dataset table or raw dataset; None = synthetic
+    synth_classes: int = 22              # synthetic dataset: DeepFashion's 22 large categories
+    synth_per_class: int = 100           # images per class (80/10/10 split)
+    synth_size: int = 64                 # px of the generated images
+    epochs: int = 6                      # training epochs per model
+    img_size: int = 64                   # training/inference resolution (the study: 256)
+    batch_size: int = 32                 # training batch (the study's)
+    lr: float = 1e-3                     # Adam learning rate (the study's)
+    workers: int = 2                     # DataLoader workers
+    seed: int = 0                        # one seed for data generation and training
+    methods: tuple[str, ...] | None = None  # optimize methods; None = all this machine supports
+    calib_size: int = 256                # static INT8 calibration images (train split)
+    batch_sizes: tuple[int, ...] = (1, 8)  # bench batch sizes
+    min_time_s: float = 1.0              # bench time budget per row
+    processes: int = 1                   # bench: measure in this many fresh processes
+    threads: int | None = None           # intra-op threads for every backend (None = cores)
+    device: str = "cpu"                  # where artifacts are benchmarked
+    max_accuracy_drop: float = 1.0       # recommendation: allowed drop in points
+    latency_budget_ms: float | None = None  # recommendation: optional batch-1 p50 limit
+    force: bool = False                  # redo every stage
+
+    def validate(self) -> "PipelineConfig":
+        from fopt.models import MODELS
+
+        if not self.models:
+            raise UsageError("give at least one --model")
+        for m in self.models:
+            MODELS.get(m)  # unknown name -> UsageError with suggestions
+        if len(set(self.models)) != len(self.models):
+            raise UsageError("a --model was given twice")
+        if self.epochs < 1 or self.img_size < 16 or self.batch_size < 1:
+            raise UsageError("--epochs >= 1, --img-size >= 16 and --batch-size >= 1 are required")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UsageError(f"bench batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.max_accuracy_drop < 0:
+            raise UsageError("--max-accuracy-drop must be >= 0")
+        if self.data is not None and not Path(self.data).exists():
+            raise UsageError(f"--data {self.data}: no such folder")
+        return self
+
+
+Log = Callable[[str], None]
+
+
+def _json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def supported_methods(device: str) -> tuple[str, ...]:
+    """Every optimize method this machine can produce (TensorRT only with a GPU and tensorrt)."""
+    import importlib.util
+
+    methods = ["int8-static", "int8-dynamic", "fp16"]
+    if device == "cuda" and importlib.util.find_spec("tensorrt") is not None:
+        methods.append("tensorrt")
+    return tuple(methods)
+
+
+# ----------------------------------------------------------------------------- stages
+
+def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log) -> Path:
+    from fopt.data.build import build_dataset
+    from fopt.data.synth import synthesize
+
+    table = run / "data" / "table"
+    if cfg.data is not None and (Path(cfg.data) / "dataset.csv").exists():
+        return Path(cfg.data)                      # already a dataset table
+    if cfg.data is not None:
+        raw = Path(cfg.data)
+
+        def make() -> None:
+            shutil.rmtree(table, ignore_errors=True)
+            build_dataset(raw, table, seed=cfg.seed)
+        params = {"raw": str(raw.resolve())}
+    else:
+        raw = run / "data" / "raw"
+
+        def make() -> None:
+            synthesize(raw, classes=cfg.synth_classes, per_class=cfg.synth_per_class,
+                       size=cfg.synth_size, seed=cfg.seed, force=True,
+                       preview=run / "data" / "preview.png")
+            shutil.rmtree(table, ignore_errors=True)
+            build_dataset(raw, table, seed=cfg.seed)
+        params = {"classes": cfg.synth_classes, "per_class": cfg.synth_per_class,
+                  "size": cfg.synth_size, "seed": cfg.seed}
+    status, _ = ledger.run(Stage("data", make, outputs=[table / "dataset.csv", table / "mapping.json"],
+                                 params=params), force=cfg.force)
+    log(f"[data] {status}: {table}")
+    return table
+
+
+def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger: StageLedger,
+                log: Log) -> dict[str, Any]:
+    from fopt.train.config import TrainConfig
+    from fopt.train.engine import fit
+
+    tdir = mdir / "train"
+    out = mdir / "train.json"
+    tcfg = TrainConfig(data=str(table), model=model, out=str(tdir), epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr, img_size=cfg.img_size, seed=cfg.seed,
+                       workers=cfg.workers, device="auto" if cfg.device == "cuda" else "cpu",
+                       experiments=str(mdir.parent / "experiments.csv"))
+
+    def make() -> None:
+        if tdir.exists():
+            shutil.rmtree(tdir)            # a changed input means a new run, not a resume
+        res = fit(tcfg.validate())
+        write_json_atomic(out, {
+            "checkpoint": str(res.files.get("best", tdir / "best.pt")), "best_epoch": res.best_epoch,
+            "accuracy": res.val.get("accuracy"), "macro_f1": res.val.get("macro_f1"),
+            "val_n": res.val.get("n"), "epochs": cfg.epochs, "img_size": cfg.img_size,
+            "files": {k: str(v) for k, v in res.files.items()}})
+
+    status, _ = ledger.run(Stage(f"{model}/train", make, inputs=[table / "dataset.csv"],
+                                 outputs=[tdir / "best.pt", out], params=asdict(tcfg)), force=cfg.force)
+    info = _json(out)
+    log(f"[{model}] train {status}: val accuracy {100 * info['accuracy']:.1f}%, "
+        f"macro-F1 {100 * info['macro_f1']:.1f}% (best epoch {info['best_epoch']})")
+    return info
+
+
+def stage_export(cfg: PipelineConfig, model: str, ckpt: Path, mdir: Path, ledger: StageLedger,
+                 log: Log) -> dict[str, Path]:
+    from fopt.export import export_checkpoint
+
+    edir = mdir / "export"
+    targets = {"onnx": edir / f"{ckpt.stem}.onnx", "torchscript": edir / f"{ckpt.stem}.torchscript.pt"}
+
+    def make() -> None:
+        export_checkpoint(ckpt, formats=("onnx", "torchscript"), out_dir=edir, force=True)
+
+    status, _ = ledger.run(Stage(f"{model}/export", make, inputs=[ckpt], outputs=list(targets.values()),
+                                 params={"formats": sorted(targets)}), force=cfg.force)
+    log(f"[{model}] export {status}: {', '.join(p.name for p in targets.values())}")
+    return targets
+
+
+def stage_optimize(cfg: PipelineConfig, model: str, onnx_path: Path, table: Path, mdir: Path,
+                   ledger: StageLedger, log: Log) -> list[Path]:
+    from fopt.optimize.run import OptimizeOptions, optimize_onnx
+
+    odir = mdir / "optimize"
+    out = odir / "optimize.json"
+    methods = tuple(cfg.methods or supported_methods(cfg.device))
+    # Evaluation and timing happen once, in the eval and bench stages, for every artifact alike.
+    opts = OptimizeOptions(methods=methods, out_dir=str(odir), evaluate=False, latency=False,
+                           force=True, calib_data=str(table), calib_size=cfg.calib_size,
+                           seed=cfg.seed, threads=cfg.threads)
+
+    def make() -> None:
+        res = optimize_onnx(onnx_path, opts, log=lambda m: log(f"[{model}] {m}"))
+        write_json_atomic(out, res)
+
+    status, _ = ledger.run(Stage(f"{model}/optimize", make, inputs=[onnx_path], outputs=[out],
+                                 params={"methods": list(methods), "calib_size": cfg.calib_size}),
+                           force=cfg.force)
+    paths = [Path(a["path"]) for a in _json(out)["artifacts"]]
+    log(f"[{model}] optimize {status}: {', '.join(p.name for p in paths)}")
+    return paths
+
+
+def _method(path: Path, card: dict[str, Any]) -> str:
+    fmt = card["format"]
+    if fmt == "checkpoint":
+        return "torch eager fp32"
+    if fmt == "torchscript":
+        return "torchscript fp32"
+    opt = card.get("optimize") or {}
+    method = opt.get("method") if isinstance(opt, dict) else None
+    if fmt == "tensorrt":
+        return f"tensorrt {card['precision']}"
+    return method or f"onnx {card['precision']}"
+
+
+def stage_eval(cfg: PipelineConfig, model: str, artifacts: list[Path], table: Path, mdir: Path,
+               ledger: StageLedger, log: Log) -> dict[str, Any]:
+    from fopt.train.evaluate import evaluate_artifact
+
+    out = mdir / "eval.json"
+
+    def make() -> None:
+        results = {}
+        for p in artifacts:
+            card = read_card(p, required=False) or {}
+            device = "cuda" if card.get("format") == "tensorrt" else "cpu"
+            try:
+                m = evaluate_artifact(p, table, split="val", device=device, threads=cfg.threads)
+                results[str(p)] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+            except Exception as e:  # recorded in the row, not swallowed: the report shows it
+                results[str(p)] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            log(f"[{model}] eval {p.name}: {results[str(p)]}")
+        write_json_atomic(out, results)
+
+    status, _ = ledger.run(Stage(f"{model}/eval", make, inputs=[*artifacts, table / "dataset.csv"],
+                                 outputs=[out], params={"split": "val"}), force=cfg.force)
+    log(f"[{model}] eval {status}")
+    return _json(out)
+
+
+def stage_analyze(cfg: PipelineConfig, model: str, onnx_path: Path, mdir: Path, ledger: StageLedger,
+                  log: Log) -> dict[str, Any]:
+    from fopt.bench.analyze import analyze
+
+    out = mdir / "analysis.json"
+
+    def make() -> None:
+        a = analyze(onnx_path, batch=1, device_spec="t4")
+        d = a.to_dict()
+        d.pop("layers", None)
+        d["t4"] = {"naive_ms": d["estimate_ms"]["naive"], "roofline_ms": d["estimate_ms"]["roofline"],
+                   "study_fp64_ms": a.macs / STUDY_T4_RATE * 1e3}
+        try:
+            a.plot_roofline(mdir / "plots" / "roofline_t4.png") if hasattr(a, "plot_roofline") else None
+        except Exception:
+            pass
+        write_json_atomic(out, d)
+
+    status, _ = ledger.run(Stage(f"{model}/analyze", make, inputs=[onnx_path], outputs=[out],
+                                 params={"device_spec": "t4", "batch": 1}), force=cfg.force)
+    d = _json(out)
+    log(f"[{model}] analyze {status}: {d['params'] / 1e6:.2f} M params, {d['macs'] / 1e9:.3f} G MACs, "
+        f"{d['flops'] / 1e9:.3f} G FLOPs, T4 naive {d['t4']['naive_ms']:.3g} ms / roofline "
+        f"{d['t4']['roofline_ms']:.3g} ms")
+    return d
+
+
+def stage_calibrate(cfg: PipelineConfig, log: Log) -> None:
+    from fopt.bench.calibrate import calibrate, load_calibration
+
+    if cfg.force or load_calibration(cfg.device, cfg.threads) is None:
+        log(f"[calibrate] measuring this machine's {cfg.device} rates (cached for later runs)")
+        calibrate(cfg.device, cfg.threads, on_step=lambda s: log(f"[calibrate] {s}"))
+    else:
+        log("[calibrate] skipped: a calibration for this machine is cached")
+
+
+def stage_bench(cfg: PipelineConfig, model: str, artifacts: list[Path], mdir: Path,
+                ledger: StageLedger, log: Log) -> dict[str, Any]:
+    from fopt.bench.plots import plot_all
+    from fopt.bench.run import bench_artifacts
+
+    out = mdir / "bench.json"
+
+    def make() -> None:
+        res = bench_artifacts(artifacts, device=cfg.device, batch_sizes=cfg.batch_sizes,
+                              threads=cfg.threads, min_time_s=cfg.min_time_s,
+                              processes=cfg.processes, estimate=True,
+                              on_progress=lambda m: log(f"[{model}] bench {m}"))
+        d = res.to_dict()
+        d["plots"] = [str(p) for p in plot_all(d, mdir / "plots")]
+        write_json_atomic(out, d)
+
+    params = {"batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
+              "processes": cfg.processes, "threads": cfg.threads, "device": cfg.device}
+    status, _ = ledger.run(Stage(f"{model}/bench", make, inputs=artifacts, outputs=[out], params=params),
+                           force=cfg.force)
+    log(f"[{model}] bench {status}")
+    return _json(out)
+
+
+# ----------------------------------------------------------------------------- summary
+
+def model_rows(model: str, artifacts: list[Path], evals: dict[str, Any], bench: dict[str, Any],
+               analysis: dict[str, Any]) -> list[dict[str, Any]]:
+    """One report row per artifact, every number copied from the eval, bench and card files."""
+    by_art: dict[str, list[dict[str, Any]]] = {}
+    for r in bench.get("results", []):
+        by_art.setdefault(str(Path(r["artifact"])), []).append(r)
+    rows = []
+    ref = evals.get(str(artifacts[0]), {})  # the checkpoint: the FP32 reference for deltas
+    eager_p50 = None
+    for p in artifacts:
+        card = read_card(p, required=False) or {}
+        ev = evals.get(str(p), {})
+        brs = sorted(by_art.get(str(p), []), key=lambda r: r["batch_size"])
+        ok = [r for r in brs if r.get("status") == "ok"]
+        b1 = next((r for r in ok if r["batch_size"] == 1), None)
+        best = max(ok, key=lambda r: r.get("throughput_ips") or 0, default=None)
+        errors = [f"batch {r['batch_size']}: {r.get('error')}" for r in brs if r.get("status") != "ok"]
+        if ev.get("error"):
+            errors.append(f"eval: {ev['error']}")
+        row = {
+            "model": model, "artifact": str(p), "method": _method(p, card),
+            "format": card.get("format"), "precision": card.get("precision"),
+            "backend": b1.get("backend") if b1 else (brs[0].get("backend") if brs else None),
+            "size_mb": p.stat().st_size / 1e6 if p.exists() else None,
+            "params": analysis.get("params"),
+            "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"),
+            "d_accuracy_pts": _pts(ev.get("accuracy"), ref.get("accuracy")),
+            "d_macro_f1_pts": _pts(ev.get("macro_f1"), ref.get("macro_f1")),
+            "p50_b1_ms": (b1 or {}).get("latency_ms", {}).get("p50") if b1 else None,
+            "spread_b1_pct": (b1 or {}).get("spread_pct"),
+            "best_throughput_ips": best.get("throughput_ips") if best else None,
+            "best_batch": best.get("batch_size") if best else None,
+            "estimate_ms": (b1 or {}).get("estimate_ms") or {},
+            "error_pct": (b1 or {}).get("error_pct") or {},
+            "error": "; ".join(errors) or None,
+        }
+        if card.get("format") == "checkpoint":
+            eager_p50 = row["p50_b1_ms"]
+        rows.append(row)
+    for row in rows:
+        row["speedup_vs_eager"] = (eager_p50 / row["p50_b1_ms"]
+                                   if eager_p50 and row["p50_b1_ms"] else None)
+    return rows
+
+
+def _pts(value: float | None, ref: float | None) -> float | None:
+    if value is None or ref is None:
+        return None
+    return round(100.0 * (value - ref), 4)
+
+
+# ----------------------------------------------------------------------------- the whole job
+
+def run_pipeline(cfg: PipelineConfig, log: Log = print) -> dict[str, Any]:
+    cfg.validate()
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    ledger = StageLedger(run / "stages.json")
+    table = stage_data(cfg, run, ledger, log)
+    from fopt.data.datasets import DatasetTable
+
+    DatasetTable.load(table)  # fail early on a bad table
+    calibrated = False
+    summaries = []
+    for model in cfg.models:
+        mdir = run / model
+        mdir.mkdir(exist_ok=True)
+        train = stage_train(cfg, model, table, mdir, ledger, log)
+        ckpt = Path(train["checkpoint"])
+        exported = stage_export(cfg, model, ckpt, mdir, ledger, log)
+        optimized = stage_optimize(cfg, model, exported["onnx"], table, mdir, ledger, log)
+        artifacts = [ckpt, exported["torchscript"], exported["onnx"], *optimized]
+        evals = stage_eval(cfg, model, artifacts, table, mdir, ledger, log)
+        analysis = stage_analyze(cfg, model, exported["onnx"], mdir, ledger, log)
+        if not calibrated:
+            stage_calibrate(cfg, log)
+            calibrated = True
+        bench = stage_bench(cfg, model, artifacts, mdir, ledger, log)
+        files = train.get("files", {})
+        plots = {"curves": files.get("curves"), "confusion_matrix": files.get("confusion_matrix")}
+        for p in bench.get("plots", []):
+            name = Path(p).name
+            if name.startswith("measured_vs_estimated"):
+                plots["measured_vs_estimated"] = p
+            elif name.startswith("latency_vs_batch"):
+                plots["latency_vs_batch"] = p
+        summary = {
+            "model": model, "dataset": str(table), "machine": bench.get("machine"),
+            "train": train, "analysis": analysis, "plots": plots,
+            "bench_settings": {**(bench.get("settings") or {}), "batch_sizes": list(cfg.batch_sizes),
+                               "min_time_s": cfg.min_time_s, "processes": cfg.processes},
+            "rows": model_rows(model, artifacts, evals, bench, analysis),
+        }
+        write_json_atomic(mdir / SUMMARY_NAME, summary)
+        summaries.append(mdir / SUMMARY_NAME)
+    report = build_report(load_summaries(summaries), run, max_accuracy_drop=cfg.max_accuracy_drop,
+                          latency_budget_ms=cfg.latency_budget_ms)
+    log(f"report: {run / 'report.md'} (and report.json)")
+    return report
