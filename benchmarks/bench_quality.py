@@ -171,8 +171,12 @@ def print_report(summary: dict[str, Any], worst: list[dict[str, Any]], rows: lis
                "status": r["status"] if r["status"] == "ok" else r.get("error")}
               for r in rows]
     print_table(points, title="every point")
-    print_table([{k: (_signed(v) if k.endswith("error_pct") else v) for k, v in w.items()} for w in worst],
-                title="worst points and why")
+    print("worst points (calibrated estimate) and why:")
+    for w in worst:
+        spread = f", spread {w['spread_pct']:.0f}%" if w.get("spread_pct") is not None else ""
+        print(f"  {w['artifact']} [{w['backend']}] b{w['batch_size']}: measured {w['measured_p50_ms']:.3g} ms, "
+              f"calibrated {w['calibrated_ms']:.3g} ms ({_signed(w['error_pct'])}; naive {_signed(w['naive_error_pct'])}"
+              f"{spread})\n      {w['reason']}")
 
 
 def _pct(v: float | None) -> str | None:

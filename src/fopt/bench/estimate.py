@@ -141,14 +141,17 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
 
 # ----------------------------------------------------------------------------- executed graphs
 
-def exec_graph_for(runner: Any, batch: np.ndarray) -> ExecGraph | None:
-    """The executed graph of a loaded runner at this batch (None where fopt cannot see it)."""
+def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1) -> ExecGraph | None:
+    """The executed graph of a loaded runner at this batch (None where fopt cannot see it).
+
+    For ONNX Runtime this is a profiled session: `profile_runs` runs after a first one (their
+    per-node median is kept as ``measured_ms``; the estimate itself never reads it)."""
     from fopt.bench.profile import ort_exec_graph, torch_exec_graph
 
     if runner.backend == "onnxruntime":
         if runner.device != "cpu":
             return None
-        g = ort_exec_graph(runner.path, batch, threads=runner.threads, runs=2,
+        g = ort_exec_graph(runner.path, batch, threads=runner.threads, runs=profile_runs,
                            input_name=getattr(runner, "input_name", None))
     elif runner.backend in ("torch-eager", "torchscript"):
         import torch

@@ -29,6 +29,7 @@ from fopt.bench.latency import (Clock, CudaEventTimer, StopRule, WallTimer, comb
 from fopt.errors import FoptError, UsageError
 
 ESTIMATE_KEYS = ("naive", "roofline", "calibrated")
+PER_LAYER_RUNS = 10   # profiled runs per row for --per-layer (median per node)
 INPUT_SEED = 0
 
 
@@ -332,7 +333,7 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, 
     try:
         spec = runner.input_spec
         batch = make_input(spec.channels, spec.size, row.batch_size)
-        graph = est.exec_graph_for(runner, batch)
+        graph = est.exec_graph_for(runner, batch, profile_runs=PER_LAYER_RUNS if per_layer else 1)
     except Exception as e:
         row.estimate_notes.append(f"calibrated: executed graph unavailable ({_one_line(e)})")
         return
@@ -361,7 +362,8 @@ def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray) 
 
         from fopt.bench.profile import torch_profile_times
 
-        measured = torch_profile_times(runner.model, torch.from_numpy(batch).to(runner.device), len(graph.nodes))
+        measured = torch_profile_times(runner.model, torch.from_numpy(batch).to(runner.device), len(graph.nodes),
+                                       runs=PER_LAYER_RUNS)
     total = sum(m for m in measured if m) or None
     out = []
     for i, node in enumerate(graph.nodes):
