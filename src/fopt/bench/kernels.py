@@ -26,15 +26,19 @@ GEMM_OPS = {"Gemm", "FusedGemm", "MatMul", "FusedMatMul", "QGemm", "MatMulIntege
 OP_CLASS = {
     **{op: "eltwise" for op in (
         "Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Neg", "Abs",
-        "BatchNormalization", "Identity", "Dropout", "Concat", "Slice", "Split", "Pad", "Cast",
+        "Identity", "Dropout", "Concat", "Slice", "Split", "Pad", "Cast",
         "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearConcat",
         "relu", "relu_", "add", "add_", "mul", "mul_", "sub", "div", "hardtanh", "hardtanh_",
-        "batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training", "cat",
+        "cat",
         "clamp", "clamp_", "dropout", "dropout_", "clone", "contiguous", "copy_", "leaky_relu")},
     **{op: "eltwise_transcendental" for op in (
         "Sigmoid", "QuickGelu", "Tanh", "Erf", "Gelu", "FastGelu", "BiasGelu", "Exp", "Log",
         "Softmax", "LogSoftmax", "Swish", "QLinearSigmoid", "QLinearSoftmax",
         "sigmoid", "sigmoid_", "silu", "silu_", "gelu", "tanh", "softmax", "_softmax", "exp")},
+    **{op: "norm" for op in (
+        "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+        "batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training", "layer_norm",
+        "group_norm", "instance_norm")},
     **{op: "eltwise_hard" for op in (
         "HardSigmoid", "HardSwish", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_")},
     **{op: "pool" for op in (
@@ -51,7 +55,7 @@ OP_CLASS = {
         "squeeze", "unsqueeze", "expand", "detach", "alias")},
 }
 COMPUTE_CLASSES = ("conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm")
-MEMORY_CLASSES = ("eltwise", "eltwise_transcendental", "eltwise_hard", "pool", "global_pool",
+MEMORY_CLASSES = ("eltwise", "norm", "eltwise_transcendental", "eltwise_hard", "pool", "global_pool",
                   "layout", "quant", "noop")
 ALL_CLASSES = COMPUTE_CLASSES + MEMORY_CLASSES
 # A conv whose input channels per group x kernel area is this small (an RGB stem) vectorises poorly.

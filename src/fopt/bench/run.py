@@ -266,9 +266,12 @@ def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine:
             try:
                 from fopt.bench.analyze import analyze
 
-                analysis = analyze(path, batch=arows[0].batch_size, precision=_analyze_precision(arows[0].precision),
+                target, via = _analysis_target(path)
+                analysis = analyze(target, batch=arows[0].batch_size, precision=_analyze_precision(arows[0].precision),
                                    device_spec=spec)
-            except Exception as e:  # analysis cannot read every artifact (e.g. engines): say why
+                if via:
+                    note = via
+            except Exception as e:  # analysis cannot read every artifact: say why
                 note = f"analyze: {_one_line(e)}"
         runner = None
         try:
@@ -297,6 +300,19 @@ def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine:
                 on_row(r)
         if runner is not None:
             runner.close()
+
+
+def _analysis_target(path: str) -> tuple[str, str | None]:
+    """What `analyze` counts for an artifact: itself, or for TorchScript files and TensorRT
+    engines (not ONNX graphs) the checkpoint/ONNX parent their card names."""
+    from fopt.artifacts import read_card
+
+    card = read_card(path, required=False) or {}
+    if card.get("format") in ("torchscript", "tensorrt"):
+        parent = (card.get("parent") or {}).get("path")
+        if parent and Path(parent).exists():
+            return parent, f"naive/roofline counted on its parent {Path(parent).name}"
+    return path, None
 
 
 def _cuda_calibrated(row: BenchRow, analysis: Any, cal: dict[str, Any] | None) -> None:
