@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -14,21 +13,21 @@ CARD_KEY = "fopt_card"
 
 
 def embedded_card(path) -> dict[str, Any] | None:
-    """The card stored in an ONNX file's metadata_props, if any (weights are not loaded)."""
+    """The card stored in an ONNX file's metadata_props, if any (external weight files are not read)."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise InputError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    for prop in model.metadata_props:
-        if prop.key == CARD_KEY:
-            return json.loads(prop.value)
-    return None
+    from fopt.optimize.graph import embedded_card as from_proto  # the one metadata_props reader
+
+    return from_proto(model)
 
 
 @RUNNERS.register("onnx")
 class OnnxRuntimeRunner(Runner):
+    format = "onnx"
     backend = "onnxruntime"
 
     def _read_card(self) -> dict[str, Any]:
@@ -50,7 +49,9 @@ class OnnxRuntimeRunner(Runner):
             raise DeviceUnavailable("--device cuda needs onnxruntime-gpu (pip install fopt[gpu]); "
                                     f"this onnxruntime offers {', '.join(available)}")
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        if self.options.get("tensorrt_provider") and "TensorrtExecutionProvider" in available:
+        # TensorRT EP first when present (it falls back to CUDA per node); tensorrt_provider=False
+        # opts out, e.g. for short runs where its engine build would dominate.
+        if self.options.get("tensorrt_provider", True) and "TensorrtExecutionProvider" in available:
             wanted.insert(0, "TensorrtExecutionProvider")
         return wanted
 
@@ -81,6 +82,13 @@ class OnnxRuntimeRunner(Runner):
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise InputError(f"{self.path}: onnxruntime cannot load it: {first}") from None
+        active = self.session.get_providers()
+        if self.device == "cuda" and "CUDAExecutionProvider" not in active:
+            # onnxruntime silently falls back to the CPU when the CUDA libraries fail to load
+            self.session = None
+            raise DeviceUnavailable(f"--device cuda: onnxruntime could not start its CUDA provider "
+                                    f"(active: {', '.join(active)}); check the CUDA/cuDNN libraries "
+                                    f"onnxruntime-gpu needs")
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
 

@@ -9,6 +9,31 @@ import numpy as np
 from fopt.errors import InputError
 from fopt.runtime.base import RUNNERS, Runner
 
+CARD_FILE = "fopt_card.json"  # the _extra_files key `fopt export` writes the card under
+
+
+def embedded_torchscript_card(path) -> dict[str, Any] | None:
+    """The card inside a TorchScript archive (``<archive>/extra/fopt_card.json``), or None.
+
+    Read straight from the zip, so the model is not deserialised just to learn how to feed it.
+    """
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith(f"/extra/{CARD_FILE}")]
+            raw = z.read(names[0]) if names else None
+    except (OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a loadable TorchScript file ({type(e).__name__})") from None
+    if not raw:
+        return None
+    try:
+        card = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: its embedded {CARD_FILE} is not valid JSON") from None
+    return card if isinstance(card, dict) and "format" in card else None
+
 
 class _TorchRunner(Runner):
     model: Any = None
@@ -43,6 +68,7 @@ class _TorchRunner(Runner):
 class CheckpointRunner(_TorchRunner):
     """A fopt checkpoint (.pt) rebuilt from the model registry, run in eager mode."""
 
+    format = "checkpoint"
     backend = "torch-eager"
 
     def _read_card(self) -> dict[str, Any]:
@@ -63,26 +89,19 @@ class CheckpointRunner(_TorchRunner):
 class TorchScriptRunner(_TorchRunner):
     """A TorchScript archive; its card is embedded (_extra_files) and beside it."""
 
+    format = "torchscript"
     backend = "torchscript"
 
     def _read_card(self) -> dict[str, Any]:
-        import json
-
         from fopt.artifacts import read_card
 
         card = read_card(self.path, required=False)
-        if card is not None:
-            return card
-        import torch
-
-        extra = {"fopt_card.json": ""}
-        try:
-            torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
-        except Exception as e:
-            raise InputError(f"{self.path}: not a loadable TorchScript file ({type(e).__name__})") from None
-        if not extra["fopt_card.json"]:
-            raise InputError(f"{self.path}: TorchScript file has no fopt card (embedded or beside it)")
-        return json.loads(extra["fopt_card.json"])
+        if card is None:
+            card = embedded_torchscript_card(self.path)
+        if card is None:
+            raise InputError(f"{self.path}: TorchScript file has no fopt card (neither "
+                             f"{self.path.name}.json beside it nor {CARD_FILE} inside it)")
+        return card
 
     def _load_impl(self) -> None:
         import torch

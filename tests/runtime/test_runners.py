@@ -1,0 +1,181 @@
+"""The runners: one interface over checkpoint, TorchScript and ONNX Runtime, cards, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fopt.errors import DeviceUnavailable, InputError, ValidationError
+from fopt.runtime.base import RUNNERS, open_runner
+
+FORMATS = ("checkpoint", "torchscript", "onnx")
+
+
+def _batch(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
+
+
+def test_every_format_has_a_runner():
+    from fopt.runtime.base import _import_backends
+
+    _import_backends()
+    for fmt in FORMATS:
+        assert fmt in RUNNERS
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_open_runner_picks_the_runner_for_the_format(artifacts, fmt):
+    with open_runner(artifacts[fmt]) as runner:
+        assert runner.format == fmt
+        assert type(runner) is RUNNERS.get(fmt)
+        assert runner.input_spec.size == 32
+        assert runner.card["format"] == fmt
+        assert len(runner.class_names) == 6
+
+
+def test_all_formats_compute_the_same_logits(artifacts):
+    x = _batch(5)
+    outs = {}
+    for fmt in FORMATS:
+        with open_runner(artifacts[fmt]) as runner:
+            outs[fmt] = runner.infer(x)
+            assert runner.last_infer_s is not None and runner.last_infer_s > 0
+            # batch 1 through the same (dynamic-batch) artifact gives row 0 of the batch result
+            np.testing.assert_allclose(runner.infer(x[:1]), outs[fmt][:1], atol=1e-5, rtol=1e-4)
+    assert outs["checkpoint"].shape == (5, 6)
+    for fmt in ("torchscript", "onnx"):
+        np.testing.assert_allclose(outs[fmt], outs["checkpoint"], atol=1e-4, rtol=1e-3)
+
+
+def test_runners_accept_torch_tensors(artifacts):
+    import torch
+
+    x = _batch(2)
+    with open_runner(artifacts["onnx"]) as runner:
+        np.testing.assert_allclose(runner.infer(torch.from_numpy(x)), runner.infer(x))
+
+
+@pytest.mark.parametrize("fmt", ("torchscript", "onnx"))
+def test_embedded_card_is_used_without_the_sidecar(artifacts, without_sidecar, fmt):
+    path = without_sidecar(fmt)
+    assert not path.with_name(path.name + ".json").exists()
+    with open_runner(path) as runner:
+        assert runner.card["format"] == fmt
+        assert runner.class_names == open_runner(artifacts[fmt]).class_names
+        assert runner.infer(_batch(1)).shape == (1, 6)
+
+
+def test_torchscript_without_any_card_is_a_clear_error(tmp_path, artifacts):
+    import torch
+
+    from fopt.train.checkpoint import load_checkpoint
+
+    path = tmp_path / "bare.torchscript.pt"
+    torch.jit.save(torch.jit.trace(load_checkpoint(artifacts["checkpoint"]).model,
+                                   torch.randn(1, 3, 32, 32)), str(path))
+    with pytest.raises(InputError, match="no fopt card"):
+        open_runner(path)
+
+
+def test_onnx_without_any_card_is_a_clear_error(tmp_path):
+    import onnx
+    import torch
+
+    from fopt.export.onnx import model_to_onnx
+
+    path = tmp_path / "bare.onnx"
+    onnx.save(model_to_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten()), 8), str(path))
+    with pytest.raises(InputError, match="no fopt card"):
+        open_runner(path)
+
+
+def test_garbage_files_are_input_errors(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf at all" * 10)
+    with pytest.raises(InputError):
+        open_runner(bad)
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(InputError, match="no such file"):
+        open_runner(missing)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_wrong_input_shape_is_a_validation_error(artifacts, fmt):
+    with open_runner(artifacts[fmt]) as runner:
+        with pytest.raises(ValidationError, match="expected input"):
+            runner.infer(np.zeros((1, 1, 32, 32), np.float32))
+        with pytest.raises(ValidationError, match="expected input"):
+            runner.infer(np.zeros((3, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_without_gpu_is_device_unavailable(artifacts, fmt, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match="no CUDA GPU"):
+        open_runner(artifacts[fmt], device="cuda")
+    with open_runner(artifacts[fmt], device="auto") as runner:  # auto falls back to the CPU
+        assert runner.device == "cpu"
+
+
+def test_ort_cuda_needs_the_cuda_provider(artifacts, monkeypatch):
+    """A GPU is present (torch sees it) but this onnxruntime has no CUDA provider."""
+    import onnxruntime as ort
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    runner = open_runner(artifacts["onnx"], device="cuda")
+    with pytest.raises(DeviceUnavailable, match="onnxruntime-gpu"):
+        runner.load()
+
+
+def test_ort_cuda_provider_that_fails_to_start_is_not_a_silent_cpu_fallback(artifacts, monkeypatch):
+    """onnxruntime-gpu without its CUDA libraries quietly runs on the CPU; the runner refuses."""
+    import onnxruntime as ort
+    import torch
+
+    real_session = ort.InferenceSession
+    asked = {}
+
+    def session(path, sess_options=None, providers=None):
+        asked["providers"] = list(providers)
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with pytest.raises(DeviceUnavailable, match="could not start its CUDA provider"):
+        open_runner(artifacts["onnx"], device="cuda").load()
+    assert asked["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                  "CPUExecutionProvider"]
+    with pytest.raises(DeviceUnavailable):
+        open_runner(artifacts["onnx"], device="cuda", tensorrt_provider=False).load()
+    assert asked["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_ort_threads_reach_the_session(artifacts):
+    runner = open_runner(artifacts["onnx"], threads=1)
+    so = runner.session_options()
+    assert so.intra_op_num_threads == 1 and so.inter_op_num_threads == 1
+
+
+def test_input_metadata_comes_from_the_card(artifacts):
+    with open_runner(artifacts["torchscript"]) as runner:
+        meta = runner.input_metadata
+    assert meta["shape"] == ["batch", 3, 32, 32]
+    assert meta["dtype"] == "float32" and len(meta["mean"]) == 3
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_eval_gives_the_same_accuracy_through_every_runner(artifacts, synth_dataset, fmt):
+    from fopt.train.evaluate import evaluate_artifact
+
+    ref = evaluate_artifact(artifacts["checkpoint"], synth_dataset, split="val", batch_size=16)
+    res = evaluate_artifact(artifacts[fmt], synth_dataset, split="val", batch_size=16)
+    assert res["n"] == ref["n"] > 0
+    assert res["format"] == fmt
+    assert abs(res["accuracy"] - ref["accuracy"]) * 100 <= 0.1
+    assert abs(res["macro_f1"] - ref["macro_f1"]) * 100 <= 0.1
