@@ -92,7 +92,7 @@ def executed_summary(ops: dict[str, int]) -> str:
 
 
 def size_mb(path: Path) -> float:
-    return round(os.path.getsize(path) / 1e6, 3)
+    return round(os.path.getsize(path) / 1e6, 2)
 
 
 def pct(x: float | None) -> float | None:
@@ -111,8 +111,8 @@ ROW_COLUMNS = ["label", "size_mb", "params", "accuracy_pct", "d_accuracy_pts", "
 ROW_HEADERS = {"label": "artifact", "size_mb": "MB", "params": "params", "accuracy_pct": "acc%",
                "d_accuracy_pts": "Δacc", "macro_f1_pct": "F1%", "d_macro_f1_pts": "ΔF1",
                "latency_b1_ms": "b1 ms*", "speedup": "×"}
-LABELS = {"parent": "fp32 parent", "int8-dynamic": "int8 dynamic", "int8-static": "int8 static",
-          "int8-static-trt": "int8 trt-qdq", "fp16": "fp16"}
+LABELS = {"parent": "fp32 parent", "int8-dynamic": "int8 dyn", "int8-static": "int8 static",
+          "int8-static-trt": "int8 trt", "fp16": "fp16"}
 
 
 def row_label(method: str, precision: str) -> str:
@@ -133,7 +133,7 @@ def make_row(*, artifact: Path, method: str, precision: str, runs_on: str, param
         "runs_on": runs_on, "size_mb": size_mb(artifact) if artifact.exists() else None, "params": params,
         "accuracy_pct": pct(acc), "d_accuracy_pts": delta_pts(acc, (parent_metrics or {}).get("accuracy")),
         "macro_f1_pct": pct(f1), "d_macro_f1_pts": delta_pts(f1, (parent_metrics or {}).get("macro_f1")),
-        "latency_b1_ms": lat,
+        "latency_b1_ms": None if lat is None else round(lat, 2 if lat >= 1 else 3),
         "speedup": round(ref_lat / lat, 2) if lat and ref_lat else None,
         "note": note,
     }

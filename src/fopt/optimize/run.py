@@ -318,10 +318,13 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
         device = "cuda" if is_engine else "cpu"
         note_parts: list[str] = []
         metrics = latency = None
+        batch_size = opts.eval_batch_size
+        if is_engine:  # an engine only takes batches inside its optimization profile
+            batch_size = min(batch_size, int(p.card["tensorrt"]["profile"]["max"][0]))
         if eval_dir is not None:
             log(f"evaluating {p.path.name}")
             try:
-                metrics = report.evaluate(p.path, eval_dir, device, opts.threads, opts.eval_batch_size)
+                metrics = report.evaluate(p.path, eval_dir, device, opts.threads, batch_size)
             except Exception as e:  # recorded in the row and the JSON, not swallowed
                 note_parts.append(f"eval failed: {_one_line(e)}")
         if opts.latency:

@@ -91,18 +91,26 @@ class TensorRTRunner(Runner):
         return getattr(torch, TRT_TO_TORCH[name])
 
     def _prepare_impl(self, batch: np.ndarray):
+        """Host batch -> device tensor; a batch below the profile's minimum is zero-padded.
+
+        Returns (tensor, rows): the rows beyond `rows` are padding and dropped from the output.
+        """
         import torch
 
         lo, hi = self.batch_range
-        if not lo <= batch.shape[0] <= hi:
-            raise ValidationError(f"{self.path.name}: batch {batch.shape[0]} is outside the engine's "
-                                  f"profile ({lo}..{hi}); rebuild with --min-batch/--max-batch")
+        n = batch.shape[0]
+        if n > hi:
+            raise ValidationError(f"{self.path.name}: batch {n} is outside the engine's profile "
+                                  f"({lo}..{hi}); rebuild with a larger --max-batch")
+        if n < lo:
+            batch = np.concatenate([batch, np.zeros((lo - n, *batch.shape[1:]), batch.dtype)])
         x = torch.from_numpy(batch).to("cuda", non_blocking=False)
-        return x.to(self._input_dtype).contiguous()
+        return x.to(self._input_dtype).contiguous(), n
 
     def _run_impl(self, prepared):
         import torch
 
+        prepared, rows = prepared
         shape = tuple(prepared.shape)
         if not self.context.set_input_shape(self.input_name, shape):
             raise ValidationError(f"{self.path.name}: TensorRT rejected input shape {shape}")
@@ -117,7 +125,7 @@ class TensorRTRunner(Runner):
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"{self.path.name}: TensorRT execute_async_v3 failed")
         torch.cuda.current_stream().wait_stream(self.stream)
-        return out
+        return out[:rows]
 
     def synchronize(self) -> None:
         if getattr(self, "stream", None) is not None:
