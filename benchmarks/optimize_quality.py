@@ -74,25 +74,11 @@ def train(model: str, data: Path, run_dir: Path, args) -> Path:
     return best
 
 
-def export_fp32(ckpt: Path, out: Path) -> Path:
-    """FP32 ONNX with its card (parent = the checkpoint, so the dataset is found by lineage)."""
-    import onnx
+def export_fp32(ckpt: Path, out_dir: Path) -> Path:
+    """FP32 ONNX through `fopt export` (parity-checked, card with the checkpoint as parent)."""
+    from fopt.export.steps import export_checkpoint
 
-    from fopt.artifacts import make_card, write_card
-    from fopt.export.onnx import model_to_onnx
-    from fopt.optimize.graph import set_embedded_card
-    from fopt.train.checkpoint import load_checkpoint
-
-    if out.exists() and out.with_name(out.name + ".json").exists():
-        return out
-    ck = load_checkpoint(ckpt)
-    proto = model_to_onnx(ck.model, ck.input_spec.size)
-    card = make_card(kind="export", format="onnx", precision="fp32", input_spec=ck.input_spec,
-                     class_names=ck.class_names, parent=ckpt, model=ck.card.get("model"), opset=17)
-    set_embedded_card(proto, card)
-    onnx.save(proto, str(out))
-    write_card(out, card)
-    return out
+    return Path(export_checkpoint(ckpt, ("onnx",), out_dir, force=True)[0].path)
 
 
 def ort_profile_shares(path: Path, threads: int, runs: int, size: int) -> dict[str, float]:
@@ -144,7 +130,7 @@ def run_model(model: str, data: Path, out: Path, args) -> dict[str, Any]:
     run_dir = out / model
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = train(model, data, run_dir, args)
-    onnx_path = export_fp32(ckpt, run_dir / f"{model}.onnx")
+    onnx_path = export_fp32(ckpt, run_dir)
     log(f"{model}: evaluating the checkpoint (torch eager)")
     ref = evaluate_artifact(ckpt, data, split="val", threads=args.threads)
     log(f"{model}: optimizing {onnx_path.name}")

@@ -83,14 +83,9 @@ def environment() -> dict[str, Any]:
 
 
 def prepare_model(args, work: Path) -> dict[str, Any]:
-    import onnx
-
-    from fopt.artifacts import make_card, write_card
     from fopt.data.build import build_dataset
     from fopt.data.synth import synthesize
-    from fopt.export.onnx import model_to_onnx
-    from fopt.optimize.graph import set_embedded_card
-    from fopt.train.checkpoint import load_checkpoint
+    from fopt.export.steps import export_checkpoint
     from fopt.train.config import TrainConfig
     from fopt.train.engine import fit
 
@@ -104,14 +99,7 @@ def prepare_model(args, work: Path) -> dict[str, Any]:
                       top_losses=0, experiments=str(work / "experiments.csv"))
     res = fit(cfg.validate())
     ckpt = run / "best.pt"
-    ck = load_checkpoint(ckpt)  # on CPU: the exporter traces on CPU
-    onnx_path = run / f"{args.model}.onnx"
-    proto = model_to_onnx(ck.model, ck.input_spec.size)
-    card = make_card(kind="export", format="onnx", precision="fp32", input_spec=ck.input_spec,
-                     class_names=ck.class_names, parent=ckpt, model=ck.card.get("model"), opset=17)
-    set_embedded_card(proto, card)
-    onnx.save(proto, str(onnx_path))
-    write_card(onnx_path, card)
+    onnx_path = Path(export_checkpoint(ckpt, ("onnx",), run, force=True)[0].path)
     return {"dataset": str(table), "checkpoint": str(ckpt), "onnx": str(onnx_path),
             "train_val_accuracy": res.val.get("accuracy"), "epochs": args.epochs, "img_size": args.img_size}
 

@@ -259,3 +259,16 @@ def test_output_exists_checked_before_work(model_copy, tiny_onnx):
     with pytest.raises(OutputExistsError):
         optimize_onnx(path, OptimizeOptions(methods=("int8-dynamic", "fp16"), evaluate=False))
     assert not path.with_name("tiny.int8-dynamic.onnx").exists()
+
+
+def test_optimizes_what_fopt_export_writes(tiny_checkpoint, tmp_path):
+    """The real export (card with the checkpoint as parent) feeds optimize; lineage finds the data."""
+    from fopt.export.steps import export_checkpoint
+
+    onnx_path = Path(export_checkpoint(tiny_checkpoint, ("onnx",), tmp_path)[0].path)
+    result = optimize_onnx(onnx_path, OptimizeOptions(methods=("int8-static",), calib_size=32,
+                                                      latency=False, threads=1))
+    assert result["dataset_from"] == "lineage"
+    row = result["rows"][1]
+    assert row["method"] == "int8-static" and row["accuracy_pct"] is not None
+    assert read_card(onnx_path.with_name(onnx_path.stem + ".int8.onnx"))["calibration"]["from"] == "lineage"

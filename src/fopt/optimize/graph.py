@@ -67,14 +67,10 @@ def embedded_card(model) -> dict[str, Any] | None:
 
 
 def set_embedded_card(model, card: dict[str, Any]) -> None:
-    """Store `card` in metadata_props (replacing an inherited parent card)."""
-    from fopt.artifacts import _json_default  # one JSON encoding for cards everywhere
+    """Store `card` in metadata_props (replacing an inherited parent card); export's writer."""
+    from fopt.export.onnx import set_embedded_card as write
 
-    keep = [(p.key, p.value) for p in model.metadata_props if p.key != CARD_KEY]
-    del model.metadata_props[:]
-    for k, v in keep:
-        model.metadata_props.add(key=k, value=v)
-    model.metadata_props.add(key=CARD_KEY, value=json.dumps(card, default=_json_default))
+    write(model, card)
 
 
 # ----------------------------------------------------------------------------- structure
