@@ -146,7 +146,8 @@ def run_model(model: str, data: Path, out: Path, args) -> dict[str, Any]:
              "d_accuracy_pts": 0.0, "d_macro_f1_pts": 0.0, **_lat(lat[ckpt.name], eager)}]
     for r in opt["rows"]:
         acc, f1 = r["accuracy_pct"], r["macro_f1_pct"]
-        rows.append({"artifact": r["artifact"], "method": "onnxruntime fp32" if r["method"] == "parent" else r["method"],
+        method = "onnxruntime fp32" if r["method"] == "parent" else r["method"]
+        rows.append({"artifact": r["artifact"], "method": method,
                      "precision": r["precision"], "size_mb": r["size_mb"], "params": r["params"],
                      "accuracy_pct": acc, "macro_f1_pct": f1,
                      "d_accuracy_pts": None if acc is None else round(acc - 100 * ref["accuracy"], 2),

@@ -3,7 +3,6 @@ sequence against a stand-in module), and the real build/run, which skips without
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from pathlib import Path

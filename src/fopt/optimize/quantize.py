@@ -132,7 +132,8 @@ def gemm_to_matmul(model) -> int:
         mm_out = n.output[0] + "_matmul" if has_bias else n.output[0]
         nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [mm_out], name=(n.name or "gemm") + "_matmul"))
         if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]], name=(n.name or "gemm") + "_bias"))
+            nodes.append(helper.make_node("Add", [mm_out, n.input[2]], [n.output[0]],
+                                          name=(n.name or "gemm") + "_bias"))
         count += 1
     if count:
         del model.graph.node[:]

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-QUICK_LATENCY_LABEL = "quick check: batch 1, median of <= 1 s of runs in one process (use `fopt bench` for real numbers)"
+QUICK_LATENCY_LABEL = ("quick check: batch 1, median of <= 1 s of runs in one process "
+                       "(use `fopt bench` for real numbers)")
 
 
 def evaluate(path: Path, dataset: Path, device: str, threads: int | None, batch_size: int) -> dict[str, Any]:

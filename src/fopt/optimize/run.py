@@ -382,5 +382,8 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
 
 
 def _one_line(e: BaseException) -> str:
+    """A FoptError's own message; other exceptions prefixed with their type."""
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text and not isinstance(e, FoptError) else (text[0] if text else type(e).__name__)
+    if not text:
+        return type(e).__name__
+    return text[0] if isinstance(e, FoptError) else f"{type(e).__name__}: {text[0]}"
