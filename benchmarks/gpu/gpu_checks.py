@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=80)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=4, help="CPU threads for ONNX Runtime rows")
-    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--min-time", type=float, default=1.0)
     ap.add_argument("--dry-run-cpu", action="store_true",
                     help="check the script without a GPU: train on CPU, no engines")

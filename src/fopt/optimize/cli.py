@@ -53,7 +53,7 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=int, default=1, show_default=True, help="TensorRT profile: batch to tune for.")
-@click.option("--max-batch", type=int, default=8, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="TensorRT profile: largest batch.")
 @click.option("--workspace", "workspace_mb", type=int, default=2048, show_default=True,
               help="TensorRT builder workspace limit in MiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False),

@@ -55,7 +55,7 @@ class OptimizeOptions:
     # TensorRT
     min_batch: int = 1
     opt_batch: int = 1
-    max_batch: int = 8
+    max_batch: int = 64                   # covers the default evaluation batch (64)
     workspace_mb: int = 2048
     timing_cache: str | None = None       # default: OUT/tensorrt.timing.cache
     # measurement

@@ -81,7 +81,7 @@ def network_flags(trt) -> tuple[int, bool]:
     return 1 << int(flag), True
 
 
-def profile_shapes(chw: tuple[int, ...], min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
+def profile_shapes(chw: tuple[int, ...], min_batch: int = 1, opt_batch: int = 1, max_batch: int = 64,
                    static_batch: int | None = None) -> dict[str, tuple[int, ...]]:
     """min/opt/max input shapes of the optimization profile for the batch axis.
 
@@ -151,7 +151,7 @@ def _parse_errors(parser) -> list[str]:
 
 
 def onnx_to_engine(src: str | Path, dst: str | Path, *, min_batch: int = 1, opt_batch: int = 1,
-                   max_batch: int = 8, workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                   max_batch: int = 64, workspace_mb: int = DEFAULT_WORKSPACE_MB,
                    timing_cache: str | Path | None = None, verbose: bool = False) -> dict[str, Any]:
     """Build a serialized TensorRT engine for `src` (precision from the file) into `dst`."""
     from fopt.artifacts import write_bytes_atomic
