@@ -131,10 +131,14 @@ def count_params(model) -> int:
 
 def list_models(num_classes: int = 1000) -> list[dict[str, Any]]:
     """One row per registry model: params at `num_classes`, default size, local ImageNet weights."""
+    import torch
+
     rows = []
     for name, entry in MODELS.items():
         weights = imagenet_weights_file(name) if entry.torchvision_weights else None
-        rows.append({"name": name, "params": count_params(build_model(name, num_classes)),
+        with torch.device("meta"):  # shapes only: no memory, no random init (VGG-16 is 138M)
+            params = count_params(build_model(name, num_classes))
+        rows.append({"name": name, "params": params,
                      "default_size": entry.default_size,
                      "imagenet": ("local" if weights and weights.exists()
                                   else "absent" if weights else "-"),

@@ -194,3 +194,14 @@ def test_bad_options_are_usage_errors(synth_dataset, tmp_path):
         fit(TrainConfig(**base, epochs=0))
     with pytest.raises(UsageError, match="unknown model"):
         fit(TrainConfig(**{**base, "model": "resnet19"}))
+
+
+def test_existing_run_is_not_overwritten_without_force(trained_run, tmp_path):
+    from click.testing import CliRunner
+
+    from fopt.cli import cli
+
+    cfg, result = trained_run
+    res = CliRunner().invoke(cli, ["train", "--data", cfg.data, "--model", "tiny",
+                                   "--out", str(result.run_dir), "--experiments", str(tmp_path / "e.csv")])
+    assert res.exit_code == 2 and "already holds a run" in res.output and "--resume" in res.output

@@ -65,13 +65,14 @@ _CONFIG_OPTIONS = ("data", "model", "out", "epochs", "batch_size", "lr", "optimi
               show_default=True, help="Seconds a torchrun process waits for the others before failing.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run in RUN_DIR from its last.pt (other training options must match).")
+@click.option("--force", is_flag=True, help="Start over in an --out that already holds a run.")
 @click.option("--list-models", is_flag=True, help="Print the model registry and exit.")
 @click.option("--num-classes", type=int, default=None,
               help="With --list-models: count parameters for this many classes (default: --data's, else 1000).")
 @json_option
 @click.pass_context
-def train(ctx: click.Context, resume_dir: str | None, list_models: bool, num_classes: int | None,
-          json_path: str | None, **options) -> None:
+def train(ctx: click.Context, resume_dir: str | None, force: bool, list_models: bool,
+          num_classes: int | None, json_path: str | None, **options) -> None:
     """Train a registry model on a dataset folder.
 
     Writes into RUN_DIR: best.pt (best validation macro-F1), last.pt (resumable), history.csv,
@@ -98,7 +99,9 @@ def train(ctx: click.Context, resume_dir: str | None, list_models: bool, num_cla
         if missing:
             raise UsageError(f"missing {', '.join(missing)} (or pass --resume RUN_DIR, or --list-models)")
         cfg = TrainConfig(**{k: options[k] for k in _CONFIG_OPTIONS})
-    result = fit(cfg, resume=bool(resume_dir))
+    if resume_dir and force:
+        raise UsageError("--resume continues a run and --force starts it over: pass one")
+    result = fit(cfg, resume=bool(resume_dir), force=force)
     if not result.is_main:
         return  # one summary per job, from rank 0
     rows = [{"split": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}

@@ -22,7 +22,7 @@ import numpy as np
 
 from fopt.artifacts import InputSpec, write_json_atomic, write_text_atomic
 from fopt.console import err_console, progress
-from fopt.errors import DataError, UsageError
+from fopt.errors import DataError, OutputExistsError, UsageError
 from fopt.train import metrics as M
 from fopt.train.config import TrainConfig
 from fopt.train.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, cleanup,
@@ -306,8 +306,43 @@ def evaluate(model, loader, device, *, amp: bool, dist: DistInfo) -> dict[str, n
 
 # ----------------------------------------------------------------------------- fit
 
-def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
-    """Train `cfg.model` on `cfg.data` into `cfg.out`; with `resume`, continue from last.pt there."""
+def load_train_state(run_dir: Path, model, optimizer, scheduler, scaler, dist: DistInfo, log):
+    """Restore everything last.pt holds; returns (history, start_epoch, best_f1, best_epoch,
+    best_state). Every rank reads the files, so multi-node resume needs RUN_DIR on shared storage."""
+    from fopt.train.checkpoint import read_checkpoint
+
+    if dist.is_main:  # temporaries of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
+        for stale in run_dir.glob(".*.tmp"):
+            stale.unlink()
+    raw = read_checkpoint(run_dir / "last.pt")
+    ts = raw.get("train_state")
+    if not ts:
+        raise DataError(f"{run_dir / 'last.pt'}: has no training state to resume from")
+    model.load_state_dict(raw["state_dict"])
+    optimizer.load_state_dict(ts["optimizer"])
+    if scheduler is not None and ts.get("scheduler"):
+        scheduler.load_state_dict(ts["scheduler"])
+    if ts.get("scaler"):
+        scaler.load_state_dict(ts["scaler"])
+    set_rng_state(ts["rng"])
+    best_state = None
+    if ts["best_epoch"] and (run_dir / "best.pt").exists():
+        best_state = read_checkpoint(run_dir / "best.pt")["state_dict"]
+    stored_world = (raw["card"].get("config") or {}).get("world_size", 1)
+    if stored_world != dist.world_size:
+        log(f"warning: resuming a {stored_world}-process run with {dist.world_size} process(es): "
+            f"the global batch changes from here on")
+    log(f"resuming {run_dir} after epoch {ts['epoch']} (best so far: epoch {ts['best_epoch']}, "
+        f"macro-F1 {ts['best_f1']:.4f})")
+    return list(ts["history"]), ts["epoch"] + 1, ts["best_f1"], ts["best_epoch"], best_state
+
+
+def fit(cfg: TrainConfig, resume: bool = False, force: bool = False) -> FitResult:
+    """Train `cfg.model` on `cfg.data` into `cfg.out`; with `resume`, continue from last.pt there.
+
+    A run folder that already holds a run is refused unless `force` (start over) or `resume`.
+    Under torchrun every process calls this; only rank 0 writes files.
+    """
     import torch
 
     cfg.validate()
@@ -317,7 +352,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
     try:
         if device_kind == "cpu":  # restored below: fit may run inside a larger program
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _fit(cfg, resume, dist)
+        return _fit(cfg, resume, force, dist)
     except BaseException as e:
         if dist.enabled:  # name the rank: torchrun's summary otherwise only shows exit codes
             first = (str(e).strip().splitlines() or [""])[0]
@@ -330,12 +365,12 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
         cleanup(dist)
 
 
-def _fit(cfg: TrainConfig, resume: bool, dist: DistInfo) -> FitResult:
+def _fit(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResult:
     import torch
 
     from fopt.data.datasets import DatasetTable
     from fopt.models import count_params
-    from fopt.train.checkpoint import read_checkpoint, save_checkpoint
+    from fopt.train.checkpoint import save_checkpoint
 
     device = resolve_train_device(cfg, dist)
     amp = (device.type == "cuda") if cfg.amp is None else cfg.amp
@@ -351,6 +386,9 @@ def _fit(cfg: TrainConfig, resume: bool, dist: DistInfo) -> FitResult:
     run_dir = Path(cfg.out)
     main = dist.is_main
     log = note if main else (lambda _msg: None)
+    if not resume and not force and (run_dir / "last.pt").exists():
+        raise OutputExistsError(f"{run_dir} already holds a run (last.pt): pass --resume {run_dir} "
+                                f"to continue it, --force to start over, or another --out")
 
     table = DatasetTable.load(cfg.data)
     class_names = list(table.class_names)
@@ -377,30 +415,10 @@ def _fit(cfg: TrainConfig, resume: bool, dist: DistInfo) -> FitResult:
     history: list[dict[str, Any]] = []
     start_epoch, best_f1, best_epoch, best_state = 1, -1.0, 0, None
     if resume:
-        if main:  # temporaries of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
-            for stale in run_dir.glob(".*.tmp"):
-                stale.unlink()
-        raw = read_checkpoint(run_dir / "last.pt")
-        ts = raw.get("train_state")
-        if not ts:
-            raise DataError(f"{run_dir / 'last.pt'}: has no training state to resume from")
-        model.load_state_dict(raw["state_dict"])
-        optimizer.load_state_dict(ts["optimizer"])
-        if scheduler is not None and ts.get("scheduler"):
-            scheduler.load_state_dict(ts["scheduler"])
-        if ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
-        set_rng_state(ts["rng"])
-        history = list(ts["history"])
-        start_epoch, best_f1, best_epoch = ts["epoch"] + 1, ts["best_f1"], ts["best_epoch"]
-        if best_epoch and (run_dir / "best.pt").exists():
-            best_state = read_checkpoint(run_dir / "best.pt")["state_dict"]
-        stored_world = (raw["card"].get("config") or {}).get("world_size", 1)
-        if stored_world != dist.world_size:
-            log(f"warning: resuming a {stored_world}-process run with {dist.world_size} process(es): "
-                f"the global batch changes from here on")
-        log(f"resuming {run_dir} after epoch {ts['epoch']} (best so far: epoch {best_epoch}, "
-            f"{cfg.val_split} macro-F1 {best_f1:.4f})")
+        history, start_epoch, best_f1, best_epoch, best_state = load_train_state(
+            run_dir, model, optimizer, scheduler, scaler, dist, log)
+    if cfg.freeze_backbone and not cfg.pretrained:
+        log("warning: --freeze-backbone without --pretrained trains a head on random features")
 
     world_cfg = {**cfg.to_dict(), "world_size": dist.world_size,
                  "global_batch_size": cfg.batch_size * dist.world_size}
