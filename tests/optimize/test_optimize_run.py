@@ -272,3 +272,16 @@ def test_optimizes_what_fopt_export_writes(tiny_checkpoint, tmp_path):
     row = result["rows"][1]
     assert row["method"] == "int8-static" and row["accuracy_pct"] is not None
     assert read_card(onnx_path.with_name(onnx_path.stem + ".int8.onnx"))["calibration"]["from"] == "lineage"
+
+
+def test_eval_dataset_with_other_classes_is_refused_before_writing(model_copy, tiny_onnx, tmp_path):
+    from fopt.data.build import build_dataset
+    from fopt.data.synth import synthesize
+
+    other = tmp_path / "other"
+    synthesize(tmp_path / "raw3", classes=3, per_class=12, size=32, seed=1)
+    build_dataset(tmp_path / "raw3", other)
+    path = model_copy(tiny_onnx)
+    code, output = fopt("optimize", path, "--fp16", "--eval", other)
+    assert code == 2 and "classes differ" in output
+    assert _no_outputs(path.parent)

@@ -266,6 +266,8 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
         eval_dir, eval_from = _resolve_dataset(opts.eval_dir, card, "--eval", log)
         if eval_dir is None:
             say("no evaluation: pass --eval DATASET_DIR (no dataset is recorded in the model's lineage)")
+        else:
+            _check_eval_classes(eval_dir, card)
 
     produced: list[Produced] = []
     with tempfile.TemporaryDirectory(prefix="fopt-calib-") as tmp:
@@ -284,6 +286,17 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
             produced.append(p)
 
     return _measure(path, info, produced, eval_dir, eval_from, opts, notes, log)
+
+
+def _check_eval_classes(dataset: Path, card: dict[str, Any]) -> None:
+    """Refuse a dataset with other classes before anything is written (not after the artifacts)."""
+    from fopt.data.datasets import DatasetTable
+    from fopt.errors import DataError
+
+    names = DatasetTable.load(dataset).class_names
+    if names != list(card["class_names"]):
+        raise DataError(f"--eval {dataset}: its {len(names)} classes differ from the "
+                        f"{len(card['class_names'])} the model was trained on; pass the model's dataset")
 
 
 def _source_card(step: _Step, input_card: dict[str, Any], produced: list[Produced]) -> dict[str, Any]:
