@@ -25,12 +25,20 @@ def test_metrics_by_hand():
     assert not c.within_tolerance
 
 
-def test_tolerance_is_the_allclose_rule():
+def test_tolerance_is_relative_to_each_images_largest_logit():
     from fopt.export.validate import compare_outputs
 
-    ref = np.array([[10.0, -10.0]])
-    assert compare_outputs(ref + 1e-4 + 0.9e-2, ref, atol=1e-4, rtol=1e-3).within_tolerance      # 1e-4 + 1e-3*10
-    assert not compare_outputs(ref + 1e-4 + 1.1e-2, ref, atol=1e-4, rtol=1e-3).within_tolerance
+    ref = np.array([[10.0, -10.0, 0.01], [0.5, 0.0, -0.2]])
+    # row 1 allows 1e-4 + 1e-3 * 10 = 0.0101 on every logit, even the one near zero
+    near_zero = ref + np.array([[0.0, 0.0, 0.0099], [0.0, 0.0, 0.0]])
+    assert compare_outputs(near_zero, ref, atol=1e-4, rtol=1e-3).within_tolerance
+    assert not np.allclose(near_zero, ref, atol=1e-4, rtol=1e-3)  # element-wise would reject it
+    over = ref + np.array([[0.0, 0.0, 0.0103], [0.0, 0.0, 0.0]])
+    assert not compare_outputs(over, ref, atol=1e-4, rtol=1e-3).within_tolerance
+    # row 2 allows 1e-4 + 1e-3 * 0.5 = 6e-4: its own scale, not the batch's
+    small_row = ref + np.array([[0.0, 0.0, 0.0], [0.0, 7e-4, 0.0]])
+    c = compare_outputs(small_row, ref, atol=1e-4, rtol=1e-3)
+    assert not c.within_tolerance and c.max_rel_diff == pytest.approx(7e-4 / 0.5)
 
 
 def test_shape_mismatch_is_fatal_and_nan_fails():

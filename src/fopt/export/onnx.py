@@ -251,8 +251,6 @@ def simplify_onnx(proto, inputs: list, *, atol: float, rtol: float) -> tuple[Any
     `inputs` are float32 NCHW arrays the comparison runs on (batch 1 and a larger batch when the
     axis is dynamic). On any failure the unsimplified `proto` comes back with the reason.
     """
-    import numpy as np
-
     before = graph_stats(proto)
     try:
         import onnxsim
@@ -276,9 +274,14 @@ def simplify_onnx(proto, inputs: list, *, atol: float, rtol: float) -> tuple[Any
     except Exception as e:  # a simplified graph ORT cannot load is a failed simplification
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return proto, SimplifyReport(False, before, reason=f"simplified graph is invalid: {first[:160]}")
-    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(got, ref))
-    if any(a.shape != b.shape for a, b in zip(got, ref)) or not all(
-            np.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(got, ref)):
+    from fopt.export.validate import ShapeMismatch, compare_outputs
+
+    try:
+        checks = [compare_outputs(a, b, atol=atol, rtol=rtol, label="simplified graph") for a, b in zip(got, ref)]
+    except ShapeMismatch as e:
+        return proto, SimplifyReport(False, before, reason=f"it changed output shapes ({e})")
+    diff = max(c.max_abs_diff for c in checks)
+    if not all(c.within_tolerance for c in checks):
         return proto, SimplifyReport(False, before, reason=f"it changed outputs (max abs diff {diff:.3g})",
                                      max_abs_diff=diff)
     return simplified, SimplifyReport(True, before, graph_stats(simplified), max_abs_diff=diff)
@@ -312,8 +315,7 @@ def _saver(proto) -> Callable[[Path, dict[str, Any]], None]:
 @export_step("onnx", suffix=".onnx")
 def checkpoint_to_onnx(ckpt, *, img_size: int, batch_sizes: tuple[int, ...], sample_inputs: list,
                        opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, batch: int = 1,
-                       simplify: bool = True, atol: float, rtol: float, log: Callable[[str], None],
-                       **_: Any) -> Built:
+                       simplify: bool = True, atol: float, rtol: float, log: Callable[[str], None]) -> Built:
     """Checkpoint -> ONNX (checked, shape-inferred, optionally simplified).
 
     Called through `export_step`, which loads the checkpoint, checks the output path, saves with

@@ -114,6 +114,15 @@ def _check_options(*, img_size: int | None, batch: int, parity_batch: int, atol:
         raise UsageError(f"--atol and --rtol must be >= 0, got {atol} and {rtol}")
 
 
+_COMMON_DOC = """Arguments shared by every format (see `fopt.export.steps`):
+    checkpoint: a fopt checkpoint; out_path: default ``<checkpoint folder>/<stem><suffix>``;
+    img_size: default the checkpoint's; dynamic_batch / batch: a dynamic batch axis, else this
+    fixed batch; atol / rtol: parity tolerances (default 1e-4 / 1e-3); device: where parity runs;
+    force: replace an existing output; parity_batch: the larger parity batch (default 8);
+    parity: `ParityInputs` to reuse; log: one-line messages (default: stderr).
+    Returns an `ExportResult`; raises a `FoptError` and leaves no file on failure."""
+
+
 def export_step(fmt: str, *, suffix: str) -> Callable[[Callable[..., Built]], Callable[..., ExportResult]]:
     """Register `fn(ckpt, **options) -> Built` as format `fmt`, wrapped as described above.
 
@@ -123,7 +132,7 @@ def export_step(fmt: str, *, suffix: str) -> Callable[[Callable[..., Built]], Ca
     """
 
     def deco(fn: Callable[..., Built]) -> Callable[..., ExportResult]:
-        @functools.wraps(fn)
+        @functools.wraps(fn, assigned=("__module__", "__name__", "__qualname__"))
         def wrapper(checkpoint: str | os.PathLike, out_path: str | os.PathLike | None = None, *,
                     img_size: int | None = None, dynamic_batch: bool = True, batch: int = 1,
                     atol: float | None = None, rtol: float | None = None, device: str = "cpu",
@@ -148,6 +157,9 @@ def export_step(fmt: str, *, suffix: str) -> Callable[[Callable[..., Built]], Ca
                 log(f"{fmt}: FAILED after {time.perf_counter() - t0:.1f} s: {' '.join(str(e).split())}")
                 raise
 
+        # the public signature is the wrapper's (checkpoint, out_path, ...), not the inner one
+        del wrapper.__wrapped__
+        wrapper.__doc__ = f"{fn.__doc__ or ''}\n\n{_COMMON_DOC}"
         EXPORTS.add(fmt, wrapper)
         SUFFIXES[fmt] = suffix
         return wrapper

@@ -37,8 +37,14 @@ MIN_TIMED_RUNS = 3
 
 
 def _max_diff(module, model, inputs: list[np.ndarray], atol: float, rtol: float) -> tuple[bool, float, str]:
-    """(all close, max abs diff, problem) of `module` vs eager `model` on `inputs`."""
+    """(within tolerance, max abs diff, problem) of `module` vs eager `model` on `inputs`.
+
+    Same rule as the parity check (`fopt.export.validate.compare_outputs`), so a module kept here
+    is not rejected later for fp32 rounding.
+    """
     import torch
+
+    from fopt.export.validate import ShapeMismatch, compare_outputs
 
     worst = 0.0
     with torch.no_grad():
@@ -50,11 +56,13 @@ def _max_diff(module, model, inputs: list[np.ndarray], atol: float, rtol: float)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 return False, float("inf"), f"fails at batch {len(x)}: {first[:160]}"
             ref = model(t)
-            if tuple(got.shape) != tuple(ref.shape):
+            try:
+                c = compare_outputs(got.numpy(), ref.numpy(), atol=atol, rtol=rtol)
+            except ShapeMismatch:
                 return False, float("inf"), (f"output shape {tuple(got.shape)} at batch {len(x)}, "
                                              f"eager gives {tuple(ref.shape)}")
-            worst = max(worst, float((got - ref).abs().max()))
-            if not torch.allclose(got, ref, atol=atol, rtol=rtol):
+            worst = max(worst, c.max_abs_diff)
+            if not c.within_tolerance:
                 return False, worst, f"differs from eager at batch {len(x)} (max abs diff {worst:.3g})"
     return True, worst, ""
 
@@ -162,7 +170,7 @@ def _saver(module) -> Callable[[Path, dict[str, Any]], None]:
 @export_step("torchscript", suffix=".torchscript.pt")
 def checkpoint_to_torchscript(ckpt, *, img_size: int, batch_sizes: tuple[int, ...], sample_inputs: list,
                               dynamic_batch: bool = True, batch: int = 1, freeze: bool | None = None,
-                              atol: float, rtol: float, log: Callable[[str], None], **_: Any) -> Built:
+                              atol: float, rtol: float, log: Callable[[str], None]) -> Built:
     """Checkpoint -> TorchScript (traced, scripted when tracing is wrong; frozen when faster).
 
     Called through `export_step` (see `fopt.export.steps`), which loads the checkpoint, runs
