@@ -81,3 +81,27 @@ def test_default_output_names():
     _import_formats()
     assert default_output("a/b/m.pt", "onnx").as_posix() == "a/b/m.onnx"
     assert default_output("a/b/m.pt", "torchscript", "o").as_posix() == "o/m.torchscript.pt"
+
+
+@pytest.mark.parametrize("failure, message", [("empty", "wrote nothing"), ("disk_full", "No space left")])
+def test_saver_failures_are_one_line_and_leave_nothing(ckpt, tmp_path, monkeypatch, failure, message):
+    import errno
+
+    from fopt.errors import ExportError
+    from fopt.export import onnx as onnx_export
+
+    def broken_saver(proto):
+        def save(path, card):
+            if failure == "empty":
+                path.write_bytes(b"")
+            else:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return save
+
+    monkeypatch.setattr(onnx_export, "_saver", broken_saver)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    with pytest.raises(ExportError, match=message):
+        onnx_export.checkpoint_to_onnx(ckpt, out / "m.onnx", simplify=False, log=lines.append)
+    assert list(out.iterdir()) == []
+    assert lines[-1].startswith("onnx: FAILED") and message in lines[-1]

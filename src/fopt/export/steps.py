@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.errors import FoptError, OutputExistsError, UsageError
+from fopt.errors import ExportError, OutputExistsError, UsageError
 from fopt.registry import Registry
 
 Log = Callable[[str], None]
@@ -153,8 +153,9 @@ def export_step(fmt: str, *, suffix: str) -> Callable[[Callable[..., Built]], Ca
                                  dynamic_batch=dynamic_batch, batch=batch, atol=atol, rtol=rtol,
                                  device=device, force=force, parity_batch=parity_batch,
                                  parity=parity, log=log, options=options)
-            except FoptError as e:
-                log(f"{fmt}: FAILED after {time.perf_counter() - t0:.1f} s: {' '.join(str(e).split())}")
+            except Exception as e:  # one failure line for every cause, then the error itself
+                log(f"{fmt}: FAILED after {time.perf_counter() - t0:.1f} s: "
+                    f"{' '.join(str(e).split()) or type(e).__name__}")
                 raise
 
         # the public signature is the wrapper's (checkpoint, out_path, ...), not the inner one
@@ -209,15 +210,16 @@ def _run_step(fn, fmt: str, checkpoint: Path, out: Path, *, t0: float, img_size:
     staging = Path(tempfile.mkdtemp(prefix=".fopt-export-", dir=out.parent))
     try:
         staged = staging / out.name
-        built.save(staged, card)
-        _check_written(staged)
+        _save(built, staged, card)
         report = V.validate_artifact(staged, checkpoint, inputs=parity, atol=atol, rtol=rtol,
                                      device=device)
         card["metrics"]["parity"] = report.to_dict()
-        built.save(staged, card)
-        _check_written(staged)
-        os.replace(staged, out)
-        card_file = write_card(out, card)
+        _save(built, staged, card)
+        try:
+            os.replace(staged, out)
+            card_file = write_card(out, card)
+        except OSError as e:
+            raise ExportError(f"cannot write {out}: {e.strerror or e}") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -229,9 +231,14 @@ def _run_step(fn, fmt: str, checkpoint: Path, out: Path, *, t0: float, img_size:
                         details=extra.get("export", {}), notes=list(built.notes))
 
 
-def _check_written(path: Path) -> None:
+def _save(built: Built, path: Path, card: dict[str, Any]) -> None:
+    """Save through the format's saver; the file must exist and be non-empty afterwards."""
+    try:
+        built.save(path, card)
+    except OSError as e:  # disk full, quota: the user's to fix, one line
+        raise ExportError(f"cannot write {path.parent.parent / path.name}: {e.strerror or e}") from e
     if not path.is_file() or path.stat().st_size == 0:
-        raise OSError(f"the exporter wrote nothing to {path}")
+        raise ExportError(f"the exporter wrote nothing for {path.name}")
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, formats: list[str] | tuple[str, ...] = ("torchscript", "onnx"),
