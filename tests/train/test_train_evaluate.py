@@ -129,3 +129,26 @@ def test_resume_from_a_bad_last_pt_is_one_line(tiny_checkpoint, tmp_path):
     (run / "last.pt").write_bytes(tiny_checkpoint.read_bytes()[:1000])
     res = CliRunner().invoke(cli, ["train", "--resume", str(run)])
     assert res.exit_code == 2 and res.output.startswith("error: ") and "truncated" in res.output
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+def test_evaluate_artifact_runs_onnx_through_its_runner(tiny_checkpoint, synth_dataset, tmp_path):
+    """The eval loop only knows the Runner interface: an ONNX file of the same weights (written
+    here with plain torch.onnx + a card) scores the same as the checkpoint."""
+    pytest.importorskip("onnxruntime")
+    from fopt.artifacts import make_card, write_card
+    from fopt.train.checkpoint import load_checkpoint
+    from fopt.train.evaluate import evaluate_artifact
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    onnx_path = tmp_path / "tiny.onnx"
+    torch.onnx.export(ckpt.model, torch.zeros(1, 3, 32, 32), str(onnx_path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    write_card(onnx_path, make_card(kind="onnx", format="onnx", precision="fp32",
+                                    input_spec=ckpt.card["input_spec"], class_names=ckpt.class_names,
+                                    parent=tiny_checkpoint))
+    a = evaluate_artifact(tiny_checkpoint, synth_dataset, split="val", batch_size=16)
+    b = evaluate_artifact(onnx_path, synth_dataset, split="val", batch_size=16)
+    assert b["format"] == "onnx" and b["backend"] == "onnxruntime"
+    assert (a["n"], a["accuracy"], a["macro_f1"]) == (b["n"], b["accuracy"], b["macro_f1"])
