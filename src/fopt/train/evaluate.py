@@ -20,7 +20,6 @@ from fopt.train.metrics import classification_metrics
 def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_size: int = 64,
                     show_progress: bool = False) -> dict[str, Any]:
     """Run `runner` over a dataset split; returns accuracy, macro_f1, n, per_class and more."""
-    from fopt.console import progress
     from fopt.data.calibration import iter_batches
     from fopt.data.datasets import DatasetTable
 
@@ -37,9 +36,10 @@ def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_s
     infer_s = 0.0
     t0 = time.perf_counter()
     runner.load()
-    with progress() as bar:
-        task = bar.add_task(f"eval {runner.path.name} [{split}]", total=n_total, info="",
-                            visible=show_progress)
+    from fopt.train.engine import epoch_bar
+
+    with epoch_bar(show_progress) as bar:
+        task = bar.add_task(f"eval {runner.path.name} [{split}]", total=n_total, info="")
         for batch, y in iter_batches(dataset_dir, split, spec.size, spec.mean, spec.std, batch_size):
             logits = runner.infer(batch)
             infer_s += runner.last_infer_s or 0.0
