@@ -30,7 +30,7 @@ def _export_and_check(name: str, size: int, dataset, folder) -> None:
     from fopt.runtime.base import open_runner
 
     ckpt = make_checkpoint(folder, name, size, dataset)
-    assert logit_scale(ckpt, dataset, size) > 0.01  # parity below is not trivially satisfied
+    assert 0.5 < logit_scale(ckpt, dataset, size) < 50  # O(1): parity below is not trivial
     results = export_checkpoint(ckpt, out_dir=folder / "out")
     assert sorted(r.format for r in results) == ["onnx", "torchscript"]
     for r in results:
