@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,10 @@ class TorchScriptRunner(_TorchRunner):
 
         self._apply_threads()
         try:
-            self.model = torch.jit.load(str(self.path), map_location=self.device).eval()
+            with warnings.catch_warnings():
+                # torch 2.14 marks torch.jit.load deprecated; TorchScript is still the format we ship
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = torch.jit.load(str(self.path), map_location=self.device).eval()
         except Exception as e:
             raise InputError(f"{self.path}: not a loadable TorchScript file ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
