@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=3, help="fresh measuring processes per artifact")
     ap.add_argument("--min-time", type=float, default=1.5, help="seconds of timing per row and process")
     ap.add_argument("--recalibrate", action="store_true", help="re-run `fopt bench --calibrate` first")
+    ap.add_argument("--clock", default="wall", choices=["wall", "thread-cpu"],
+                    help="thread-cpu (with --threads 1): CPU time, for a machine other work shares")
     args = ap.parse_args(argv)
 
     from fopt.bench.calibrate import calibrate, load_calibration
@@ -227,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out.with_name(args.out.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
 
-    cal = None if args.recalibrate else load_calibration("cpu", threads)
+    cal = None if args.recalibrate else load_calibration("cpu", threads, args.clock)
     if cal is None:
         log(f"calibrating this machine ({threads} threads{', quick probe set' if args.quick else ''})")
-        calibrate("cpu", threads, quick=args.quick, on_step=lambda m: log(f"  calibrating: {m}"))
-        cal = load_calibration("cpu", threads)
+        calibrate("cpu", threads, quick=args.quick, clock=args.clock, on_step=lambda m: log(f"  calibrating: {m}"))
+        cal = load_calibration("cpu", threads, args.clock)
     log(f"calibration of {cal['created']} ({cal['path']})")
 
     log("building artifacts: " + ", ".join(models))
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  {m}: cannot build artifacts: {build_errors[m]}")
     log(f"measuring {len(paths)} artifacts x batch {batch_sizes} in {processes} process(es) each")
     res = bench_artifacts(paths, batch_sizes=batch_sizes, threads=threads, min_time_s=min_time,
-                          processes=processes, estimate=True, per_layer=True, on_progress=log)
+                          processes=processes, estimate=True, per_layer=True, clock=args.clock, on_progress=log)
     data = res.to_dict()
     rows = data["results"]
     summary = summarise(rows)
@@ -266,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     doc = {"benchmark": "bench_quality", "verdict": verdict, "summary": summary, "worst": worst,
            "settings": {"models": models, "img_size": args.img_size, "batch_sizes": batch_sizes, "threads": threads,
-                        "processes": processes, "min_time_s": min_time, "weights": "random", "classes": NUM_CLASSES,
+                        "processes": processes, "min_time_s": min_time, "clock": args.clock,
+                        "weights": "random", "classes": NUM_CLASSES,
                         "band_pct": BAND_PCT, "quick": args.quick, "load_average_at_end": load,
                         "calibration": {"created": cal["created"], "quick": cal.get("quick"), "path": cal.get("path")}},
            "build_errors": build_errors, "seconds": round(time.perf_counter() - t0, 1),

@@ -188,3 +188,46 @@ def test_every_backend_gets_the_same_input():
 def test_stats_to_dict_round_trip():
     s = summarize([0.001, 0.002])
     assert LatencyStats(**s.to_dict()) == s
+
+
+def test_thread_cpu_clock_needs_one_thread():
+    from fopt.bench.latency import CLOCKS, check_clock, get_clock
+
+    assert get_clock("thread-cpu") is CLOCKS["thread-cpu"]
+    check_clock("thread-cpu", 1, "cpu")
+    check_clock("wall", 4, "cuda")
+    with pytest.raises(UsageError, match="--threads 1"):
+        check_clock("thread-cpu", 2, "cpu")
+    with pytest.raises(UsageError, match="unknown clock"):
+        get_clock("sundial")
+
+
+def test_thread_cpu_clock_ignores_sleeping():
+    import time
+
+    from fopt.bench.latency import get_clock
+
+    clock = get_clock("thread-cpu")
+    t = WallTimer(lambda: time.sleep(0.05), clock=clock)()
+    assert t < 0.01  # 50 ms of wall time, almost no CPU
+
+
+def test_ort_profile_parsing_with_run_scaling():
+    """Synthetic profile: 3 runs x 2 nodes; the first run is warm-up and dropped."""
+    from fopt.bench.profile import parse_ort_profile
+
+    events = []
+    for r, (a_us, b_us) in enumerate([(900, 900), (100, 300), (200, 600)]):
+        ts = r * 10_000
+        events.append({"cat": "Session", "name": "model_run", "ts": ts, "dur": a_us + b_us + 10})
+        events.append({"cat": "Node", "name": "a_kernel_time", "ts": ts + 1, "dur": a_us, "args": {"op_name": "Relu"}})
+        events.append({"cat": "Node", "name": "a_fence_before", "ts": ts + 1, "dur": 0, "args": {}})
+        events.append({"cat": "Node", "name": "b_kernel_time", "ts": ts + 2 + a_us, "dur": b_us, "args": {"op_name": "Conv"}})
+    per_node, runs = parse_ort_profile(events, skip_runs=1, quantile=50.0)
+    assert set(per_node) == {"a", "b"}
+    assert per_node["a"]["ms"] == pytest.approx(0.15) and per_node["b"]["ms"] == pytest.approx(0.45)
+    assert runs == pytest.approx([0.41, 0.81])
+    # second kept run got only half of the CPU: its node times count half
+    scaled, _ = parse_ort_profile(events, skip_runs=1, quantile=None, run_scale=[1.0, 1.0, 0.5])
+    assert scaled["a"]["ms"] == pytest.approx((0.1 + 0.1) / 2)
+    assert scaled["b"]["ms"] == pytest.approx((0.3 + 0.3) / 2)

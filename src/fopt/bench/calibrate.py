@@ -69,8 +69,8 @@ def cache_path(key: str | None = None) -> Path:
     return cache_dir() / f"{key or machine_key()}.json"
 
 
-def _entry_key(device: str, threads: int) -> str:
-    return f"{device}:threads={threads}"
+def _entry_key(device: str, threads: int, clock: str = "wall") -> str:
+    return f"{device}:threads={threads}" + ("" if clock == "wall" else f":clock={clock}")
 
 
 def save_calibration(cal: dict[str, Any]) -> Path:
@@ -78,7 +78,7 @@ def save_calibration(cal: dict[str, Any]) -> Path:
 
     path = cache_path(cal["machine_key"])
     doc = _read_cache_file(path) or {"schema": SCHEMA, "machine_key": cal["machine_key"], "entries": {}}
-    doc["entries"][_entry_key(cal["device"], cal["threads"])] = cal
+    doc["entries"][_entry_key(cal["device"], cal["threads"], cal.get("clock", "wall"))] = cal
     write_json_atomic(path, doc)
     return path
 
@@ -110,7 +110,7 @@ class Calibration(dict):
                           description=f"calibrated, {self.get('threads')} threads")
 
 
-def load_calibration(device: str = "cpu", threads: int | None = None) -> Calibration | None:
+def load_calibration(device: str = "cpu", threads: int | None = None, clock: str = "wall") -> Calibration | None:
     """This machine's cached calibration for `device` (and `threads`, else the newest), or None.
 
     The dict has ``summary`` {``peak_flops`` {fp32, fp16, int8} in FLOP/s, ``mem_bandwidth``
@@ -120,7 +120,8 @@ def load_calibration(device: str = "cpu", threads: int | None = None) -> Calibra
     doc = _read_cache_file(cache_path())
     if not doc:
         return None
-    entries = [e for e in doc["entries"].values() if e.get("device") == device]
+    entries = [e for e in doc["entries"].values()
+               if e.get("device") == device and e.get("clock", "wall") == clock]
     if threads is not None:
         entries = [e for e in entries if e.get("threads") == threads]
     if not entries:
@@ -130,13 +131,14 @@ def load_calibration(device: str = "cpu", threads: int | None = None) -> Calibra
     return cal
 
 
-def require_calibration(device: str = "cpu", threads: int | None = None) -> Calibration:
-    cal = load_calibration(device, threads)
+def require_calibration(device: str = "cpu", threads: int | None = None, clock: str = "wall") -> Calibration:
+    cal = load_calibration(device, threads, clock)
     if cal is None:
         where = f" for {threads} threads" if threads is not None else ""
         raise UsageError(f"no calibration for device {device}{where} on this machine; run "
                          f"`fopt bench --calibrate --device {device}"
-                         f"{f' --threads {threads}' if threads else ''}` first")
+                         f"{f' --threads {threads}' if threads else ''}"
+                         f"{f' --clock {clock}' if clock != 'wall' else ''}` first")
     return cal
 
 
@@ -204,7 +206,8 @@ def _graph_points(graph, batch: int) -> list[dict[str, Any]]:
 
 
 def _ort_backend(model_path: str, branches, batches, threads: int | None, budget_s: float,
-                 runs: int) -> dict[str, Any]:
+                 runs: int, cpu_clock: Callable[[], float] | None = None) -> dict[str, Any]:
+    from fopt.bench.latency import percentile
     from fopt.bench.probes import PROBE_QUANTILE, ort_session, probe_inputs, time_samples
     from fopt.bench.profile import ort_exec_graph
 
@@ -214,17 +217,19 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
     for b in batches:
         feeds = {f"x{i}": x for i, x in enumerate(probe_inputs(branches, b))}
         graph = ort_exec_graph(model_path, None, threads=threads, runs=runs, feeds=feeds,
-                               node_quantile=PROBE_QUANTILE)
+                               node_quantile=PROBE_QUANTILE, cpu_clock=cpu_clock)
         points += _graph_points(graph, b)
-        unprof = min(time_samples(lambda: sess.run(None, feeds), budget_s, min_iters=runs))
+        samples = time_samples(lambda: sess.run(None, feeds), budget_s, min_iters=runs)
+        # compare like with like: a CPU-time-scaled profile keeps node means, a wall one a low quantile
+        unprof = (sum(samples) / len(samples)) if cpu_clock else percentile(sorted(samples), PROBE_QUANTILE)
         node_sum = sum(n.measured_ms for n in graph.nodes if n.measured_ms is not None) / 1e3
-        prof_run = (graph.run_min_ms or 0.0) / 1e3
         n = sum(1 for n in graph.nodes if n.measured_ms is not None)
-        # The profiler's cost per node: fastest profiled run vs fastest unprofiled run (fastest,
-        # because another process only ever adds time). `busy_ratio` > 1 says runs were disturbed:
-        # the median run took longer than the sum of the nodes' typical times.
-        deltas.append({"batch": b, "nodes": n, "node_sum_s": node_sum, "profiled_run_min_s": prof_run,
-                       "unprofiled_run_min_s": unprof, "delta_s": (prof_run - unprof) / max(1, n),
+        # What a profiled node overstates per node: the sum of the nodes' typical profiled times
+        # against the typical unprofiled run. The fits are made on profiled times, so an estimate
+        # is (sum of node fits) - n * delta (+ the run's fixed cost). `busy_ratio` > 1 says runs
+        # were disturbed by other processes: a profiled run took longer than its nodes' typical sum.
+        deltas.append({"batch": b, "nodes": n, "node_sum_s": node_sum, "unprofiled_run_s": unprof,
+                       "delta_s": (node_sum - unprof) / max(1, n),
                        "busy_ratio": (graph.run_ms or 0.0) / 1e3 / node_sum if node_sum else None})
     del sess
     return {"points": points, "delta": deltas}
@@ -267,13 +272,13 @@ def _steps(quick: bool) -> dict[str, Any]:
     from fopt.bench.probes import FULL_BRANCHES, QUICK_BRANCHES
 
     if quick:
-        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004,
+        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "delta_runs": 50,
                 "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 3, "chain_sizes": (20_000, 80_000)}
-    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05, "torch_budget_s": 0.015,
+    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05, "torch_budget_s": 0.015, "delta_runs": 300,
             "branches": FULL_BRANCHES, "batches": (1, 8), "runs": 5, "chain_sizes": (50_000, 200_000)}
 
 
-def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = False,
+def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = False, clock: str = "wall",
               save: bool = True, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the micro-benchmarks, fit, cache (unless `save` is False) and return the calibration.
 
@@ -291,10 +296,24 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
         return cal
     import torch
 
+    from fopt.bench.latency import check_clock, get_clock
+
     threads = int(threads or default_threads())
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
+    check_clock(clock, threads, device)
     torch.set_num_threads(threads)
+    from fopt.bench.probes import probe_clock
+
+    with probe_clock(get_clock(clock)):
+        return _calibrate_cpu(threads, quick=quick, clock=clock, save=save, on_step=on_step)
+
+
+def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
+                   on_step: Callable[[str], None] | None) -> dict[str, Any]:
+    from fopt.bench.latency import get_clock
+    from fopt.bench.machine import machine_key, machine_record
+
     step = on_step or (lambda msg: None)
     cfg = _steps(quick)
     t_start = time.perf_counter()
@@ -309,6 +328,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     bw_dram = probes.bandwidth_probe(cfg["bw_large"], cfg["budget_s"] * 8)
     step("dispatch overhead")
     over = probes.overhead_probes(threads, cfg["budget_s"] * 2, sizes=cfg["chain_sizes"])
+    over["profiler"] = probes.profiler_delta_probe(threads, runs=cfg["delta_runs"])
 
     branches, batches = cfg["branches"], cfg["batches"]
     net = probes.build_probenet(branches)
@@ -322,15 +342,21 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
         Path(fp32).write_bytes(probes.probenet_to_onnx(net, branches))
         int8 = str(Path(tmp) / "probe.int8.onnx")
         step("kernel classes: onnxruntime fp32")
-        ob = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"] * 4, cfg["runs"])
+        # Profiled node times are wall time whatever the clock; with --clock thread-cpu (a shared
+        # machine) each run's node times are scaled by its CPU/wall ratio.
+        cpu_clock = get_clock("thread-cpu") if clock == "thread-cpu" else None
+        runs = cfg["runs"] * (2 if cpu_clock else 1)
+        ob = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"] * 4, runs, cpu_clock)
         backends["onnxruntime/fp32"] = ob
         step("kernel classes: onnxruntime int8")
         probes.quantize_probe(fp32, int8, branches)
         backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads,
-                                                    cfg["budget_s"] * 4, cfg["runs"])
+                                                    cfg["budget_s"] * 4, runs, cpu_clock)
     for key in ("onnxruntime/fp32", "onnxruntime/int8"):
         b = backends[key]
-        b["node_delta_s"] = statistics.median(d["delta_s"] for d in b["delta"])
+        # From the short Relu chain: the probe network's own comparison (kept in "delta" as a check)
+        # is a difference of two long runs, which another process on the machine easily swamps.
+        b["node_delta_s"] = over["profiler"]["delta_s"]
         b["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
     for key, b in backends.items():
         b["classes"] = fit_classes(b["points"])
@@ -342,6 +368,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
         "created": created,
         "device": "cpu",
         "threads": threads,
+        "clock": clock,
         "quick": quick,
         "machine_key": machine_key(rec),
         "machine": rec,
@@ -380,6 +407,7 @@ def calibrate_cuda(*, quick: bool = False, on_step: Callable[[str], None] | None
     import torch
 
     from fopt.bench.latency import CudaEventTimer
+    from fopt.bench.latency import get_clock
     from fopt.bench.machine import machine_key, machine_record
 
     step = on_step or (lambda msg: None)

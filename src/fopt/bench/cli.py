@@ -29,6 +29,9 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
               help="Seconds of timing per row; stops earlier once the median is stable.")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measure in K fresh processes and report the spread between them.")
+@click.option("--clock", type=click.Choice(["wall", "thread-cpu"]), default="wall", show_default=True,
+              help="thread-cpu: CPU time of the one measuring thread (needs --threads 1); "
+                   "ignores time other processes take on a shared machine.")
 @click.option("--per-layer", is_flag=True, help="Profile each row and show time per layer beside its estimate.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Layers shown per row with --per-layer.")
@@ -42,7 +45,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 @csv_option
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Write measured-vs-estimated, latency-vs-batch and per-layer plots here.")
-def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, per_layer, top, estimate,
+def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock, per_layer, top, estimate,
           do_calibrate, quick_calibration, show_calibration, json_path, csv_path, plot_dir):
     """Measure latency and throughput of artifacts beside their estimated latency.
 
@@ -65,7 +68,8 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, per_la
     if do_calibrate:
         from fopt.bench.calibrate import calibrate
 
-        cal = calibrate(device, threads, quick=quick_calibration, on_step=lambda m: note(f"calibrating: {m}"))
+        cal = calibrate(device, threads, quick=quick_calibration, clock=clock,
+                        on_step=lambda m: note(f"calibrating: {m}"))
         note(f"calibration took {cal['duration_s']:.0f} s; cached in {cal.get('path')}")
         show_calibration = True
     if show_calibration:
@@ -73,7 +77,7 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, per_la
         from fopt.runtime.base import resolve_device
 
         dev = resolve_device(device)
-        cal = require_calibration(dev, threads if dev == "cpu" else None)
+        cal = require_calibration(dev, threads if dev == "cpu" else None, clock)
         summary, classes = calibration_rows(cal)
         print_table(summary, title=f"calibration of {cal['machine']['cpu'].get('model')} "
                                    f"({cal.get('threads')} threads, {cal.get('created')}): {cal.get('path')}")
@@ -84,7 +88,7 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, per_la
     from fopt.bench.run import bench_artifacts
 
     result = bench_artifacts(list(artifacts), device=device, batch_sizes=batch_sizes, threads=threads,
-                             min_time_s=min_time_s, processes=processes, estimate=estimate,
+                             min_time_s=min_time_s, processes=processes, estimate=estimate, clock=clock,
                              per_layer=per_layer, on_progress=lambda m: note(m))
     data = result.to_dict()
     report.print_result(data, top=top)

@@ -141,7 +141,8 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
 
 # ----------------------------------------------------------------------------- executed graphs
 
-def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1) -> ExecGraph | None:
+def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1,
+                   cpu_clock: Any = None) -> ExecGraph | None:
     """The executed graph of a loaded runner at this batch (None where fopt cannot see it).
 
     For ONNX Runtime this is a profiled session: `profile_runs` runs after a first one (their
@@ -151,7 +152,7 @@ def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1) -> Exe
     if runner.backend == "onnxruntime":
         if runner.device != "cpu":
             return None
-        g = ort_exec_graph(runner.path, batch, threads=runner.threads, runs=profile_runs,
+        g = ort_exec_graph(runner.path, batch, threads=runner.threads, runs=profile_runs, cpu_clock=cpu_clock,
                            input_name=getattr(runner, "input_name", None))
     elif runner.backend in ("torch-eager", "torchscript"):
         import torch

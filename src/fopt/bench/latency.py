@@ -39,6 +39,30 @@ from typing import Any, Callable, Sequence
 Clock = Callable[[], float]          # seconds, monotonic
 TimedStep = Callable[[], float]      # runs one iteration, returns its duration in seconds
 
+# Named clocks. "thread-cpu" is the calling thread's CPU time: with one intra-op thread every
+# kernel runs on the calling thread, so it measures the work itself and not the time another
+# process held the CPU - useful on a shared machine, blind to any waiting (I/O, GPU, other threads).
+CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "thread-cpu": time.thread_time}
+
+
+def get_clock(clock: str | Clock) -> Clock:
+    from fopt.errors import UsageError
+
+    if callable(clock):
+        return clock
+    if clock not in CLOCKS:
+        raise UsageError(f"unknown clock {clock!r}; choose {' or '.join(CLOCKS)}")
+    return CLOCKS[clock]
+
+
+def check_clock(clock: str, threads: int, device: str) -> None:
+    """thread-cpu needs every kernel on the calling thread: one thread, CPU only."""
+    from fopt.errors import UsageError
+
+    if clock == "thread-cpu" and (threads != 1 or device != "cpu"):
+        raise UsageError("--clock thread-cpu measures the calling thread's CPU time, so it needs "
+                         "--threads 1 and --device cpu")
+
 
 @dataclass(frozen=True)
 class StopRule:

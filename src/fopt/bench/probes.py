@@ -17,6 +17,7 @@ Four kinds of probe (each one a few tenths of a second):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import statistics
 from pathlib import Path
@@ -209,11 +210,25 @@ def quantize_probe(fp32_path: str, int8_path: str, branches: list[BranchSpec], s
 
 PROBE_QUANTILE = 25.0
 
+_clock: list[Callable[[], float]] = [time.perf_counter]   # the probes' clock (see `probe_clock`)
+
+
+@contextlib.contextmanager
+def probe_clock(clock: Callable[[], float]):
+    """Time every probe inside the block with `clock` (the calibration's --clock)."""
+    _clock.append(clock)
+    try:
+        yield
+    finally:
+        _clock.pop()
+
+
 def time_samples(fn: Callable[[], Any], budget_s: float, min_iters: int = 3) -> list[float]:
     """Seconds per call of fn after a short warm-up, for about `budget_s` seconds."""
     rule = StopRule(min_time_s=budget_s, warmup_iters=1, warmup_s=min(0.05, budget_s / 4),
                     min_iters=min_iters, first_check=10)
-    return measure(WallTimer(fn), rule).samples_s
+    clock = _clock[-1]
+    return measure(WallTimer(fn, clock=clock), rule, clock).samples_s
 
 
 def time_callable(fn: Callable[[], Any], budget_s: float, min_iters: int = 3, q: float = PROBE_QUANTILE) -> float:
@@ -348,5 +363,40 @@ def overhead_probes(threads: int | None, budget_s: float, sizes: tuple[int, ...]
     return res
 
 
-def wall_seconds() -> float:
-    return time.perf_counter()
+def profiler_delta_probe(threads: int | None, *, elements: int = 100_000, length: int = 25,
+                         runs: int = 200) -> dict[str, float]:
+    """What ONNX Runtime's profiler adds per node: a chain of real-sized Relu nodes, profiled vs not.
+
+    Runs are short (a fraction of a millisecond), so taking the 25th percentile over many of them
+    keeps the runs that another process did not disturb."""
+    import json as _json
+    import tempfile
+
+    from fopt.bench.latency import percentile
+    from fopt.bench.profile import parse_ort_profile
+
+    model = _relu_chain(length, elements)
+    x = np.random.default_rng(0).standard_normal((1, elements)).astype(np.float32)
+    plain = ort_session(model, threads)
+    unprof: list[float] = []
+    for _ in range(20):
+        plain.run(None, {"x": x})
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        plain.run(None, {"x": x})
+        unprof.append(time.perf_counter() - t0)
+    del plain
+    with tempfile.TemporaryDirectory(prefix="fopt-delta-") as tmp:
+        prof = ort_session(model, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "p"))
+        for _ in range(runs + 1):
+            prof.run(None, {"x": x})
+        events = _json.loads(Path(prof.end_profiling()).read_text())
+        del prof
+    # per-run node sums: a node's durations come back per run in run order
+    per_node, _ = parse_ort_profile(events, skip_runs=1, quantile=50.0)
+    per_run = [sum(rec["durs"][i] for rec in per_node.values()) / 1e3 for i in range(runs)
+               if all(len(rec["durs"]) > i for rec in per_node.values())]
+    prof_s = percentile(sorted(per_run), PROBE_QUANTILE)
+    unprof_s = percentile(sorted(unprof), PROBE_QUANTILE)
+    return {"elements": elements, "length": length, "runs": runs, "profiled_node_sum_s": prof_s,
+            "unprofiled_run_s": unprof_s, "delta_s": (prof_s - unprof_s) / length}

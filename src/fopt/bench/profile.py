@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -109,26 +110,41 @@ def _weight_info(node, inits: dict[str, Any]) -> tuple[list[int] | None, str | N
     return [int(d) for d in init.dims], dtype
 
 
-def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1,
-                      quantile: float = 50.0) -> tuple[dict[str, dict], list[float]]:
+def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1, quantile: float | None = 50.0,
+                      run_scale: list[float] | None = None) -> tuple[dict[str, dict], list[float]]:
     """Per node name: args of its first event and the `quantile` of its duration (ms) over the
-    kept runs; and the kept runs' total times (ms)."""
+    kept runs (None: the mean); and the kept runs' total times (ms).
+
+    `run_scale` (one factor per run, first included) multiplies every node time of that run:
+    CPU time / wall time of the run spreads time stolen by other processes back out of it."""
     from fopt.bench.latency import percentile
 
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])
+    scales = list(run_scale or [])
     kept = runs[skip_runs:] if len(runs) > skip_runs else runs
-    windows = [(r["ts"], r["ts"] + r["dur"]) for r in kept]
+    kept_scale = scales[skip_runs:] if len(scales) == len(runs) else [1.0] * len(kept)
+    windows = [(r["ts"], r["ts"] + r["dur"], f) for r, f in zip(kept, kept_scale)]
     per_node: dict[str, dict] = {}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         name = e["name"][: -len("_kernel_time")]
         rec = per_node.setdefault(name, {"args": e.get("args", {}), "durs": [], "order": len(per_node)})
-        if not windows or any(lo <= e["ts"] <= hi for lo, hi in windows):
+        if not windows:
             rec["durs"].append(e["dur"] / 1e3)
+            continue
+        for lo, hi, factor in windows:
+            if lo <= e["ts"] <= hi:
+                rec["durs"].append(e["dur"] / 1e3 * factor)
+                break
     for rec in per_node.values():
-        rec["ms"] = percentile(sorted(rec["durs"]), quantile) if rec["durs"] else None
+        if not rec["durs"]:
+            rec["ms"] = None
+        elif quantile is None:
+            rec["ms"] = sum(rec["durs"]) / len(rec["durs"])
+        else:
+            rec["ms"] = percentile(sorted(rec["durs"]), quantile)
     return per_node, [r["dur"] / 1e3 for r in kept]
 
 
@@ -136,11 +152,13 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
                    runs: int = 3, providers: list[str] | None = None,
                    session_options: Callable[[Any], None] | None = None,
                    input_name: str | None = None, feeds: dict[str, np.ndarray] | None = None,
-                   node_quantile: float = 50.0) -> ExecGraph:
+                   node_quantile: float = 50.0, cpu_clock: Callable[[], float] | None = None) -> ExecGraph:
     """Run `path` `runs`+1 times with profiling; return its executed nodes (first run dropped).
 
     Each node's ``measured_ms`` is the `node_quantile` of its time over the kept runs (a low
-    quantile resists another process stealing the CPU during some runs)."""
+    quantile resists another process stealing the CPU during some runs). With `cpu_clock` (the
+    thread's CPU time; one intra-op thread only) each run's node times are scaled by the run's
+    CPU time over its wall time, which removes time the CPU spent on other processes."""
     import onnx
     import onnxruntime as ort
 
@@ -160,13 +178,22 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
         if feeds is None:
             name = input_name or sess.get_inputs()[0].name
             feeds = {name: batch}
+        scales = []
         for _ in range(runs + 1):
+            w0 = time.perf_counter()
+            c0 = cpu_clock() if cpu_clock else 0.0
             sess.run(None, feeds)
+            if cpu_clock:
+                c1, w1 = cpu_clock(), time.perf_counter()
+                scales.append(min(1.0, (c1 - c0) / (w1 - w0)) if w1 > w0 else 1.0)
         prof_file = sess.end_profiling()
         events = json.loads(Path(prof_file).read_text())
         optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
         del sess
-    per_node, run_times = parse_ort_profile(events, skip_runs=1, quantile=node_quantile)
+    # Scaled runs: the mean, whose sum over nodes is the runs' mean CPU time (a low quantile
+    # would pick the nodes that the uniform scaling deflated).
+    per_node, run_times = parse_ort_profile(events, skip_runs=1, quantile=None if cpu_clock else node_quantile,
+                                            run_scale=scales if cpu_clock else None)
     graph_nodes = {n.name: n for n in optimized.graph.node if n.name}
     inits = {i.name: i for i in optimized.graph.initializer}
     nodes = []

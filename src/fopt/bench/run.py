@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fopt.bench.latency import (Clock, CudaEventTimer, StopRule, WallTimer, combine, measure,
-                                summarize, throughput_ips)
+from fopt.bench.latency import (Clock, CudaEventTimer, StopRule, WallTimer, check_clock, combine,
+                                get_clock, measure, summarize, throughput_ips)
 from fopt.errors import FoptError, UsageError
 
 ESTIMATE_KEYS = ("naive", "roofline", "calibrated")
@@ -125,7 +125,7 @@ def _rule_dict(rule: StopRule) -> dict[str, Any]:
 
 
 def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int], threads: int,
-                     rule: StopRule, clock: Clock = time.perf_counter) -> list[dict[str, Any]]:
+                     rule: StopRule, clock: Clock | str = "wall") -> list[dict[str, Any]]:
     """Measure one artifact at every batch size in this process; one dict per batch size.
 
     Each dict has ``batch_size``, ``status``, ``error`` and, when it worked, ``samples_s``,
@@ -133,6 +133,8 @@ def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int
     """
     from fopt.runtime.base import open_runner
 
+    clock_label = clock if isinstance(clock, str) else "custom-clock"
+    clock = get_clock(clock)
     meta: dict[str, Any] = {}
     try:
         runner = open_runner(path, device=device, threads=threads)
@@ -155,7 +157,7 @@ def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int
                 if runner.device == "cuda" and runner.backend in ("torch-eager", "torchscript", "tensorrt"):
                     timer, timer_name = CudaEventTimer(step), "cuda-events"
                 else:
-                    timer, timer_name = WallTimer(step, runner.synchronize, clock), "wall"
+                    timer, timer_name = WallTimer(step, runner.synchronize, clock), clock_label
                 loop = measure(timer, rule, clock)
                 row.update(status="ok", error=None, samples_s=loop.samples_s, stop_reason=loop.stop_reason,
                            warmup_iters=loop.warmup_iters, timer=timer_name, h2d_ms=h2d_ms)
@@ -179,11 +181,11 @@ def _h2d_ms(runner: Any, host: np.ndarray, clock: Clock, iters: int = 20) -> flo
 
 
 def _measure_in_subprocess(path: str, *, device: str, batch_sizes: Sequence[int], threads: int,
-                           rule: StopRule) -> list[dict[str, Any]]:
+                           rule: StopRule, clock: str = "wall") -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="fopt-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps({"path": str(path), "device": device, "batch_sizes": list(batch_sizes),
-                                         "threads": threads, "rule": _rule_dict(rule)}))
+                                         "threads": threads, "rule": _rule_dict(rule), "clock": clock}))
         proc = subprocess.run([sys.executable, "-m", "fopt.bench.run", "--worker", str(spec_path), str(out_path)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not out_path.exists():
@@ -197,7 +199,7 @@ def _measure_in_subprocess(path: str, *, device: str, batch_sizes: Sequence[int]
 def _worker_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     rows = measure_artifact(spec["path"], device=spec["device"], batch_sizes=spec["batch_sizes"],
-                            threads=spec["threads"], rule=StopRule(**spec["rule"]))
+                            threads=spec["threads"], rule=StopRule(**spec["rule"]), clock=spec.get("clock", "wall"))
     Path(out_path).write_text(json.dumps(rows))
     return 0
 
@@ -250,7 +252,8 @@ def _device_spec_for(device: str, cal: dict[str, Any] | None, machine: dict[str,
 
 
 def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine: dict[str, Any],
-                   per_layer: bool, threads: int, on_row: Callable[[BenchRow], None] | None = None) -> None:
+                   per_layer: bool, threads: int, clock: str = "wall",
+                   on_row: Callable[[BenchRow], None] | None = None) -> None:
     from fopt.bench import estimate as est
     from fopt.runtime.base import open_runner
 
@@ -295,7 +298,8 @@ def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine:
             if device == "cuda":
                 _cuda_calibrated(r, analysis, cal)
             if runner is not None and (device == "cpu" or per_layer):
-                _calibrated_for_row(r, runner, cal if device == "cpu" else None, per_layer)
+                _calibrated_for_row(r, runner, cal if device == "cpu" else None, per_layer,
+                                    get_clock(clock) if clock == "thread-cpu" else None)
             if on_row:
                 on_row(r)
         if runner is not None:
@@ -335,7 +339,8 @@ def _analyze_precision(precision: str | None) -> str:
     return precision if precision in ("fp32", "fp16", "int8") else "fp32"
 
 
-def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, per_layer: bool) -> None:
+def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, per_layer: bool,
+                        cpu_clock: Any = None) -> None:
     from fopt.bench import estimate as est
 
     key = est.fit_key(runner.backend, runner.precision)
@@ -349,7 +354,8 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, 
     try:
         spec = runner.input_spec
         batch = make_input(spec.channels, spec.size, row.batch_size)
-        graph = est.exec_graph_for(runner, batch, profile_runs=PER_LAYER_RUNS if per_layer else 1)
+        graph = est.exec_graph_for(runner, batch, profile_runs=PER_LAYER_RUNS if per_layer else 1,
+                                   cpu_clock=cpu_clock)
     except Exception as e:
         row.estimate_notes.append(f"calibrated: executed graph unavailable ({_one_line(e)})")
         return
@@ -400,12 +406,14 @@ def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray) 
 def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8),
                     threads: int | None = None, min_time_s: float = 1.0, processes: int = 1,
                     estimate: bool = True, per_layer: bool = False, rule: StopRule | None = None,
-                    clock: Clock = time.perf_counter,
+                    clock: Clock | str = "wall",
                     on_progress: Callable[[str], None] | None = None) -> BenchResult:
     """Measure every artifact at every batch size; estimates beside each row (see module doc).
 
     `threads` defaults to the physical cores this process may use, and is the same for every
-    backend. `rule` overrides the stop rule built from `min_time_s`.
+    backend. `rule` overrides the stop rule built from `min_time_s`. `clock` is ``"wall"`` or
+    ``"thread-cpu"`` (one thread only: CPU time of the calling thread, immune to other processes
+    on a shared machine), or any callable for tests.
     """
     from fopt.bench.calibrate import load_calibration
     from fopt.bench.machine import default_threads, machine_record
@@ -423,6 +431,12 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     rule = rule or StopRule(min_time_s=min_time_s)
+    clock_name = clock if isinstance(clock, str) else "custom"
+    if isinstance(clock, str):
+        get_clock(clock)
+        check_clock(clock, threads, device)
+    elif processes > 1:
+        raise UsageError("a custom clock cannot be sent to measuring processes; use processes=1")
     say = on_progress or (lambda msg: None)
     machine = machine_record(gpu=device == "cuda")
 
@@ -434,15 +448,18 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
                                      rule=rule, clock=clock)]
         else:
             runs = [_measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
-                                           threads=threads, rule=rule) for _ in range(processes)]
+                                           threads=threads, rule=rule, clock=clock_name) for _ in range(processes)]
         rows += _rows_from_measurements(str(path), device, threads, runs, batch_sizes)
 
     cal = None
     if estimate or per_layer:
-        cal = load_calibration(device, threads)
+        cal = load_calibration(device, threads if device == "cpu" else None,
+                               clock_name if clock_name in ("wall", "thread-cpu") else "wall")
         say("estimating")
-        _estimate_rows(rows, cal=cal if estimate else None, machine=machine, per_layer=per_layer, threads=threads)
+        _estimate_rows(rows, cal=cal if estimate else None, machine=machine, per_layer=per_layer, threads=threads,
+                       clock=clock_name)
     settings = {"device": device, "batch_sizes": batch_sizes, "threads": threads, "processes": processes,
+                "clock": clock_name,
                 "stop_rule": _rule_dict(rule), "input": f"standard normal, seed {INPUT_SEED}",
                 "estimate": estimate, "per_layer": per_layer}
     cal_info = None
