@@ -258,10 +258,12 @@ def simplify_onnx(proto, inputs: list, *, atol: float, rtol: float) -> tuple[Any
         return proto, SimplifyReport(False, before, reason="onnxsim is not installed")
     shape = list(inputs[-1].shape)
     try:
-        # onnxsim prints its check progress; our report says the same in one line
+        # onnxsim prints its check progress; our report says the same in one line. One random
+        # check is enough there: the comparison below on real inputs at both batch sizes is the
+        # real test, and each onnxsim check costs two ORT sessions (~6 s for VGG-16).
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            simplified, ok = onnxsim.simplify(proto, check_n=2, test_input_shapes={INPUT_NAME: shape},
+            simplified, ok = onnxsim.simplify(proto, check_n=1, test_input_shapes={INPUT_NAME: shape},
                                               check_atol=atol, check_rtol=rtol)
     except Exception as e:  # onnxsim raises many types; a failed simplification is not fatal
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
