@@ -37,13 +37,14 @@ from PIL import Image, ImageDraw, ImageFilter
 from fopt.data.categories import CATEGORIES, label_of, synth_category_order
 from fopt.errors import OutputExistsError, UsageError
 
-SYNTH_VERSION = 1           # bump when the images change, so cached folders are not reused
-IMAGES_PER_ITEM = (2, 4)    # views per garment, inclusive range
+SYNTH_VERSION = 2           # bump when the images change, so cached folders are not reused
+IMAGES_PER_ITEM = (1, 3)    # views per garment, inclusive range
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 NAME_WIDTH = 71             # annotation files left-justify image names to 71 characters
 DEFAULT_PER_CLASS = 100
 DEFAULT_SIZE = 64
 JPEG_QUALITY = 90
+DETAIL_SCALE = 1.8          # detail line widths relative to the spec values
 
 
 # ----------------------------------------------------------------------------- garment specs
@@ -199,7 +200,8 @@ class _Canvas:
         {"mask": self.dm, "detail": self.dd, "light": self.dl}[layer].ellipse(box, fill=fill)
 
     def line(self, pts, width: float = 0.012, layer: str = "detail") -> None:
-        w = max(1, int(round(width * self.px)))
+        # details must survive the 2x downsample at small sizes: at least ~1.5 output pixels
+        w = max(3, int(round(width * DETAIL_SCALE * self.px)))
         {"mask": self.dm, "detail": self.dd, "light": self.dl}[layer].line(
             [self.p(*q) for q in pts], fill=255, width=w)
 
@@ -279,7 +281,7 @@ def _draw_upper(c: _Canvas, s: dict[str, Any], top: float, bottom: float | None 
             y = y0 + (end - 0.05 - y0) * (i / max(1, n - 1) if n > 1 else 0.3)
             if s["lapels"] and n <= 2:
                 y = y0 + 0.08 * (i + 1)
-            c.ellipse(cx + (0.018 if s["opening"] else 0.0), y, 0.012, 0.012, layer="detail")
+            c.ellipse(cx + (0.025 if s["opening"] else 0.0), y, 0.02, 0.02, layer="detail")
     if s["hem_band"]:
         c.line([(cx - hw + 0.01, end - 0.04), (cx + hw - 0.01, end - 0.04)], width=0.012)
     if s["pockets"]:
@@ -421,9 +423,9 @@ def _background(rng: np.random.Generator, px: int) -> Image.Image:
     layer = Image.new("RGB", (px, px))
     alpha = Image.new("L", (px, px), 0)
     dl, da = ImageDraw.Draw(layer), ImageDraw.Draw(alpha)
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(2, 7))):
         col = _hsv(rng.random(), rng.uniform(0, 1), rng.uniform(0.1, 1))
-        a = int(rng.uniform(40, 150))
+        a = int(rng.uniform(30, 110))
         x0, y0 = rng.uniform(-0.2, 1.0, size=2) * px
         w, h = rng.uniform(0.05, 0.35, size=2) * px
         box = [x0, y0, x0 + w, y0 + h]
@@ -450,8 +452,8 @@ def render_image(category: str, item_params: dict[str, Any], style: dict[str, An
     tex = Image.composite(light, tex, canvas.light)
     mask = canvas.mask.filter(ImageFilter.GaussianBlur(0.6))
     # pose: rotation, scale, mirror, position
-    angle = float(rng.uniform(-12, 12))
-    scale = float(rng.uniform(0.72, 1.0))
+    angle = float(rng.uniform(-8, 8))
+    scale = float(rng.uniform(0.8, 1.0))
     if rng.random() < 0.5:
         mask, tex = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT), tex.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     mask = mask.rotate(angle, resample=Image.Resampling.BILINEAR)
@@ -468,7 +470,7 @@ def render_image(category: str, item_params: dict[str, Any], style: dict[str, An
     # lighting and sensor noise
     arr = np.asarray(img, dtype=np.float32)
     arr = arr * float(rng.uniform(0.75, 1.2)) + float(rng.uniform(-20, 20))
-    arr += rng.normal(0.0, float(rng.uniform(2, 9)), size=arr.shape).astype(np.float32)
+    arr += rng.normal(0.0, float(rng.uniform(1, 6)), size=arr.shape).astype(np.float32)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
