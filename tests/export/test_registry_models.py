@@ -8,10 +8,10 @@ CNN, residual, inverted residual + SE + hardswish, MBConv + SE + SiLU); the slow
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from export_testutil import logit_scale, make_checkpoint, real_batch
 
+from fopt.export.validate import compare_outputs
 from fopt.models import MODELS
 
 FAST = ["tiny", "resnet18", "mobilenet_v3_small", "efficientnet_b0"]
@@ -46,13 +46,14 @@ def _export_and_check(name: str, size: int, dataset, folder) -> None:
     assert [i.name for i in graph.input] == ["input"] and [o.name for o in graph.output] == ["logits"]
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # symbolic (dynamic) batch axis
 
-    # a batch size parity did not use: every runner agrees with the checkpoint
+    # a batch size parity did not use: every runner agrees with the checkpoint (export's own rule)
     x = real_batch(dataset, size, n=3)
     with open_runner(ckpt) as runner:
         ref = runner.infer(x)
     for r in results:
         with open_runner(r.path) as runner:
-            np.testing.assert_allclose(runner.infer(x), ref, atol=1e-4, rtol=1e-3, err_msg=r.format)
+            cmp = compare_outputs(runner.infer(x), ref, atol=1e-4, rtol=1e-3, label=r.format)
+        assert cmp.within_tolerance and cmp.top1_agreement == 1.0, (r.format, cmp)
 
 
 @pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW])
