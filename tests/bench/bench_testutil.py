@@ -14,8 +14,11 @@ def synthetic_calibration(threads: int = 1) -> dict:
         return {c: {"overhead_s": 5e-6, "sec_per_work": (1e-11 if c in COMPUTE_CLASSES else 2e-10),
                     "n": 3, "rel_rmse": 0.0} for c in ALL_CLASSES}
 
+    def dram():
+        return {"cache_bytes": 1e6, "sec_per_byte": 1e-10}
+
     return {
-        "schema": 1, "created": "2026-01-01T00:00:00+00:00", "device": "cpu", "threads": threads,
+        "schema": 2, "created": "2026-01-01T00:00:00+00:00", "device": "cpu", "threads": threads,
         "quick": True, "machine_key": machine_key(rec), "machine": rec,
         "summary": {"name": "cpu", "peak_flops": {"fp32": 1e11, "fp16": None, "int8": 4e11},
                     "mem_bandwidth": 2e10, "cache_bandwidth": 6e10, "per_node_overhead_s": 5e-6,
@@ -23,8 +26,8 @@ def synthetic_calibration(threads: int = 1) -> dict:
         "probes": {"overhead": {"onnxruntime_dispatch_s": 5e-6, "onnxruntime_run_fixed_s": 1e-5,
                                 "torch_dispatch_s": 3e-6}},
         "backends": {
-            "onnxruntime/fp32": {"classes": classes(), "node_delta_s": 1e-6, "run_fixed_s": 1e-5},
-            "onnxruntime/int8": {"classes": classes(), "node_delta_s": 1e-6, "run_fixed_s": 1e-5},
-            "torch-eager/fp32": {"classes": classes(), "module_overhead_s": 2e-6, "run_fixed_s": 0.0},
+            "onnxruntime/fp32": {"classes": classes(), "dram": dram(), "run_fixed_s": 1e-5},
+            "onnxruntime/int8": {"classes": classes(), "dram": dram(), "run_fixed_s": 1e-5},
+            "torch-eager/fp32": {"classes": classes(), "dram": dram(), "module_overhead_s": 2e-6, "run_fixed_s": 0.0},
         },
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fopt.bench.calibrate import fit_classes, fit_line
+from fopt.bench.calibrate import fit_joint
 from fopt.bench.estimate import calibrated_estimate, error_pct, fit_key
 from fopt.bench.kernels import classify
 from fopt.bench.profile import ExecGraph, ExecNode
@@ -71,30 +71,37 @@ def test_gemm_elementwise_noop_and_unknown():
     assert odd.unknown and odd.kernel_class == "eltwise"
 
 
-def test_fit_line_recovers_overhead_and_rate():
-    work = [1e6, 4e6, 1.6e7, 6.4e7]
-    secs = [5e-6 + w / 1e11 for w in work]
-    fit = fit_line(work, secs)
-    assert fit["overhead_s"] == pytest.approx(5e-6, rel=1e-6)
-    assert fit["sec_per_work"] == pytest.approx(1e-11, rel=1e-6)
-    assert fit["rel_rmse"] == pytest.approx(0.0, abs=1e-9)
+def test_fit_joint_recovers_known_coefficients():
+    """Equations generated from known per-class costs (two classes sharing probes) are solved exactly."""
+    truth = {"conv_dense": (4e-6, 1e-11), "eltwise": (2e-6, 5e-10)}
+    dram_s, cache = 1e-10, 1e6
+
+    def t(nodes):
+        return 1e-5 + sum(truth[c][0] + w * truth[c][1] + max(0, b - cache) * dram_s for c, w, b in nodes)
+
+    shapes = [(1e6, 4e5), (8e6, 3e6), (3e7, 8e6), (1e8, 2e7)]
+    eqs = []
+    for macs, nbytes in shapes:
+        nodes = [["eltwise", nbytes / 8, nbytes], ["conv_dense", macs, nbytes * 1.5], ["eltwise", nbytes / 8, nbytes]]
+        eqs.append({"nodes": nodes, "seconds": t(nodes)})
+    eqs += [{"nodes": [["eltwise", e, 8 * e]], "seconds": t([["eltwise", e, 8 * e]])} for e in (1e4, 2e5, 4e6)]
+    fit = fit_joint(eqs, run_fixed_s=1e-5, cache_bytes=cache)
+    for cls, (o, s) in truth.items():
+        assert fit["classes"][cls]["overhead_s"] == pytest.approx(o, rel=1e-4, abs=1e-9)
+        assert fit["classes"][cls]["sec_per_work"] == pytest.approx(s, rel=1e-4)
+    assert fit["dram"]["sec_per_byte"] == pytest.approx(dram_s, rel=1e-4)
+    assert max(abs(r) for r in fit["residuals"]) < 1e-6
 
 
-def test_fit_line_never_goes_negative():
-    # time falls with work: a negative slope is refused (constant instead)
-    fit = fit_line([1.0, 2.0, 3.0], [3e-6, 2e-6, 1e-6])
-    assert fit["sec_per_work"] == 0.0 and fit["overhead_s"] > 0
-    # a negative intercept is refused (pure rate instead)
-    fit = fit_line([1e6, 2e6], [0.5e-5, 1.5e-5])
-    assert fit["overhead_s"] == 0.0 and fit["sec_per_work"] > 0
-    assert fit_line([0.0, 0.0], [2e-6, 2e-6], with_slope=False)["overhead_s"] == pytest.approx(2e-6)
-
-
-def test_fit_classes_groups_points():
-    pts = [{"class": "conv_dense", "work": w, "seconds": 1e-6 + w * 1e-11} for w in (1e6, 1e7)]
-    pts += [{"class": "noop", "work": 0.0, "seconds": 1e-6}]
-    fits = fit_classes(pts)
-    assert set(fits) == {"conv_dense", "noop"} and fits["noop"]["sec_per_work"] == 0.0
+def test_fit_joint_never_goes_negative():
+    # time falls as work grows: a negative rate is refused
+    eqs = [{"nodes": [["eltwise", w, 4 * w]], "seconds": s} for w, s in ((1.0, 3e-6), (2.0, 2e-6), (3.0, 1e-6))]
+    fit = fit_joint(eqs, cache_bytes=1e9)
+    assert fit["classes"]["eltwise"]["sec_per_work"] >= 0 and fit["classes"]["eltwise"]["overhead_s"] > 0
+    noop = fit_joint([{"nodes": [["noop", 0.0, 0.0]], "seconds": 2e-6}], cache_bytes=1e9)
+    assert noop["classes"]["noop"]["overhead_s"] == pytest.approx(2e-6)
+    with pytest.raises(ValueError):
+        fit_joint([{"nodes": [["noop", 0.0, 0.0]], "seconds": 1e-6}], run_fixed_s=2e-6)
 
 
 def _graph(nodes):
@@ -111,11 +118,13 @@ def test_calibrated_estimate_is_the_sum_of_its_parts():
     est = calibrated_estimate(_graph([a, b]), cal, "onnxruntime/fp32")
     macs = 56 * 56 * 64 * 64 * 9
     elems = 56 * 56 * 64
-    conv_s = 5e-6 + max(macs * 1e-11, classify(a).bytes_moved / 2e10)
-    relu_s = 5e-6 + max(elems * 2e-10, classify(b).bytes_moved / 2e10)
-    expected_ms = (conv_s + relu_s + 1e-5 - 2 * 1e-6) * 1e3   # + run fixed - profiler inflation
+    excess = [max(0.0, classify(n).bytes_moved - 1e6) * 1e-10 for n in (a, b)]   # bytes beyond the cache
+    conv_s = 5e-6 + macs * 1e-11 + excess[0]
+    relu_s = 5e-6 + elems * 2e-10 + excess[1]
+    expected_ms = (conv_s + relu_s + 1e-5) * 1e3   # + the run's fixed cost
     assert est.total_ms == pytest.approx(expected_ms)
-    assert [n.bound for n in est.nodes] == ["compute", "memory"]
+    assert [n.bound for n in est.nodes] == ["compute", "dram"]  # the Relu pays more for its bytes
+    assert excess[0] > 0 and excess[1] > 0  # both move more than the (synthetic) 1 MB cache
     eager = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
     assert eager.total_ms == pytest.approx((conv_s + relu_s + 2 * 2e-6) * 1e3)   # + module call per op
 
@@ -176,7 +185,7 @@ def test_bench_rows_carry_all_three_estimates(bench_dir, synthetic_cal):
         # the calibrated total is the per-layer sum plus the backend's fixed terms
         det = d["estimate_detail"]
         layer_sum = sum(x["estimate_ms"] for x in d["layers"])
-        assert est["calibrated"] == pytest.approx(layer_sum + det["fixed_ms"] - det["profiler_correction_ms"])
+        assert est["calibrated"] == pytest.approx(layer_sum + det["fixed_ms"])
         assert any(x["class"] == "conv_stem" for x in d["layers"])
         assert all(x["measured_ms"] is not None for x in d["layers"] if x["op"] != "flatten")
         assert sum(x["share_pct"] or 0 for x in d["layers"]) == pytest.approx(100.0)

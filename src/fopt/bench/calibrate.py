@@ -7,11 +7,11 @@ What is measured (`fopt.bench.probes`) and what is fitted:
   turns the ``cpu`` device of `fopt analyze` into real numbers.
 - ``backends``: for each backend/precision (``onnxruntime/fp32``, ``onnxruntime/int8``,
   ``torch-eager/fp32``), one fit per kernel class (`fopt.bench.kernels`):
-  ``time = overhead_s + work * sec_per_work``, fitted on the probe network's executed nodes with
-  relative (1/t) weights and non-negative coefficients. ONNX Runtime fits are made on profiled
-  node times, so each backend also records ``node_delta_s``: how much a profiled node overstates
-  its share of an unprofiled run (measured on the same probe network), and ``run_fixed_s``, the
-  fixed cost of one ``session.run``. Eager fits are made on replayed ATen calls, so
+  ``time = overhead_s + work * sec_per_work``, non-negative, relative (1/t) weights. ONNX Runtime:
+  each probe branch runs alone; its executed nodes (from one profiled run: structure and shapes
+  only) and its unprofiled time make one equation, and `fit_joint` solves all of them at once,
+  so the profiler's own cost per node never enters a fit; ``run_fixed_s`` is the fixed cost of
+  one ``session.run``. Eager: each ATen call of each probe block is replayed and timed alone;
   ``module_overhead_s`` adds what calling them through ``nn.Module`` costs.
 
 Nothing here is fitted on registry models: the calibration is out of sample for every model it
@@ -38,7 +38,8 @@ import numpy as np
 
 from fopt.errors import InputError, UsageError
 
-SCHEMA = 1
+SCHEMA = 2
+DEFAULT_CACHE_BYTES = 16 * 2 ** 20   # half of a 32 MiB L3, when the machine does not say
 BACKEND_KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
 
 # If a class has no probe points, borrow the fit of a similar class (recorded in the estimate).
@@ -144,95 +145,93 @@ def require_calibration(device: str = "cpu", threads: int | None = None, clock: 
 
 # ----------------------------------------------------------------------------- fitting
 
-def fit_line(work: list[float], seconds: list[float], *, with_slope: bool = True) -> dict[str, float]:
-    """Fit seconds = overhead_s + work * sec_per_work, relative (1/t) weights, both >= 0."""
-    w = np.asarray(work, dtype=float)
-    t = np.asarray(seconds, dtype=float)
-    keep = t > 0
-    w, t = w[keep], t[keep]
-    if len(t) == 0:
-        raise ValueError("no positive times to fit")
-    inv = 1.0 / t
-
-    def rel_rmse(o: float, s: float) -> float:
-        return float(np.sqrt(np.mean(((o + s * w - t) * inv) ** 2)))
-
-    def const() -> float:  # weighted (relative-error) fit of a constant
-        return float(np.sum(inv) / np.sum(inv ** 2))
-
-    def slope_only() -> float:
-        return float(np.sum(w * inv) / np.sum((w * inv) ** 2))
-
-    if not with_slope or np.all(w == 0):
-        o, s = const(), 0.0
-    elif len(t) == 1:
-        o, s = 0.0, slope_only()
-    else:
-        a = np.vstack([inv, w * inv]).T
-        (o, s), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
-        if s <= 0:
-            o, s = const(), 0.0
-        elif o < 0:
-            o, s = 0.0, slope_only()
-    return {"overhead_s": float(o), "sec_per_work": float(s), "n": int(len(t)), "rel_rmse": rel_rmse(o, s)}
-
-
-def fit_classes(points: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """One fit per kernel class from probe points {class, work, seconds}."""
-    by_class: dict[str, list[dict[str, Any]]] = {}
-    for p in points:
-        by_class.setdefault(p["class"], []).append(p)
-    fits = {}
-    for cls, pts in sorted(by_class.items()):
-        fit = fit_line([p["work"] for p in pts], [p["seconds"] for p in pts], with_slope=cls != "noop")
-        fits[cls] = fit
-    return fits
-
-
 # ----------------------------------------------------------------------------- probes -> points
 
-def _graph_points(graph, batch: int) -> list[dict[str, Any]]:
-    from fopt.bench.kernels import classify
-
-    pts = []
-    for node in graph.nodes:
-        if node.measured_ms is None:
-            continue
-        nw = classify(node)
-        pts.append({"class": nw.kernel_class, "work": nw.work, "bytes": nw.bytes_moved,
-                    "seconds": node.measured_ms / 1e3, "op": node.op, "batch": batch,
-                    "unknown": nw.unknown})
-    return pts
-
-
 def _ort_backend(model_path: str, branches, batches, threads: int | None, budget_s: float,
-                 runs: int, cpu_clock: Callable[[], float] | None = None) -> dict[str, Any]:
-    from fopt.bench.latency import percentile
-    from fopt.bench.probes import PROBE_QUANTILE, ort_session, probe_inputs, time_samples
+                 chain_equations: list[dict[str, Any]]) -> dict[str, Any]:
+    """One equation per probe branch and batch size: its executed nodes and its unprofiled time.
+
+    Each branch is cut out of the probe network (`onnx.utils.Extractor`) and run in its own
+    session: a short profiled run gives the nodes ONNX Runtime executes for it (structure and
+    shapes only) and unprofiled runs give its time, so neither the profiler's cost per node nor
+    another process's interference lands in the fit (see `fit_joint`)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    from fopt.bench.kernels import classify
+    from fopt.bench.probes import ort_session, probe_inputs, time_callable
     from fopt.bench.profile import ort_exec_graph
 
-    points: list[dict[str, Any]] = []
-    deltas = []
-    sess = ort_session(model_path, threads)
-    for b in batches:
-        feeds = {f"x{i}": x for i, x in enumerate(probe_inputs(branches, b))}
-        graph = ort_exec_graph(model_path, None, threads=threads, runs=runs, feeds=feeds,
-                               node_quantile=PROBE_QUANTILE, cpu_clock=cpu_clock)
-        points += _graph_points(graph, b)
-        samples = time_samples(lambda: sess.run(None, feeds), budget_s, min_iters=runs)
-        # compare like with like: a CPU-time-scaled profile keeps node means, a wall one a low quantile
-        unprof = (sum(samples) / len(samples)) if cpu_clock else percentile(sorted(samples), PROBE_QUANTILE)
-        node_sum = sum(n.measured_ms for n in graph.nodes if n.measured_ms is not None) / 1e3
-        n = sum(1 for n in graph.nodes if n.measured_ms is not None)
-        # What a profiled node overstates per node: the sum of the nodes' typical profiled times
-        # against the typical unprofiled run. The fits are made on profiled times, so an estimate
-        # is (sum of node fits) - n * delta (+ the run's fixed cost). `busy_ratio` > 1 says runs
-        # were disturbed by other processes: a profiled run took longer than its nodes' typical sum.
-        deltas.append({"batch": b, "nodes": n, "node_sum_s": node_sum, "unprofiled_run_s": unprof,
-                       "delta_s": (node_sum - unprof) / max(1, n),
-                       "busy_ratio": (graph.run_ms or 0.0) / 1e3 / node_sum if node_sum else None})
-    del sess
-    return {"points": points, "delta": deltas}
+    model = onnx.load(model_path)
+    extractor = Extractor(model)
+    equations: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="fopt-branches-") as tmp:
+        for i, spec in enumerate(branches):
+            path = Path(tmp) / f"branch{i}.onnx"
+            onnx.save(extractor.extract_model([f"x{i}"], [f"y{i}"]), str(path))
+            sess = ort_session(str(path), threads)
+            for b in batches:
+                x = probe_inputs([spec], b, seed=i)[0]
+                graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name=f"x{i}")
+                seconds = time_callable(lambda: sess.run(None, {f"x{i}": x}), budget_s)
+                nodes = [classify(n) for n in graph.nodes]
+                equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
+                                  "batch": b, "seconds": seconds,
+                                  "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved] for nw in nodes],
+                                  "ops": [n.op for n in graph.nodes]})
+            del sess
+    return {"equations": equations + chain_equations}
+
+
+def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
+              cache_bytes: float | None = None) -> dict[str, Any]:
+    """Fit every equation (a probe's executed nodes and its measured time) at once.
+
+    Model, per node of class c: ``overhead_s[c] + work * sec_per_work[c]
+    + max(0, bytes - cache_bytes) * dram_sec_per_byte``; an equation's prediction is the sum
+    over its nodes plus ``run_fixed_s``. The last term is shared by all classes: what a node
+    pays once its tensors no longer fit in the cache (``cache_bytes``, half the L3 by default).
+    Relative (1/t) weights, non-negative least squares (scipy's NNLS).
+
+    Returns ``{"classes": {c: fit}, "dram": {...}, "residuals": [prediction / measured - 1]}``.
+    """
+    from scipy.optimize import nnls
+
+    thr = float(cache_bytes if cache_bytes is not None else DEFAULT_CACHE_BYTES)
+    classes = sorted({n[0] for e in equations for n in e["nodes"]})
+    cols: list[tuple[str, str]] = []
+    for c in classes:
+        cols.append((c, "o"))
+        if c != "noop":
+            cols.append((c, "s"))
+    cols.append(("dram", "s"))
+    index = {col: j for j, col in enumerate(cols)}
+    usable = [e for e in equations if e["seconds"] - run_fixed_s > 0 and e["nodes"]]
+    if not usable:
+        raise ValueError("no usable probe measurements to fit")
+    a = np.zeros((len(usable), len(cols)))
+    for r, e in enumerate(usable):
+        t = e["seconds"]
+        for cls, work, nbytes in e["nodes"]:
+            a[r, index[(cls, "o")]] += 1.0 / t
+            if (cls, "s") in index:
+                a[r, index[(cls, "s")]] += work / t
+            a[r, index[("dram", "s")]] += max(0.0, nbytes - thr) / t
+    y = np.array([1.0 - run_fixed_s / e["seconds"] for e in usable])
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1.0
+    x, _ = nnls(a / scale, y)
+    x = x / scale
+    resid = list((a @ x - y) / np.maximum(y, 1e-12))
+    fits: dict[str, dict] = {}
+    for c in classes:
+        rows = [r for r, e in enumerate(usable) if any(n[0] == c for n in e["nodes"])]
+        fits[c] = {"overhead_s": float(x[index[(c, "o")]]),
+                   "sec_per_work": float(x[index[(c, "s")]]) if (c, "s") in index else 0.0,
+                   "n": int(sum(1 for e in usable for n in e["nodes"] if n[0] == c)),
+                   "rel_rmse": float(np.sqrt(np.mean([resid[r] ** 2 for r in rows]))) if rows else 0.0}
+    return {"classes": fits, "dram": {"cache_bytes": thr, "sec_per_byte": float(x[index[("dram", "s")]])},
+            "residuals": resid, "used": usable}
 
 
 def _torch_backend(net, branches, batches, budget_s: float, overhead_every: int = 4) -> dict[str, Any]:
@@ -311,7 +310,6 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
 
 def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
                    on_step: Callable[[str], None] | None) -> dict[str, Any]:
-    from fopt.bench.latency import get_clock
     from fopt.bench.machine import machine_key, machine_record
 
     step = on_step or (lambda msg: None)
@@ -337,29 +335,37 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     tb = _torch_backend(net, branches, batches, cfg["torch_budget_s"])
     backends["torch-eager/fp32"] = {"points": tb["points"], "module_overhead_s": tb["module_overhead_s"],
                                     "run_fixed_s": 0.0}
+    # Per-node times of the Relu chains pin the element-wise class (plus the run's fixed cost,
+    # which the fit takes off every equation).
+    chain = [{"probe": f"Relu chain on {e} elements", "batch": 1, "seconds": sec + over["onnxruntime_run_fixed_s"],
+              "nodes": [["eltwise", float(e), 8.0 * int(e)]], "ops": ["Relu"]}
+             for e, sec in over["onnxruntime_node_s"].items() if int(e) >= 10_000]
     with tempfile.TemporaryDirectory(prefix="fopt-calib-") as tmp:
         fp32 = str(Path(tmp) / "probe.onnx")
         Path(fp32).write_bytes(probes.probenet_to_onnx(net, branches))
         int8 = str(Path(tmp) / "probe.int8.onnx")
         step("kernel classes: onnxruntime fp32")
-        # Profiled node times are wall time whatever the clock; with --clock thread-cpu (a shared
-        # machine) each run's node times are scaled by its CPU/wall ratio.
-        cpu_clock = get_clock("thread-cpu") if clock == "thread-cpu" else None
-        runs = cfg["runs"] * (2 if cpu_clock else 1)
-        ob = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"] * 4, runs, cpu_clock)
-        backends["onnxruntime/fp32"] = ob
+        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain)
         step("kernel classes: onnxruntime int8")
         probes.quantize_probe(fp32, int8, branches)
-        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads,
-                                                    cfg["budget_s"] * 4, runs, cpu_clock)
+        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain)
+    l3 = rec["cpu"].get("l3_bytes")
+    cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
     for key in ("onnxruntime/fp32", "onnxruntime/int8"):
         b = backends[key]
-        # From the short Relu chain: the probe network's own comparison (kept in "delta" as a check)
-        # is a difference of two long runs, which another process on the machine easily swamps.
-        b["node_delta_s"] = over["profiler"]["delta_s"]
         b["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
-    for key, b in backends.items():
-        b["classes"] = fit_classes(b["points"])
+        fit = fit_joint(b["equations"], b["run_fixed_s"], cache_bytes)
+        b["classes"], b["dram"] = fit["classes"], fit["dram"]
+        for e, r in zip(fit["used"], fit["residuals"]):
+            e["fit_error_pct"] = r * 100
+    b = backends["torch-eager/fp32"]
+    # every replayed call is its own one-node equation
+    b["equations"] = [{"probe": p["op"], "batch": p["batch"], "seconds": p["seconds"],
+                       "nodes": [[p["class"], p["work"], p["bytes"]]], "ops": [p["op"]]} for p in b.pop("points")]
+    fit = fit_joint(b["equations"], 0.0, cache_bytes)
+    b["classes"], b["dram"] = fit["classes"], fit["dram"]
+    for e, r in zip(fit["used"], fit["residuals"]):
+        e["fit_error_pct"] = r * 100
 
     gemm = {g.name: g.ops_per_s for g in gemms}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -407,7 +413,6 @@ def calibrate_cuda(*, quick: bool = False, on_step: Callable[[str], None] | None
     import torch
 
     from fopt.bench.latency import CudaEventTimer
-    from fopt.bench.latency import get_clock
     from fopt.bench.machine import machine_key, machine_record
 
     step = on_step or (lambda msg: None)
@@ -493,15 +498,20 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         {"quantity": "onnxruntime session.run fixed", "value": _us(over.get("onnxruntime_run_fixed_s")), "unit": "us"},
         {"quantity": "torch eager dispatch per module", "value": _us(over.get("torch_dispatch_s")), "unit": "us"},
     ]
+    if over.get("profiler"):
+        summary.append({"quantity": "onnxruntime profiler cost per node", "value": _us(over["profiler"]["delta_s"]),
+                        "unit": "us"})
     for key, b in cal.get("backends", {}).items():
-        if "node_delta_s" in b:
-            summary.append({"quantity": f"{key} profiler inflation per node", "value": _us(b["node_delta_s"]),
-                            "unit": "us"})
         if b.get("module_overhead_s"):
             summary.append({"quantity": f"{key} nn.Module call per op", "value": _us(b["module_overhead_s"]),
                             "unit": "us"})
     classes = []
     for key, b in cal.get("backends", {}).items():
+        if b.get("dram"):
+            d = b["dram"]
+            classes.append({"backend": key, "class": f"bytes beyond {d['cache_bytes'] / 2 ** 20:.0f} MiB",
+                            "rate": 1.0 / d["sec_per_byte"] / 1e9 if d["sec_per_byte"] > 0 else None,
+                            "unit": "GB/s", "overhead_us": None, "points": None, "fit_rmse_pct": None})
         for cls, fit in b.get("classes", {}).items():
             unit = "GMAC/s" if cls.startswith(("conv", "gemm")) else "Gelem/s"
             rate = 1.0 / fit["sec_per_work"] / 1e9 if fit["sec_per_work"] > 0 else None

@@ -6,15 +6,18 @@
   bandwidth, dispatch overhead); without a calibration they are absent, with a note.
 - ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.profile`)::
 
-      time = overhead[class] + max(work / rate[class], bytes / dram_bandwidth)
+      time = overhead[class] + work / rate[class] + max(0, bytes - cache) / dram_rate
 
   with ``class`` the kernel class (`fopt.bench.kernels`: dense/stem/pointwise/depthwise/grouped/
   SE convs, GEMM, element-wise, transcendental, pooling, layout, Q/DQ ...) and ``rate`` and
   ``overhead`` fitted for this backend and precision by ``fopt bench --calibrate`` on synthetic
-  probes (never on the model being estimated). The model's time is the sum over nodes, plus the
-  backend's fixed cost per run, minus the profiler's inflation per node (ONNX Runtime: the
-  executed graph and its shapes come from one short profiled run whose *times are not used*),
-  plus the ``nn.Module`` call cost per op (eager).
+  probes (never on the model being estimated); the last term, shared by all classes, is what a
+  node pays once its tensors outgrow the cache (half the L3), fitted with the rest. It is added
+  rather than taken as ``max(compute, bytes / bandwidth)``: on the probes, large activations
+  cost on top of the arithmetic, not instead of it. The model's time is the sum over nodes, plus the
+  backend's fixed cost per run (ONNX Runtime) or the ``nn.Module`` call cost per op (eager).
+  For ONNX Runtime the executed graph and its shapes come from one short profiled run whose
+  *times are not used*.
 
 Error is ``(estimate / measured_p50 - 1) * 100``: positive means the estimate is too high.
 On the machine this was developed on, graph-level models reached about 65% of points within
@@ -64,7 +67,6 @@ class CalibratedEstimate:
     total_ms: float
     nodes: list[NodeEstimate]
     fixed_ms: float                      # per-run constant (session.run) + per-op module calls
-    profiler_correction_ms: float        # subtracted: profiled node times' inflation
     notes: list[str] = field(default_factory=list)
 
     def by_class(self) -> dict[str, float]:
@@ -75,7 +77,7 @@ class CalibratedEstimate:
 
     def to_dict(self, with_nodes: bool = False) -> dict[str, Any]:
         d = {"total_ms": self.total_ms, "fixed_ms": self.fixed_ms,
-             "profiler_correction_ms": self.profiler_correction_ms, "by_class_ms": self.by_class(),
+             "by_class_ms": self.by_class(),
              "nodes": len(self.nodes), "notes": self.notes}
         if with_nodes:
             d["layers"] = [n.to_dict() for n in self.nodes]
@@ -93,16 +95,26 @@ def _resolve_fit(fits: dict[str, dict], cls: str) -> tuple[str, dict | None]:
     return cur, fits.get(cur)
 
 
-def predict_node(nw: NodeWork, fits: dict[str, dict], dram_Bps: float | None) -> tuple[float, str, str]:
-    """(seconds, class used, bound) for one node."""
+def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | None = None) -> tuple[float, str, str]:
+    """(seconds, class used, bound) of one node: overhead + work/rate + bytes beyond the cache
+    at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
+    from fopt.bench.kernels import COMPUTE_CLASSES
+
     used, fit = _resolve_fit(fits, nw.kernel_class)
     if fit is None:
         return 0.0, "none", "overhead"
-    compute = nw.work * fit["sec_per_work"]
-    memory = nw.bytes_moved / dram_Bps if dram_Bps else 0.0
-    body = max(compute, memory)
-    bound = "overhead" if body < fit["overhead_s"] else ("memory" if memory > compute else "compute")
-    return fit["overhead_s"] + body, used, bound
+    work_s = nw.work * fit["sec_per_work"]
+    dram_s = 0.0
+    if dram:
+        dram_s = max(0.0, nw.bytes_moved - dram["cache_bytes"]) * dram["sec_per_byte"]
+    over_s = fit["overhead_s"]
+    if over_s >= work_s and over_s >= dram_s:
+        bound = "overhead"
+    elif dram_s > work_s:
+        bound = "dram"
+    else:
+        bound = "compute" if nw.kernel_class in COMPUTE_CLASSES else "memory"
+    return over_s + work_s + dram_s, used, bound
 
 
 def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> CalibratedEstimate:
@@ -114,7 +126,7 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
         raise UsageError(f"the calibration has no fits for {key} (it has "
                          f"{', '.join(cal.get('backends', {})) or 'none'}); rerun `fopt bench --calibrate`")
     fits = backend["classes"]
-    dram = cal["summary"].get("mem_bandwidth")
+    dram = backend.get("dram")
     nodes, notes = [], []
     borrowed: dict[str, str] = {}
     unknown: dict[str, int] = {}
@@ -129,14 +141,12 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
                                   nw.bytes_moved, sec * 1e3, bound, node.measured_ms, nw.unknown))
     n = len(nodes)
     fixed_s = backend.get("run_fixed_s", 0.0) + n * backend.get("module_overhead_s", 0.0)
-    correction_s = n * backend.get("node_delta_s", 0.0)
-    total_ms = sum(x.estimate_ms for x in nodes) + (fixed_s - correction_s) * 1e3
+    total_ms = sum(x.estimate_ms for x in nodes) + fixed_s * 1e3
     for cls, used in sorted(borrowed.items()):
         notes.append(f"class {cls} not calibrated, used {used}")
     if unknown:
         notes.append("op types costed as element-wise: " + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items())))
-    return CalibratedEstimate(total_ms=max(total_ms, 0.0), nodes=nodes, fixed_ms=fixed_s * 1e3,
-                              profiler_correction_ms=correction_s * 1e3, notes=notes)
+    return CalibratedEstimate(total_ms=total_ms, nodes=nodes, fixed_ms=fixed_s * 1e3, notes=notes)
 
 
 # ----------------------------------------------------------------------------- executed graphs

@@ -14,7 +14,7 @@ calibrated estimate and ``--per-layer`` both start from the executed graph:
   the estimate.
 - PyTorch eager / TorchScript: a ``TorchDispatchMode`` records each top-level ATen call
   (``conv2d``, ``batch_norm``, ``relu_`` ...) with its argument shapes, which is what eager runs
-  one module at a time. ``--per-layer`` times the same calls with ``torch.profiler``.
+  one module at a time. ``--per-layer`` times the same calls inside real forward passes.
 """
 
 from __future__ import annotations
@@ -299,23 +299,37 @@ def torch_exec_graph(model: Any, batch: Any, backend: str = "torch-eager") -> Ex
                      nodes=[c.node for c in calls], source="torch dispatch trace")
 
 
-def torch_profile_times(model: Any, batch: Any, n_calls: int, runs: int = 3) -> list[float | None]:
-    """Measured ms of each top-level ATen call (in execution order) with torch.profiler.
+def torch_op_times(model: Any, batch: Any, n_calls: int, runs: int = 3,
+                   clock: Callable[[], float] = time.perf_counter) -> list[float | None]:
+    """Measured ms of each top-level ATen call (in execution order), median over `runs` passes.
 
-    Returns `n_calls` values (None where the profiler's events could not be matched)."""
+    A dispatch mode times each call as it runs inside the real forward pass (same inputs, same
+    cache state as in the model); its own bookkeeping happens outside the timed call. Returns
+    `n_calls` values (None where a pass recorded a different number of calls)."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
 
+    class _Timer(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            t0 = clock()
+            out = func(*args, **(kwargs or {}))
+            self.times.append(clock() - t0)
+            return out
+
+    per_run: list[list[float]] = []
     with torch.inference_mode():
-        model(batch)  # warm-up outside the profiler
-        per_run: list[list[float]] = []
+        model(batch)  # warm-up
         for _ in range(runs):
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            timer = _Timer()
+            with timer:
                 model(batch)
-            top = [e for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::")]
-            per_run.append([e.cpu_time_total / 1e3 for e in top])
+            per_run.append(timer.times)
     out: list[float | None] = []
     for i in range(n_calls):
-        vals = [r[i] for r in per_run if len(r) == n_calls]
+        vals = [r[i] * 1e3 for r in per_run if len(r) == n_calls]
         out.append(statistics.median(vals) if vals else None)
     return out

@@ -370,22 +370,25 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, 
         row.estimate_notes += ce.notes
     else:
         row.estimate_notes.append(f"calibrated: no calibration for {key}")
-    if per_layer:
-        row.layers = _layers(row, runner, graph, ce, batch)
+    if per_layer and runner.device != "cpu":
+        row.estimate_notes.append("per-layer: only on CPU (GPU kernels run asynchronously)")
+    elif per_layer:
+        row.layers = _layers(row, runner, graph, ce, batch, clock=cpu_clock or time.perf_counter)
 
 
-def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray) -> list[dict[str, Any]]:
+def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray,
+            clock: Any = time.perf_counter) -> list[dict[str, Any]]:
     from fopt.bench.kernels import classify
 
     measured = [n.measured_ms for n in graph.nodes]
-    source = "onnxruntime profiling" if runner.backend == "onnxruntime" else "torch.profiler"
+    source = "onnxruntime profiling" if runner.backend == "onnxruntime" else "timed ATen calls"
     if runner.backend in ("torch-eager", "torchscript"):
         import torch
 
-        from fopt.bench.profile import torch_profile_times
+        from fopt.bench.profile import torch_op_times
 
-        measured = torch_profile_times(runner.model, torch.from_numpy(batch).to(runner.device), len(graph.nodes),
-                                       runs=PER_LAYER_RUNS)
+        measured = torch_op_times(runner.model, torch.from_numpy(batch).to(runner.device), len(graph.nodes),
+                                  runs=PER_LAYER_RUNS, clock=clock)
     total = sum(m for m in measured if m) or None
     out = []
     for i, node in enumerate(graph.nodes):
