@@ -82,7 +82,7 @@ def test_quick_calibration_end_to_end(cache_dir):
     assert s["mem_bandwidth"] > 1e8 and s["cache_bandwidth"] > 1e8
     for key in calib.BACKEND_KEYS:
         classes = loaded["backends"][key]["classes"]
-        for cls in ("conv_dense", "conv_pw", "conv_dw", "conv_grouped", "conv_stem", "conv_se", "gemm",
+        for cls in ("conv_dense", "conv_pw", "conv_dw", "conv_grouped", "conv_stem", "conv_se", "gemv",
                     "eltwise", "global_pool"):
             assert cls in classes, (key, cls)
             assert classes[cls]["overhead_s"] >= 0 and classes[cls]["sec_per_work"] >= 0
@@ -108,5 +108,5 @@ def test_probe_network_covers_every_class_it_claims():
     for block, x in zip(net.blocks, xs):
         for c in record_torch_calls(block, x):
             seen.add(classify(c.node).kernel_class)
-    assert {"conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm", "eltwise",
+    assert {"conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemv", "eltwise",
             "eltwise_transcendental", "eltwise_hard", "pool", "global_pool"} <= seen

@@ -53,10 +53,10 @@ def test_bytes_count_prepacked_weights_once():
 def test_gemm_elementwise_noop_and_unknown():
     g = classify(ExecNode("fc", "Gemm", input_shapes=[[8, 1280], [22, 1280]], input_dtypes=["float"] * 2,
                           output_shapes=[[8, 22]], output_dtypes=["float"], attrs={"transB": 1}))
-    assert (g.kernel_class, g.macs) == ("gemm", 8 * 22 * 1280)
-    lin = classify(ExecNode("l", "linear", input_shapes=[[2, 576], [1024, 576]], input_dtypes=["float"] * 2,
-                            output_shapes=[[2, 1024]], output_dtypes=["float"]))
-    assert lin.macs == 2 * 1024 * 576
+    assert (g.kernel_class, g.macs, g.work) == ("gemv", 8 * 22 * 1280, 22 * 1280)  # 8 rows: weight-bound
+    lin = classify(ExecNode("l", "linear", input_shapes=[[32, 576], [1024, 576]], input_dtypes=["float"] * 2,
+                            output_shapes=[[32, 1024]], output_dtypes=["float"]))
+    assert (lin.kernel_class, lin.macs, lin.work) == ("gemm", 32 * 1024 * 576, 32 * 1024 * 576)
     sig = classify(ExecNode("s", "QLinearSigmoid", input_shapes=[[1, 112, 112, 32], []],
                             input_dtypes=["uint8", "float"], output_shapes=[[1, 112, 112, 32]], output_dtypes=["uint8"]))
     assert sig.kernel_class == "eltwise_transcendental" and sig.work == 112 * 112 * 32

@@ -5,7 +5,8 @@ calibrated estimate gives each executed node a class and a work amount, and the 
 measures each class's rate on this machine. The same function classifies the calibration probes
 and the models being estimated, so a class means the same thing on both sides.
 
-Work units: MACs for convolutions and GEMMs (1 MAC = 2 FLOPs), elements for everything else
+Work units: MACs for convolutions and GEMMs (1 MAC = 2 FLOPs), weight elements for GEMMs with
+fewer than 16 output rows (``gemv``: bound by reading the weights), elements for everything else
 (the largest tensor the node reads or writes). Bytes are every input and output tensor at its
 element type, plus pre-packed weights the profile leaves out.
 """
@@ -54,7 +55,8 @@ OP_CLASS = {
         "Size", "ConstantOfShape", "flatten", "view", "reshape", "_reshape_alias", "t",
         "squeeze", "unsqueeze", "expand", "detach", "alias")},
 }
-COMPUTE_CLASSES = ("conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm")
+COMPUTE_CLASSES = ("conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm", "gemv")
+GEMV_MAX_ROWS = 16   # fewer output rows than this: a matrix-vector product in practice
 MEMORY_CLASSES = ("eltwise", "norm", "eltwise_transcendental", "eltwise_hard", "pool", "global_pool",
                   "layout", "quant", "noop")
 ALL_CLASSES = COMPUTE_CLASSES + MEMORY_CLASSES
@@ -124,7 +126,13 @@ def _gemm(node: ExecNode) -> NodeWork:
         return NodeWork("gemm", 0.0, 0.0, _bytes(node), unknown=True)
     trans_a = bool(node.attrs.get("transA", 0))
     k = x[-2] if trans_a else x[-1]
+    n = out[-1]
     macs = float(_numel(out) * k)
+    rows = _numel(out) // max(1, n)
+    if rows < GEMV_MAX_ROWS:
+        # a few rows (a classifier at small batch): every weight is read for a handful of MACs,
+        # so the time follows the weights, not the MACs
+        return NodeWork("gemv", float(k * n), macs, _bytes(node))
     return NodeWork("gemm", macs, macs, _bytes(node))
 
 
