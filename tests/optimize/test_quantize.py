@@ -84,6 +84,20 @@ def test_static_ort_flavour_structure(tiny_onnx, calib, tmp_path):
     assert len(dq_w) == 4 and all(inits[n.input[1]].dims[0] == inits[n.input[0]].dims[0] for n in dq_w)
 
 
+@pytest.mark.parametrize("target", ["ort", "tensorrt"], ids=["ort-flavour", "trt-flavour"])
+def test_logits_stay_fp32(tiny_onnx, calib, tmp_path, target):
+    """The graph output comes straight from the (quantized) Gemm: no Q/DQ pair on the logits."""
+    out = tmp_path / f"{target}.onnx"
+    rec = onnx_to_int8_static(tiny_onnx, out, calibration=calib, target=target)
+    model = load_onnx(out)
+    producer = next(n for n in model.graph.node if model.graph.output[0].name in n.output)
+    assert producer.op_type == "Gemm" and rec["graph_rewrites"]["fp32_outputs"] == 1
+    assert graph_summary(model)["quantized_ops"]["Gemm"] == 1  # its inputs are still INT8
+    if target == "ort":
+        ops = ort_executed_ops(out)
+        assert ops.get("QGemm") == 1 and "DequantizeLinear" not in ops
+
+
 def test_static_tensorrt_flavour_is_symmetric_int8(tiny_onnx, calib, tmp_path):
     from onnx import TensorProto, numpy_helper
 
@@ -137,7 +151,7 @@ def test_silu_fused_for_onnxruntime_and_accurate(silu_onnx, calib, tmp_path):
 
     out = tmp_path / "silu.int8.onnx"
     rec = onnx_to_int8_static(silu_onnx, out, calibration=calib)
-    assert rec["graph_rewrites"] == {"silu_to_quickgelu": 3}
+    assert rec["graph_rewrites"] == {"silu_to_quickgelu": 3, "fp32_outputs": 1}
     s = graph_summary(load_onnx(out))
     assert s["op_counts"]["QuickGelu"] == 3 and s["quantized_ops"] == {"Conv": 3, "Gemm": 1}
     ops = ort_executed_ops(out)

@@ -145,6 +145,39 @@ def gemm_to_matmul(model) -> int:
     return count
 
 
+def float_outputs(model) -> int:
+    """Remove the QuantizeLinear -> DequantizeLinear pair in front of each graph output, in place.
+
+    Quantizing the logits buys no speed (onnxruntime's QGemm/QLinearMatMul can emit FP32 directly,
+    TensorRT likewise) and costs accuracy: one calibration image with large logits sets a range
+    whose step can exceed the logit differences of every other image. Returns the pairs removed.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    drop, removed = set(), 0
+    for out in model.graph.output:
+        dq = producers.get(out.name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear" or consumers.get(q.output[0], 0) != 1:
+            continue
+        src = producers.get(q.input[0])
+        if src is None or consumers.get(q.input[0], 0) != 1:
+            continue  # the float tensor feeds other nodes too; renaming it would rewire them
+        src.output[list(src.output).index(q.input[0])] = out.name
+        drop.update({id(q), id(dq)})
+        removed += 1
+    if removed:
+        nodes = [n for n in model.graph.node if id(n) not in drop]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return removed
+
+
 def resolve_exclusions(model, exclude: Sequence[str] = (), keep_fp32: Sequence[str] = ()) -> dict[str, list[str]]:
     """Node names to keep FP32: `exclude` (checked to exist) plus the first/last Conv/Gemm/MatMul."""
     from fopt.optimize.graph import compute_nodes
@@ -254,12 +287,18 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
         else:
             extra.update({"ActivationSymmetric": False, "WeightSymmetric": True})
             act_type = QuantType.QUInt8
-        quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ,
+        quantized = Path(tmp) / "quantized.onnx"
+        quantize_static(str(pre), str(quantized), reader, quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=reduce_range,
                         activation_type=act_type, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excl["nodes_to_exclude"] or None,
                         calibrate_method=method, extra_options=extra,
                         calibration_cache_path=str(calibration_cache) if calibration_cache else None)
+        qmodel = onnx.load(str(quantized))
+        n_out = float_outputs(qmodel)
+        if n_out:
+            rewrites["fp32_outputs"] = n_out
+        onnx.save(qmodel, str(dst))
     return {
         "mode": "static", "format": "QDQ", "target": target,
         "activation_type": "int8" if target == "tensorrt" else "uint8",
