@@ -29,6 +29,7 @@ from fopt.optimize.quantize import CALIB_METHODS, DYNAMIC_DEFAULT_OPS
 
 USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt")
 INT8_TARGETS = ("auto", "ort", "tensorrt", "both")
+ACCURACY_HINT_PTS = 1.0  # an INT8 drop beyond this (accuracy or macro-F1) gets a what-to-try note
 
 
 @dataclass
@@ -367,6 +368,10 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
             note_parts.append("GPU target; not faster on CPU")
         if p.method == "int8-static-trt":
             note_parts.append("TensorRT input; slow on ORT CPU by design")
+        drops = [row[k] for k in ("d_accuracy_pts", "d_macro_f1_pts") if row[k] is not None]
+        if p.method.startswith("int8-static") and drops and min(drops) < -ACCURACY_HINT_PTS:
+            note_parts.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try --calib-method percentile "
+                              f"(robust to outlier images) or --keep-fp32 first,last")
         row["note"] = "; ".join(note_parts)
         rows.append(row)
         card_metrics: dict[str, Any] = {}
