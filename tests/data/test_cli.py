@@ -143,3 +143,12 @@ def test_synth_cli_and_bad_option(tmp_path):
     assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == ["error: --classes must be between 2 and 50 (the benchmark's categories), got 60"]
     assert not (tmp_path / "t").exists()
+
+
+def test_synth_help_states_the_real_defaults():
+    from fopt.data.synth import DEFAULT_PER_CLASS, DEFAULT_SIZE
+
+    res = CliRunner().invoke(cli, ["data", "synth", "--help"])
+    text = " ".join(res.output.split())
+    assert f"Images per category. [default: {DEFAULT_PER_CLASS}]" in text
+    assert f"Image side in pixels. [default: {DEFAULT_SIZE}]" in text

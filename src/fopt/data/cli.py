@@ -22,7 +22,7 @@ def data() -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--classes", default=22, show_default=True, type=int,
               help="Number of categories (the study's 22 first, up to all 50).")
-@click.option("--per-class", default=None, type=int, help="Images per category.  [default: 100]")
+@click.option("--per-class", default=None, type=int, help="Images per category.  [default: 150]")
 @click.option("--size", default=None, type=int, help="Image side in pixels.  [default: 64]")
 @click.option("--seed", default=0, show_default=True, type=int, help="Generator seed (same seed, same bytes).")
 @click.option("--preview", type=click.Path(dir_okay=False), help="Also write a PNG contact sheet here.")

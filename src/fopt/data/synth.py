@@ -37,11 +37,11 @@ from PIL import Image, ImageDraw, ImageFilter
 from fopt.data.categories import CATEGORIES, label_of, synth_category_order
 from fopt.errors import OutputExistsError, UsageError
 
-SYNTH_VERSION = 2           # bump when the images change, so cached folders are not reused
+SYNTH_VERSION = 3           # bump when the images change, so cached folders are not reused
 IMAGES_PER_ITEM = (1, 3)    # views per garment, inclusive range
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 NAME_WIDTH = 71             # annotation files left-justify image names to 71 characters
-DEFAULT_PER_CLASS = 100
+DEFAULT_PER_CLASS = 150
 DEFAULT_SIZE = 64
 JPEG_QUALITY = 90
 DETAIL_SCALE = 1.8          # detail line widths relative to the spec values
@@ -162,6 +162,14 @@ for _name, (_base, _kw) in _VARIANTS.items():
 assert set(SPECS) == {n for n, _ in CATEGORIES}  # a programming invariant, not user input
 
 
+# Secondary details a real garment may lack (a hoodie without pockets, shorts without a
+# drawstring). Dropping one now and then makes a few items genuinely ambiguous between
+# neighbouring categories, so even a strong model stays below 100%.
+OPTIONAL_DETAILS = ("pockets", "cuffs", "hem_band", "drawstring", "fly", "collar", "zip", "buttons",
+                    "belt", "pleats")
+DETAIL_DROP_P = 0.1
+
+
 def _sample(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
     """Draw one item's shape parameters from a spec (ranges -> numbers)."""
     out: dict[str, Any] = {}
@@ -172,6 +180,9 @@ def _sample(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
             out[k] = float(rng.uniform(v[0], v[1]))
         else:
             out[k] = v
+    for k in OPTIONAL_DETAILS:
+        if out.get(k) and rng.random() < DETAIL_DROP_P:
+            out[k] = 0 if k == "buttons" else False
     return out
 
 
