@@ -16,8 +16,9 @@ from rich.table import Table
 
 from fopt.artifacts import write_json_atomic, write_text_atomic
 
-console = Console(highlight=False)           # tables and results: stdout
-err_console = Console(stderr=True, highlight=False)  # progress, warnings, notes: stderr
+# Not a terminal (CI logs, pipes): a wide fixed width so tables are not folded at 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)           # tables and results: stdout
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)  # progress, warnings, notes: stderr
 
 
 def warn(message: str) -> None:

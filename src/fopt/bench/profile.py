@@ -173,6 +173,7 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
         so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         if session_options:
             session_options(so)
+        so.log_severity_level = 3  # ORT cleanup notices are not actionable here
         sess = ort.InferenceSession(str(path), sess_options=so,
                                     providers=providers or ["CPUExecutionProvider"])
         if feeds is None:

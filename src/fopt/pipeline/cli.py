@@ -100,8 +100,18 @@ def report(runs, out, max_accuracy_drop, latency_budget_ms):
 def _print_summary(report: dict) -> None:
     from fopt.console import print_table
 
-    cols = ["model", "method", "precision", "size_mb", "accuracy", "d_accuracy_pts", "macro_f1",
-            "p50_b1_ms", "speedup_vs_eager"]
-    print_table(report["rows"], columns=cols, title="fopt pipeline: every artifact")
+    def pct(v):
+        return None if v is None else f"{100 * v:.1f}"
+
+    rows = [{"model": r["model"], "artifact": r["method"],
+             "MB": None if r.get("size_mb") is None else f"{r['size_mb']:.2f}",
+             "acc %": pct(r.get("accuracy")),
+             "Δacc": None if r.get("d_accuracy_pts") is None else f"{r['d_accuracy_pts']:+.1f}",
+             "F1 %": pct(r.get("macro_f1")),
+             "p50 b1 ms": None if r.get("p50_b1_ms") is None else f"{r['p50_b1_ms']:.3g}",
+             "vs eager": None if r.get("speedup_vs_eager") is None else f"{r['speedup_vs_eager']:.2f}x",
+             "est. ms (calibrated)": (r.get("estimate_ms") or {}).get("calibrated")}
+            for r in report["rows"]]
+    print_table(rows, title="fopt pipeline: every artifact (validation split, batch-1 latency)")
     rec = report["recommendation"]
     click.echo(("recommendation: " + rec["why"]) if rec.get("artifact") else rec["why"])

@@ -59,6 +59,9 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        # Warnings only on error: ORT's graph-cleanup notices (e.g. unused initializers) are not
+        # actionable for users and drown the progress output.
+        so.log_severity_level = 3
         if self.threads:
             so.intra_op_num_threads = int(self.threads)
             so.inter_op_num_threads = 1
