@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--methods", nargs="+", default=["int8-static", "int8-dynamic", "fp16"])
     ap.add_argument("--calib-size", type=int, default=None, help="default: 256 or every train image")
-    ap.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    ap.add_argument("--calib-method", default="avg-minmax",
+                    choices=["avg-minmax", "minmax", "entropy", "percentile"])
     ap.add_argument("--threads", type=int, default=2, help="same for torch and onnxruntime")
     ap.add_argument("--processes", type=int, default=3, help="latency processes per artifact")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timed runs per process")

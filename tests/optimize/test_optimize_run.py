@@ -58,7 +58,7 @@ def test_full_run_writes_every_artifact_with_its_card(full_run, tiny_onnx):
         emb = embedded_card(load_onnx(path, load_weights=False))
         assert emb["method"] == card["method"] and emb["parent"] == card["parent"]
     static = read_card(out / "tiny.int8.onnx")
-    assert static["quantization"]["calib_method"] == "minmax"
+    assert static["quantization"]["calib_method"] == "avg-minmax"
     assert static["quantization"]["per_channel"] is True
     assert static["calibration"]["n"] == 32 and static["calibration"]["split"] == "train"
     assert static["calibration"]["from"] == "lineage"

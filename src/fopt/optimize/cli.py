@@ -37,8 +37,11 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
                    "Default: the dataset in MODEL's lineage.")
 @click.option("--calib-size", type=int, default=None,
               help="Static INT8: calibration images (default 256, or all if 32-255 exist; minimum 32).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="Static INT8: how activation ranges are chosen.")
+@click.option("--calib-method", type=click.Choice(["avg-minmax", "minmax", "entropy", "percentile"]),
+              default="avg-minmax", show_default=True,
+              help="Static INT8 activation ranges: avg-minmax = mean over calibration batches of each "
+                   "tensor's min/max (robust to outlier images); minmax = global min/max; entropy; "
+                   "percentile (99.999%).")
 @click.option("--exclude", "exclude", multiple=True,
               help="Static INT8: node name to keep FP32 (repeatable or comma-separated).")
 @click.option("--keep-fp32", default="", help="Static INT8: 'first', 'last' or 'first,last' Conv/Gemm to keep FP32.")

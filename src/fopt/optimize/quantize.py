@@ -43,7 +43,13 @@ from fopt.errors import UsageError
 from fopt.optimize.calib import ArrayCalibrationReader, CalibrationSet
 
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
-CALIB_METHODS = ("minmax", "entropy", "percentile")
+# avg-minmax: per tensor, the mean over calibration batches of the batch min and max (onnxruntime's
+#   CalibMovingAverage over one collection pass; PyTorch's moving-average observers do the same).
+#   A few calibration images with extreme activations cannot stretch the range for all others.
+# minmax: the global min and max over every calibration image (onnxruntime's default).
+# entropy / percentile: histogram methods (TensorRT's classic choice / clip the 0.001% tails).
+CALIB_METHODS = ("avg-minmax", "minmax", "entropy", "percentile")
+DEFAULT_CALIB_METHOD = "avg-minmax"
 STATIC_TARGETS = ("ort", "tensorrt")
 KEEP_FP32_CHOICES = ("first", "last")
 CALIB_BATCH = 4          # images per calibration inference
@@ -251,7 +257,7 @@ def onnx_to_int8_dynamic(src: str | Path, dst: str | Path, *,
 # ----------------------------------------------------------------------------- static
 
 def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: CalibrationSet,
-                        target: str = "ort", calib_method: str = "minmax", per_channel: bool = True,
+                        target: str = "ort", calib_method: str = DEFAULT_CALIB_METHOD, per_channel: bool = True,
                         exclude: Sequence[str] = (), keep_fp32: Sequence[str] = (),
                         reduce_range: bool = False, calibration_cache: str | Path | None = None,
                         percentile: float = 99.999) -> dict[str, Any]:
@@ -263,8 +269,8 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
         raise UsageError(f"INT8 target must be one of {', '.join(STATIC_TARGETS)}, got {target!r}")
     if calib_method not in CALIB_METHODS:
         raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[calib_method]
+    method = {"avg-minmax": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
+              "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[calib_method]
 
     with tempfile.TemporaryDirectory(prefix="fopt-int8s-") as tmp:
         pre = Path(tmp) / "pre.onnx"
@@ -278,7 +284,14 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
                 rewrites["silu_to_quickgelu"] = n_silu
                 onnx.save(model, str(pre))
         reader = ArrayCalibrationReader(calibration.images, _input_name(model), CALIB_BATCH)
-        extra: dict[str, Any] = {"CalibStridedMinMax": reader.stride(CALIB_STRIDE_BATCHES)}
+        extra: dict[str, Any] = {}
+        if method == CalibrationMethod.MinMax:
+            # Min/max calibration keeps only per-batch reductions, so one pass over every batch is
+            # cheap; the moving average is then the plain mean over batches.
+            extra["CalibMovingAverage"] = calib_method == "avg-minmax"
+        else:
+            # Histogram methods hold every intermediate tensor of a pass: collect in strides.
+            extra["CalibStridedMinMax"] = reader.stride(CALIB_STRIDE_BATCHES)
         if calib_method == "percentile":
             extra["CalibPercentile"] = percentile
         if target == "tensorrt":
@@ -305,7 +318,8 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
         "activation_symmetric": target == "tensorrt",
         "weight_type": "int8", "weight_symmetric": True, "per_channel": per_channel,
         "reduce_range": reduce_range, "bias": "fp32" if target == "tensorrt" else "int32",
-        "calib_method": calib_method, **({"calib_percentile": percentile} if calib_method == "percentile" else {}),
+        "calib_method": calib_method, "calib_batch": CALIB_BATCH,
+        **({"calib_percentile": percentile} if calib_method == "percentile" else {}),
         "excluded_nodes": excl["exclude"], "keep_fp32": list(keep_fp32),
         "keep_fp32_nodes": excl["keep_fp32"], "graph_rewrites": rewrites, "preprocess": pre_info,
     }

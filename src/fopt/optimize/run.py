@@ -25,7 +25,7 @@ from fopt.artifacts import InputSpec, update_card_metrics
 from fopt.errors import FoptError, InputError, OutputExistsError, UsageError
 from fopt.optimize.base import METHODS, Produced, output_path, produce
 from fopt.optimize.calib import DEFAULT_CALIB, validate_calib_size
-from fopt.optimize.quantize import CALIB_METHODS, DYNAMIC_DEFAULT_OPS
+from fopt.optimize.quantize import CALIB_METHODS, DEFAULT_CALIB_METHOD, DYNAMIC_DEFAULT_OPS
 
 USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt")
 INT8_TARGETS = ("auto", "ort", "tensorrt", "both")
@@ -46,7 +46,7 @@ class OptimizeOptions:
     # static INT8
     calib_data: str | None = None         # default: the lineage dataset (train split)
     calib_size: int | None = None         # default: 256, or every image if 32..255 exist
-    calib_method: str = "minmax"
+    calib_method: str = DEFAULT_CALIB_METHOD
     exclude: tuple[str, ...] = ()
     keep_fp32: tuple[str, ...] = ()
     per_channel: bool = True
@@ -370,8 +370,8 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
             note_parts.append("TensorRT input; slow on ORT CPU by design")
         drops = [row[k] for k in ("d_accuracy_pts", "d_macro_f1_pts") if row[k] is not None]
         if p.method.startswith("int8-static") and drops and min(drops) < -ACCURACY_HINT_PTS:
-            note_parts.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try --calib-method percentile "
-                              f"(robust to outlier images) or --keep-fp32 first,last")
+            note_parts.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try another --calib-method "
+                              f"(percentile, entropy) or --keep-fp32 first,last")
         row["note"] = "; ".join(note_parts)
         rows.append(row)
         card_metrics: dict[str, Any] = {}
