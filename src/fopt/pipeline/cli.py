@@ -25,13 +25,13 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
               help="Dataset table (from `fopt data build`) or raw dataset; default: synthetic.")
 @click.option("--out", default="artifacts/pipeline", show_default=True, type=click.Path(file_okay=False),
               help="Run folder.")
-@click.option("--epochs", default=6, show_default=True, type=int)
+@click.option("--epochs", default=8, show_default=True, type=int)
 @click.option("--img-size", default=64, show_default=True, type=int, help="Training and inference size (px).")
 @click.option("--batch-size", default=32, show_default=True, type=int, help="Training batch size.")
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--workers", default=2, show_default=True, type=int, help="DataLoader workers.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--synth-per-class", default=100, show_default=True, type=int,
+@click.option("--synth-per-class", default=150, show_default=True, type=int,
               help="Synthetic images per class (when --data is not given).")
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(["int8-static", "int8-dynamic", "fp16", "tensorrt"]),

@@ -195,7 +195,8 @@ def render_markdown(report: dict[str, Any], out_dir: Path) -> str:
             parts.append("")
         for key, title in (("curves", "Training curves"), ("confusion_matrix", "Confusion matrix"),
                            ("measured_vs_estimated", "Measured vs estimated latency"),
-                           ("latency_vs_batch", "Latency vs batch size")):
+                           ("latency_vs_batch", "Latency vs batch size"),
+                           ("roofline", "Layers on the T4 roofline (analytical)")):
             p = (s.get("plots") or {}).get(key)
             if p:
                 parts += [f"**{title}**", "", f"![{title}]({_rel(p, out_dir)})", ""]
