@@ -31,7 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DEFAULT_EXCLUDE = ("efficientnet_b7", "vgg16")
 QUICK_MODELS = ("mobilenet_v3_small", "resnet18")
@@ -52,11 +52,17 @@ def calibration_images(work: Path, size: int):
     from fopt.data.synth import synthesize
     from fopt.optimize.calib import load_calibration
 
-    folder = synthesize(work / "calib_images", classes=4, per_class=10, size=min(max(size, 64), 512), seed=0)
+    from fopt.errors import OutputExistsError
+
+    args = {"classes": 4, "per_class": 10, "size": min(max(size, 64), 512), "seed": 0}
+    try:
+        folder = synthesize(work / "calib_images", **args)
+    except OutputExistsError:  # our own work folder, made by an older fopt with other settings
+        folder = synthesize(work / "calib_images", force=True, **args)
     return load_calibration(folder, InputSpec(size=size), n=32)
 
 
-def build_artifacts(model: str, size: int, work: Path, calib) -> dict[str, Path]:
+def build_artifacts(model: str, size: int, work: Path, calib: Callable[[], Any]) -> dict[str, Path]:
     """checkpoint (torch eager), FP32 ONNX and static INT8 ONNX of one registry model, carded."""
     import onnx
     import torch
@@ -83,7 +89,8 @@ def build_artifacts(model: str, size: int, work: Path, calib) -> dict[str, Path]
     write_card(paths["onnxruntime/fp32"], make_card(kind="onnx", format="onnx", precision="fp32", input_spec=spec,
                                                     class_names=classes, parent=paths["torch-eager/fp32"],
                                                     model=info, opset=17))
-    settings = onnx_to_int8_static(paths["onnxruntime/fp32"], paths["onnxruntime/int8"], calibration=calib, target="ort")
+    settings = onnx_to_int8_static(paths["onnxruntime/fp32"], paths["onnxruntime/int8"], calibration=calib(),
+                                   target="ort")
     write_card(paths["onnxruntime/int8"], make_card(kind="onnx", format="onnx", precision="int8", input_spec=spec,
                                                     class_names=classes, parent=paths["onnxruntime/fp32"],
                                                     model=info, opset=17, quantization=settings))
@@ -237,7 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"calibration of {cal['created']} ({cal['path']})")
 
     log("building artifacts: " + ", ".join(models))
-    calib = calibration_images(work, args.img_size)
+    cache: dict[str, Any] = {}
+
+    def calib():  # made once, and only when an INT8 model has to be built
+        if "set" not in cache:
+            cache["set"] = calibration_images(work, args.img_size)
+        return cache["set"]
+
     paths: list[Path] = []
     build_errors = {}
     for m in models:

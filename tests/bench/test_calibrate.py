@@ -87,6 +87,9 @@ def test_quick_calibration_end_to_end(cache_dir):
             assert cls in classes, (key, cls)
             assert classes[cls]["overhead_s"] >= 0 and classes[cls]["sec_per_work"] >= 0
         assert classes["conv_dense"]["sec_per_work"] > 0
+        points = loaded["backends"][key]["rate_points"]
+        assert {"conv_dense", "conv_dw", "conv_pw"} <= set(points)
+        assert all(len(p) == 8 and p[-1] > 0 for p in points["conv_dw"])
     assert "quant" in loaded["backends"]["onnxruntime/int8"]["classes"]
     assert "layout" in loaded["backends"]["onnxruntime/fp32"]["classes"]
     assert loaded["backends"]["torch-eager/fp32"]["module_overhead_s"] >= 0

@@ -201,3 +201,48 @@ def test_without_calibration_rows_say_how_to_get_one(bench_dir, cache_dir):
     assert d["status"] == "ok" and d["estimate_ms"] == {"naive": None, "roofline": None, "calibrated": None}
     assert any("fopt bench --calibrate" in n for n in d["estimate_notes"])
     assert res.calibration is None
+
+
+def test_knn_rate_prefers_the_most_similar_probe_layers():
+    from fopt.bench.estimate import knn_rate
+
+    pts = [[0.0, 0.0, 1e9], [1.0, 0.0, 2e9], [5.0, 5.0, 1e12]]
+    assert knn_rate(pts, (0.0, 0.0), k=1) == pytest.approx(1e9)
+    mid = knn_rate(pts, (0.5, 0.0), k=2)   # halfway: geometric mean of the two neighbours
+    assert mid == pytest.approx((1e9 * 2e9) ** 0.5)
+    assert knn_rate([], (0.0,)) is None and knn_rate(pts, ()) is None
+
+
+def test_compute_nodes_use_probe_rates_and_memory_nodes_the_linear_fit():
+    from bench_testutil import synthetic_calibration
+
+    cal = synthetic_calibration()
+    a = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])
+    feats = classify(a).features
+    # one probe layer exactly like `a` at 50 GMAC/s, one far away at 500
+    far = tuple(f + 4 for f in feats)
+    cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*feats, 5e10], [*far, 5e11]]}
+    est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
+    macs = 56 * 56 * 64 * 64 * 9
+    w_near = 1 / 0.05
+    dist_far = (7 * 16) ** 0.5
+    w_far = 1 / (dist_far + 0.05)
+    import math
+    expected_rate = math.exp((w_near * math.log(5e10) + w_far * math.log(5e11)) / (w_near + w_far))
+    assert est.nodes[0].estimate_ms == pytest.approx(macs / expected_rate * 1e3)
+    assert est.nodes[0].fit_class == "conv_dense"
+
+
+def test_rate_points_attribute_the_unexplained_time_to_compute_nodes():
+    from fopt.bench.calibrate import rate_points
+
+    fit = {"classes": {"conv_dense": {"overhead_s": 0.0, "sec_per_work": 1e-11},
+                       "eltwise": {"overhead_s": 0.0, "sec_per_work": 1e-9}},
+           "dram": {"cache_bytes": 1e12, "sec_per_byte": 0.0}}
+    feats = [1.0] * 7
+    # conv predicted 1 ms, relu 0.1 ms; measured 2.1 ms -> the extra 1 ms belongs to the conv
+    eq = {"seconds": 2.1e-3, "nodes": [["eltwise", 1e5, 8e5, []], ["conv_dense", 1e8, 1e6, feats]]}
+    pts = rate_points([eq], fit)
+    assert list(pts) == ["conv_dense"]
+    assert pts["conv_dense"][0][:7] == feats
+    assert pts["conv_dense"][0][7] == pytest.approx(1e8 / 2e-3)

@@ -177,7 +177,8 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
                 nodes = [classify(n) for n in graph.nodes]
                 equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
                                   "batch": b, "seconds": seconds,
-                                  "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved] for nw in nodes],
+                                  "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]
+                                            for nw in nodes],
                                   "ops": [n.op for n in graph.nodes]})
             del sess
     return {"equations": equations + chain_equations}
@@ -212,7 +213,8 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
     a = np.zeros((len(usable), len(cols)))
     for r, e in enumerate(usable):
         t = e["seconds"]
-        for cls, work, nbytes in e["nodes"]:
+        for node in e["nodes"]:
+            cls, work, nbytes = node[0], node[1], node[2]
             a[r, index[(cls, "o")]] += 1.0 / t
             if (cls, "s") in index:
                 a[r, index[(cls, "s")]] += work / t
@@ -234,35 +236,66 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
             "residuals": resid, "used": usable}
 
 
-def _torch_backend(net, branches, batches, budget_s: float, overhead_every: int = 4) -> dict[str, Any]:
-    """Replay each probe block's ATen calls one by one; every `overhead_every`-th block is also
-    timed whole at the first batch size, to measure what the nn.Module calls add per op."""
+def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_every: int = 4) -> dict[str, Any]:
+    """Time every ATen call of every probe block inside real forward passes of that block
+    (`fopt.bench.profile.torch_op_times`, median of `runs`); every `overhead_every`-th block is
+    also timed whole at the first batch size, for what the nn.Module calls add per op."""
     import torch
 
     from fopt.bench.kernels import classify
-    from fopt.bench.probes import probe_inputs, time_callable
-    from fopt.bench.profile import record_torch_calls
+    from fopt.bench.probes import current_clock, probe_inputs, time_callable
+    from fopt.bench.profile import record_torch_calls, torch_op_times
 
-    points: list[dict[str, Any]] = []
+    equations: list[dict[str, Any]] = []
     module_over = []
+    clock = current_clock()
     with torch.inference_mode():
         for b in batches:
             xs = [torch.relu(torch.from_numpy(x)) for x in probe_inputs(branches, b)]
             for i, (block, x) in enumerate(zip(net.blocks, xs)):
-                calls = record_torch_calls(block, x.clone(), keep_args=True)
-                replay_sum = 0.0
-                for c in calls:
-                    sec = time_callable(lambda c=c: c.func(*c.args, **c.kwargs), budget_s)
-                    replay_sum += sec
+                calls = record_torch_calls(block, x)
+                times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock)
+                for c, ms in zip(calls, times_ms):
+                    if ms is None:
+                        continue
                     nw = classify(c.node)
-                    points.append({"class": nw.kernel_class, "work": nw.work, "bytes": nw.bytes_moved,
-                                   "seconds": sec, "op": c.node.op, "batch": b, "unknown": nw.unknown})
-                if b == batches[0] and i % overhead_every == 0:
-                    xin = x.clone()
-                    block_s = time_callable(lambda: block(xin), budget_s)
-                    module_over.append((block_s - replay_sum) / max(1, len(calls)))
-    return {"points": points, "module_overhead_s": max(0.0, statistics.median(module_over)) if module_over else 0.0,
+                    equations.append({"probe": c.node.op, "batch": b, "seconds": ms / 1e3, "ops": [c.node.op],
+                                      "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]]})
+                if b == batches[0] and i % overhead_every == 0 and all(t is not None for t in times_ms):
+                    block_s = time_callable(lambda: block(x), budget_s)
+                    module_over.append((block_s - sum(times_ms) / 1e3) / max(1, len(calls)))
+    return {"equations": equations,
+            "module_overhead_s": max(0.0, statistics.median(module_over)) if module_over else 0.0,
             "module_overhead_samples_s": module_over}
+
+
+def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_s: float = 0.0) -> dict[str, list]:
+    """Achieved rate of every compute node in the probes, with its shape features.
+
+    An equation's time beyond the linear prediction of all its nodes is attributed to its
+    compute nodes (convolutions, GEMMs) in proportion to their predicted share; the rest of its
+    nodes (element-wise, layout, Q/DQ) keep their linear prediction. The estimate later looks up
+    the rate of the most similar probe layers (`fopt.bench.estimate.knn_rate`)."""
+    from fopt.bench.estimate import predict_node
+    from fopt.bench.kernels import COMPUTE_CLASSES, NodeWork
+
+    out: dict[str, list] = {}
+    for e in equations:
+        nodes = e["nodes"]
+        preds = [predict_node(NodeWork(n[0], n[1], 0.0, n[2]), fit["classes"], fit["dram"])[0] for n in nodes]
+        compute = [i for i, n in enumerate(nodes) if n[0] in COMPUTE_CLASSES and n[1] > 0 and len(n) > 3 and n[3]]
+        if not compute:
+            continue
+        # shares by predicted time; by work where the linear fit gave the class nothing
+        weight = {i: preds[i] for i in compute} if sum(preds[i] for i in compute) > 0 else \
+            {i: nodes[i][1] for i in compute}
+        total = sum(weight.values())
+        rest = (e["seconds"] - run_fixed_s) - sum(preds)
+        for i in compute:
+            t = max(0.2 * preds[i], preds[i] + rest * weight[i] / total)
+            if t > 0:
+                out.setdefault(nodes[i][0], []).append([*nodes[i][3], nodes[i][1] / t])
+    return out
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -271,9 +304,9 @@ def _steps(quick: bool) -> dict[str, Any]:
     from fopt.bench.probes import FULL_BRANCHES, QUICK_BRANCHES
 
     if quick:
-        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "delta_runs": 50,
+        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50,
                 "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 3, "chain_sizes": (20_000, 80_000)}
-    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05, "torch_budget_s": 0.015, "delta_runs": 300,
+    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05, "torch_budget_s": 0.015, "torch_runs": 5, "delta_runs": 300,
             "branches": FULL_BRANCHES, "batches": (1, 8), "runs": 5, "chain_sizes": (50_000, 200_000)}
 
 
@@ -332,9 +365,8 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     net = probes.build_probenet(branches)
     backends: dict[str, Any] = {}
     step("kernel classes: torch eager")
-    tb = _torch_backend(net, branches, batches, cfg["torch_budget_s"])
-    backends["torch-eager/fp32"] = {"points": tb["points"], "module_overhead_s": tb["module_overhead_s"],
-                                    "run_fixed_s": 0.0}
+    backends["torch-eager/fp32"] = _torch_backend(net, branches, batches, cfg["torch_budget_s"], cfg["torch_runs"])
+    backends["torch-eager/fp32"]["run_fixed_s"] = 0.0
     # Per-node times of the Relu chains pin the element-wise class (plus the run's fixed cost,
     # which the fit takes off every equation).
     chain = [{"probe": f"Relu chain on {e} elements", "batch": 1, "seconds": sec + over["onnxruntime_run_fixed_s"],
@@ -352,20 +384,13 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     l3 = rec["cpu"].get("l3_bytes")
     cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
     for key in ("onnxruntime/fp32", "onnxruntime/int8"):
-        b = backends[key]
-        b["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
+        backends[key]["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
+    for key, b in backends.items():
         fit = fit_joint(b["equations"], b["run_fixed_s"], cache_bytes)
         b["classes"], b["dram"] = fit["classes"], fit["dram"]
         for e, r in zip(fit["used"], fit["residuals"]):
             e["fit_error_pct"] = r * 100
-    b = backends["torch-eager/fp32"]
-    # every replayed call is its own one-node equation
-    b["equations"] = [{"probe": p["op"], "batch": p["batch"], "seconds": p["seconds"],
-                       "nodes": [[p["class"], p["work"], p["bytes"]]], "ops": [p["op"]]} for p in b.pop("points")]
-    fit = fit_joint(b["equations"], 0.0, cache_bytes)
-    b["classes"], b["dram"] = fit["classes"], fit["dram"]
-    for e, r in zip(fit["used"], fit["residuals"]):
-        e["fit_error_pct"] = r * 100
+        b["rate_points"] = rate_points(b["equations"], fit, b["run_fixed_s"])
 
     gemm = {g.name: g.ops_per_s for g in gemms}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -4,7 +4,11 @@
 - ``roofline``: analyze's per-node ``max(flops / peak, bytes / bandwidth) + overhead`` on the
   exported graph. For ``cpu`` both use this machine's calibrated summary (GEMM rate, DRAM
   bandwidth, dispatch overhead); without a calibration they are absent, with a note.
-- ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.profile`)::
+- ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.profile`). A
+  convolution or GEMM costs ``work / rate``, with the rate achieved by the most similar probe
+  layers of its class (nearest neighbours in log shape space: spatial size, channels, kernel,
+  stride, batch, channel alignment; `knn_rate`): depthwise convolutions, for one, run 1 to 90
+  GMAC/s on the same CPU depending on their shape. Every other node costs::
 
       time = overhead[class] + work / rate[class] + max(0, bytes - cache) / dram_rate
 
@@ -26,6 +30,7 @@ On the machine this was developed on, graph-level models reached about 65% of po
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,11 +100,40 @@ def _resolve_fit(fits: dict[str, dict], cls: str) -> tuple[str, dict | None]:
     return cur, fits.get(cur)
 
 
-def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | None = None) -> tuple[float, str, str]:
-    """(seconds, class used, bound) of one node: overhead + work/rate + bytes beyond the cache
-    at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
+KNN_K = 3   # probe layers averaged per lookup
+
+
+def knn_rate(points: list[list[float]], features: tuple[float, ...], k: int = KNN_K) -> float | None:
+    """Achieved rate (work/s) of the `k` probe layers most similar to `features`.
+
+    Points are ``[*features, rate]``; similarity is Euclidean in the log2 feature space of
+    `fopt.bench.kernels.shape_features`; the rates are averaged in log space with 1/distance
+    weights (an exact match dominates)."""
+    if not points or not features:
+        return None
+    dim = len(features)
+    scored = sorted((math.dist(features, p[:dim]), p[dim]) for p in points if len(p) == dim + 1 and p[dim] > 0)
+    if not scored:
+        return None
+    near = scored[:k]
+    weights = [1.0 / (d + 0.05) for d, _ in near]
+    log_rate = sum(w * math.log(r) for w, (_, r) in zip(weights, near)) / sum(weights)
+    return math.exp(log_rate)
+
+
+def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | None = None,
+                 points: dict[str, list] | None = None) -> tuple[float, str, str]:
+    """(seconds, class used, bound) of one node.
+
+    Convolutions and GEMMs with probe layers of their class: work / the achieved rate of the
+    most similar probe layers (`knn_rate`). Everything else: overhead + work/rate + bytes beyond
+    the cache at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
     from fopt.bench.kernels import COMPUTE_CLASSES
 
+    if points and nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and len(points.get(nw.kernel_class) or []) >= 2:
+        rate = knn_rate(points[nw.kernel_class], nw.features)
+        if rate:
+            return nw.work / rate, nw.kernel_class, "compute"
     used, fit = _resolve_fit(fits, nw.kernel_class)
     if fit is None:
         return 0.0, "none", "overhead"
@@ -132,7 +166,7 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     unknown: dict[str, int] = {}
     for node in graph.nodes:
         nw = classify(node)
-        sec, used, bound = predict_node(nw, fits, dram)
+        sec, used, bound = predict_node(nw, fits, dram, backend.get("rate_points"))
         if used != nw.kernel_class:
             borrowed[nw.kernel_class] = used
         if nw.unknown:

@@ -71,6 +71,18 @@ class NodeWork:
     macs: float
     bytes_moved: float
     unknown: bool = False  # op type not in the tables: costed as element-wise, flagged
+    # Shape features of convolutions and GEMMs (see `shape_features`): the calibration looks up
+    # the achieved rate of the most similar probe layers by them.
+    features: tuple[float, ...] = ()
+
+
+def shape_features(*, spatial: float, cin_per_group: float, cout: float, kernel_area: float,
+                   stride: float, batch: float, channels_aligned: bool) -> tuple[float, ...]:
+    """log2 sizes (so that "twice as wide" is the same step everywhere) plus channel alignment
+    to 16 (one AVX-512 vector of FP32), which decides whether kernels need remainder loops."""
+    return (math.log2(max(spatial, 1)), math.log2(max(cin_per_group, 1)), math.log2(max(cout, 1)),
+            math.log2(max(kernel_area, 1)), math.log2(max(stride, 1)), math.log2(max(batch, 1)),
+            1.0 if channels_aligned else 0.0)
 
 
 def _numel(shape: list[int]) -> int:
@@ -115,7 +127,11 @@ def _conv(node: ExecNode) -> NodeWork:
         cls = "conv_stem"
     else:
         cls = "conv_dense"
-    return NodeWork(cls, macs, macs, _bytes(node))
+    strides = node.attrs.get("strides") or node.attrs.get("stride") or [1]
+    stride = float(max(strides)) if isinstance(strides, (list, tuple)) else float(strides)
+    feats = shape_features(spatial=spatial, cin_per_group=cin_per_group, cout=cout, kernel_area=kernel_area,
+                           stride=stride, batch=out[0], channels_aligned=cout % 16 == 0 and (group > 1 or w[1] % 16 == 0))
+    return NodeWork(cls, macs, macs, _bytes(node), features=feats)
 
 
 def _gemm(node: ExecNode) -> NodeWork:
@@ -129,11 +145,13 @@ def _gemm(node: ExecNode) -> NodeWork:
     n = out[-1]
     macs = float(_numel(out) * k)
     rows = _numel(out) // max(1, n)
+    feats = shape_features(spatial=1, cin_per_group=k, cout=n, kernel_area=1, stride=1, batch=rows,
+                           channels_aligned=n % 16 == 0 and k % 16 == 0)
     if rows < GEMV_MAX_ROWS:
         # a few rows (a classifier at small batch): every weight is read for a handful of MACs,
         # so the time follows the weights, not the MACs
-        return NodeWork("gemv", float(k * n), macs, _bytes(node))
-    return NodeWork("gemm", macs, macs, _bytes(node))
+        return NodeWork("gemv", float(k * n), macs, _bytes(node), features=feats)
+    return NodeWork("gemm", macs, macs, _bytes(node), features=feats)
 
 
 def classify(node: ExecNode) -> NodeWork:

@@ -45,10 +45,10 @@ FULL_BRANCHES: list[BranchSpec] = [
     ("conv", 40, 240, 28, 1, 1, 1), ("conv_hs", 80, 480, 14, 1, 1, 1), ("conv_silu", 192, 1152, 7, 1, 1, 1),
     ("conv", 64, 256, 56, 1, 1, 1), ("conv", 256, 64, 56, 1, 1, 1), ("conv", 1024, 256, 14, 1, 1, 1),
     ("conv", 320, 1280, 7, 1, 1, 1), ("conv", 16, 16, 56, 1, 1, 1),
-    # depthwise k3 / k5, stride 1 and 2
-    ("conv", 32, 32, 112, 3, 1, 32), ("conv_silu", 144, 144, 56, 3, 1, 144), ("conv_hs", 480, 480, 14, 3, 1, 480),
-    ("conv", 96, 96, 112, 3, 2, 96), ("conv", 240, 240, 28, 5, 1, 240), ("conv_silu", 672, 672, 14, 5, 1, 672),
-    ("conv", 1152, 1152, 7, 5, 1, 1152), ("conv", 144, 144, 56, 5, 2, 144), ("conv", 16, 16, 56, 3, 1, 16),
+    # ... with channel counts that are multiples of 8 but not of 16 (vector remainders)
+    ("conv", 24, 72, 56, 1, 1, 1), ("conv_hs", 120, 40, 28, 1, 1, 1), ("conv", 40, 120, 28, 1, 1, 1),
+    ("conv_hs", 184, 80, 14, 1, 1, 1), ("conv", 88, 472, 14, 1, 1, 1), ("conv", 952, 160, 7, 1, 1, 1),
+    # depthwise: see DEPTHWISE_GRID below
     # grouped (8 and 16 channels per group)
     ("conv", 128, 128, 28, 3, 1, 16), ("conv", 256, 256, 14, 3, 1, 16),
     # squeeze-and-excitation: sigmoid (efficientnet) and hardsigmoid (mobilenet_v3) gates
@@ -64,6 +64,24 @@ FULL_BRANCHES: list[BranchSpec] = [
     # classifier heads (input is the pooled vector)
     ("linear", 1280, 22, 1, 1, 1, 1), ("linear", 576, 1024, 1, 1, 1, 1), ("linear", 2048, 1000, 1, 1, 1, 1),
 ]
+
+
+
+def _depthwise_grid() -> list[BranchSpec]:
+    """Depthwise probes on a regular grid: at each spatial size a channel count that is a multiple
+    of 16 and one that is 8 less (both multiples of 8, as mobile nets round them), 3x3 stride 1
+    for both, 5x5 for the second, and a 3x3 stride-2 downsampling for the first above 14 px."""
+    base = {112: 32, 56: 96, 28: 192, 14: 480, 7: 960}
+    out: list[BranchSpec] = []
+    for h, c in base.items():
+        odd = c - 8
+        out += [("conv", c, c, h, 3, 1, c), ("conv_hs", odd, odd, h, 3, 1, odd), ("conv_silu", odd, odd, h, 5, 1, odd)]
+        if h > 14:
+            out.append(("conv", c, c, h, 3, 2, c))
+    return out
+
+
+FULL_BRANCHES += _depthwise_grid()
 
 # A handful of branches for tests and `quick` calibration: every class, small sizes.
 QUICK_BRANCHES: list[BranchSpec] = [
@@ -221,6 +239,10 @@ def probe_clock(clock: Callable[[], float]):
         yield
     finally:
         _clock.pop()
+
+
+def current_clock() -> Callable[[], float]:
+    return _clock[-1]
 
 
 def time_samples(fn: Callable[[], Any], budget_s: float, min_iters: int = 3) -> list[float]:
