@@ -227,3 +227,28 @@ def detect_format(path: str | os.PathLike) -> str:
             return "checkpoint"
     raise InputError(f"{path}: unknown artifact format (expected a fopt checkpoint, TorchScript, "
                      f".onnx or TensorRT engine)")
+
+
+# ----------------------------------------------------------------------------- card inside ONNX
+
+ONNX_CARD_KEY = "fopt_card"  # metadata_props key holding the card in every ONNX file fopt writes
+
+
+def onnx_card_from_proto(proto: Any) -> dict[str, Any] | None:
+    """The card embedded in an `onnx.ModelProto`'s metadata_props, or None."""
+    for prop in proto.metadata_props:
+        if prop.key == ONNX_CARD_KEY:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def set_onnx_card(proto: Any, card: dict[str, Any]) -> None:
+    """Store `card` in metadata_props, replacing an earlier (e.g. inherited parent) card."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != ONNX_CARD_KEY]
+    del proto.metadata_props[:]
+    for k, v in keep:
+        proto.metadata_props.add(key=k, value=v)
+    proto.metadata_props.add(key=ONNX_CARD_KEY, value=json.dumps(card, default=_json_default))

@@ -32,7 +32,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-CARD_KEY = "fopt_card"  # same key as fopt.runtime.onnxrt.CARD_KEY and fopt.optimize.graph.CARD_KEY
+from fopt.artifacts import ONNX_CARD_KEY as CARD_KEY  # noqa: E402
+from fopt.artifacts import set_onnx_card as set_embedded_card  # noqa: E402
 
 
 def max_supported_opset() -> int:
@@ -290,17 +291,6 @@ def simplify_onnx(proto, inputs: list, *, atol: float, rtol: float) -> tuple[Any
 
 
 # ----------------------------------------------------------------------------- card
-
-def set_embedded_card(proto, card: dict[str, Any]) -> None:
-    """Store `card` in ``metadata_props`` under ``fopt_card`` (replacing any earlier one)."""
-    from fopt.artifacts import _json_default  # one JSON encoding for cards everywhere
-
-    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != CARD_KEY]
-    del proto.metadata_props[:]
-    for k, v in keep:
-        proto.metadata_props.add(key=k, value=v)
-    proto.metadata_props.add(key=CARD_KEY, value=json.dumps(card, default=_json_default))
-
 
 def _saver(proto) -> Callable[[Path, dict[str, Any]], None]:
     import onnx

@@ -17,7 +17,9 @@ from typing import Any
 
 from fopt.errors import InputError
 
-CARD_KEY = "fopt_card"
+from fopt.artifacts import ONNX_CARD_KEY as CARD_KEY  # noqa: E402
+from fopt.artifacts import onnx_card_from_proto as embedded_card  # noqa: E402,F401
+from fopt.artifacts import set_onnx_card as set_embedded_card  # noqa: E402,F401
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Operator-format and dynamic-quantization ops: their presence means "already quantized".
 QUANT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
@@ -54,23 +56,6 @@ def check_onnx(path: str | Path) -> None:
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise InputError(f"{path}: invalid ONNX model ({first})") from None
-
-
-def embedded_card(model) -> dict[str, Any] | None:
-    for prop in model.metadata_props:
-        if prop.key == CARD_KEY:
-            try:
-                return json.loads(prop.value)
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
-def set_embedded_card(model, card: dict[str, Any]) -> None:
-    """Store `card` in metadata_props (replacing an inherited parent card); export's writer."""
-    from fopt.export.onnx import set_embedded_card as write
-
-    write(model, card)
 
 
 # ----------------------------------------------------------------------------- structure

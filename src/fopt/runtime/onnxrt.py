@@ -9,7 +9,7 @@ import numpy as np
 from fopt.errors import DeviceUnavailable, InputError, MissingDependency
 from fopt.runtime.base import RUNNERS, Runner
 
-CARD_KEY = "fopt_card"
+from fopt.artifacts import ONNX_CARD_KEY as CARD_KEY  # noqa: E402
 
 
 def embedded_card(path) -> dict[str, Any] | None:
@@ -20,9 +20,9 @@ def embedded_card(path) -> dict[str, Any] | None:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise InputError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    from fopt.optimize.graph import embedded_card as from_proto  # the one metadata_props reader
+    from fopt.artifacts import onnx_card_from_proto
 
-    return from_proto(model)
+    return onnx_card_from_proto(model)
 
 
 @RUNNERS.register("onnx")
