@@ -37,7 +37,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{Path(r['artifact']).stem} {r.get('precision')} b{r['batch_size']}"
+    backend = {"onnxruntime": "ORT", "torch-eager": "eager"}.get(r.get("backend") or "", r.get("backend"))
+    return f"{Path(r['artifact']).name.split('.')[0]} {backend} {r.get('precision')} b{r['batch_size']}"
 
 
 def _ok(result: dict[str, Any]) -> list[dict[str, Any]]:
