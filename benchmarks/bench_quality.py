@@ -237,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
 
     cal = None if args.recalibrate else load_calibration("cpu", threads, args.clock)
+    if cal is not None and cal.get("quick"):
+        cal = None  # made with the reduced test probe set
     if cal is None:
-        log(f"calibrating this machine ({threads} threads{', quick probe set' if args.quick else ''})")
-        calibrate("cpu", threads, quick=args.quick, clock=args.clock, on_step=lambda m: log(f"  calibrating: {m}"))
+        # the full probe set even with --quick: the reduced one is for tests, not for estimates
+        log(f"calibrating this machine ({threads} threads)")
+        calibrate("cpu", threads, clock=args.clock, on_step=lambda m: log(f"  calibrating: {m}"))
         cal = load_calibration("cpu", threads, args.clock)
     log(f"calibration of {cal['created']} ({cal['path']})")
 

@@ -246,3 +246,16 @@ def test_rate_points_attribute_the_unexplained_time_to_compute_nodes():
     assert list(pts) == ["conv_dense"]
     assert pts["conv_dense"][0][:7] == feats
     assert pts["conv_dense"][0][7] == pytest.approx(1e8 / 2e-3)
+
+
+def test_a_layer_unlike_every_probe_uses_the_linear_fit_and_says_so():
+    from bench_testutil import synthetic_calibration
+
+    cal = synthetic_calibration()
+    a = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])
+    far = tuple(f + 10 for f in classify(a).features)
+    cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*far, 1e12], [*far, 1e12]]}
+    est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
+    macs = 56 * 56 * 64 * 64 * 9
+    assert est.nodes[0].estimate_ms == pytest.approx((5e-6 + macs * 1e-11 + max(0, classify(a).bytes_moved - 1e6) * 1e-10) * 1e3)
+    assert any("no similar probe layer" in n for n in est.notes)

@@ -100,7 +100,8 @@ def _resolve_fit(fits: dict[str, dict], cls: str) -> tuple[str, dict | None]:
     return cur, fits.get(cur)
 
 
-KNN_K = 3   # probe layers averaged per lookup
+KNN_K = 3          # probe layers averaged per lookup
+KNN_MAX_DIST = 4.0  # farther than this (log2 units: 16x in one size) a probe layer is not "similar"
 
 
 def knn_rate(points: list[list[float]], features: tuple[float, ...], k: int = KNN_K) -> float | None:
@@ -108,12 +109,12 @@ def knn_rate(points: list[list[float]], features: tuple[float, ...], k: int = KN
 
     Points are ``[*features, rate]``; similarity is Euclidean in the log2 feature space of
     `fopt.bench.kernels.shape_features`; the rates are averaged in log space with 1/distance
-    weights (an exact match dominates)."""
+    weights (an exact match dominates). None when no probe layer is within `KNN_MAX_DIST`."""
     if not points or not features:
         return None
     dim = len(features)
     scored = sorted((math.dist(features, p[:dim]), p[dim]) for p in points if len(p) == dim + 1 and p[dim] > 0)
-    if not scored:
+    if not scored or scored[0][0] > KNN_MAX_DIST:
         return None
     near = scored[:k]
     weights = [1.0 / (d + 0.05) for d, _ in near]
@@ -130,11 +131,15 @@ def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | N
     the cache at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
     from fopt.bench.kernels import COMPUTE_CLASSES
 
+    far = False
     if points and nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and len(points.get(nw.kernel_class) or []) >= 2:
         rate = knn_rate(points[nw.kernel_class], nw.features)
         if rate:
             return nw.work / rate, nw.kernel_class, "compute"
+        far = True
     used, fit = _resolve_fit(fits, nw.kernel_class)
+    if far and fit is not None:
+        used = f"{used} (linear: no similar probe layer)"
     if fit is None:
         return 0.0, "none", "overhead"
     work_s = nw.work * fit["sec_per_work"]
@@ -164,10 +169,13 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     nodes, notes = [], []
     borrowed: dict[str, str] = {}
     unknown: dict[str, int] = {}
+    unlike: dict[str, int] = {}
     for node in graph.nodes:
         nw = classify(node)
         sec, used, bound = predict_node(nw, fits, dram, backend.get("rate_points"))
-        if used != nw.kernel_class:
+        if used.endswith("no similar probe layer)"):
+            unlike[nw.kernel_class] = unlike.get(nw.kernel_class, 0) + 1
+        elif used != nw.kernel_class:
             borrowed[nw.kernel_class] = used
         if nw.unknown:
             unknown[node.op] = unknown.get(node.op, 0) + 1
@@ -178,6 +186,9 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     total_ms = sum(x.estimate_ms for x in nodes) + fixed_s * 1e3
     for cls, used in sorted(borrowed.items()):
         notes.append(f"class {cls} not calibrated, used {used}")
+    if unlike:
+        notes.append("no similar probe layer (linear class fit used): "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(unlike.items())))
     if unknown:
         notes.append("op types costed as element-wise: " + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items())))
     return CalibratedEstimate(total_ms=total_ms, nodes=nodes, fixed_ms=fixed_s * 1e3, notes=notes)
