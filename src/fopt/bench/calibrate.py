@@ -527,7 +527,7 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         summary.append({"quantity": "onnxruntime profiler cost per node", "value": _us(over["profiler"]["delta_s"]),
                         "unit": "us"})
     for key, b in cal.get("backends", {}).items():
-        if b.get("module_overhead_s"):
+        if "module_overhead_s" in b:
             summary.append({"quantity": f"{key} nn.Module call per op", "value": _us(b["module_overhead_s"]),
                             "unit": "us"})
     classes = []
@@ -536,13 +536,16 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
             d = b["dram"]
             classes.append({"backend": key, "class": f"bytes beyond {d['cache_bytes'] / 2 ** 20:.0f} MiB",
                             "rate": 1.0 / d["sec_per_byte"] / 1e9 if d["sec_per_byte"] > 0 else None,
-                            "unit": "GB/s", "overhead_us": None, "points": None, "fit_rmse_pct": None})
+                            "unit": "GB/s", "overhead_us": None, "points": None, "fit_rmse_pct": None,
+                            "probe layer rates": None})
         for cls, fit in b.get("classes", {}).items():
             unit = "GMAC/s" if cls.startswith(("conv", "gemm")) else "Gelem/s"
             rate = 1.0 / fit["sec_per_work"] / 1e9 if fit["sec_per_work"] > 0 else None
+            pts = [p[-1] / 1e9 for p in (b.get("rate_points") or {}).get(cls, [])]
             classes.append({"backend": key, "class": cls, "rate": rate, "unit": unit,
                             "overhead_us": fit["overhead_s"] * 1e6, "points": fit["n"],
-                            "fit_rmse_pct": fit["rel_rmse"] * 100})
+                            "fit_rmse_pct": fit["rel_rmse"] * 100,
+                            "probe layer rates": f"{min(pts):.3g}-{max(pts):.3g} ({len(pts)})" if pts else None})
     return summary, classes
 
 

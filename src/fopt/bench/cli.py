@@ -82,7 +82,9 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
         print_table(summary, title=f"calibration of {cal['machine']['cpu'].get('model')} "
                                    f"({cal.get('threads')} threads, {cal.get('created')}): {cal.get('path')}")
         if classes:
-            print_table(classes, title="achieved rate and per-node overhead per kernel class")
+            print_table(classes, title="per kernel class: linear fit (rate, overhead) and the range of rates its "
+                                       "probe layers reached (convolutions and GEMMs are estimated from the "
+                                       "most similar of those)")
     if not artifacts:
         return
     from fopt.bench.run import bench_artifacts
