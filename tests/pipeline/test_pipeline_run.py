@@ -42,6 +42,7 @@ def test_pipeline_end_to_end_and_resume(synth_dataset, tmp_path, quick_calibrati
     assert rep["recommendation"]["why"]
     md = (run / "report.md").read_text()
     assert "## tiny" in md and "Recommendation" in md and "accuracy_vs_latency.png" in md
+    assert "curves.png" in md and "measured_vs_estimated" in md and "roofline_t4.png" in md
 
     # Second run: nothing changed, so every stage is skipped and the report is rebuilt.
     res2 = CliRunner().invoke(cli, args)

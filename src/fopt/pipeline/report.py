@@ -138,7 +138,7 @@ def _artifact_row(r: dict[str, Any]) -> list[str]:
             _f(r.get("macro_f1"), pct=True), _f(r.get("d_macro_f1_pts"), signed=True),
             _f(r.get("p50_b1_ms")), best, _f(r.get("speedup_vs_eager")),
             " / ".join(_f(est.get(k)) for k in ("naive", "roofline", "calibrated")),
-            " / ".join(_f(err.get(k), signed=True) for k in ("naive", "roofline", "calibrated"))]
+            " / ".join("–" if err.get(k) is None else f"{err[k]:+.0f}" for k in ("naive", "roofline", "calibrated"))]
 
 
 def render_markdown(report: dict[str, Any], out_dir: Path) -> str:

@@ -148,7 +148,7 @@ def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger
             shutil.rmtree(tdir)            # a changed input means a new run, not a resume
         res = fit(tcfg.validate())
         write_json_atomic(out, {
-            "checkpoint": str(res.files.get("best", tdir / "best.pt")), "best_epoch": res.best_epoch,
+            "checkpoint": str(res.files.get("best.pt", tdir / "best.pt")), "best_epoch": res.best_epoch,
             "accuracy": res.val.get("accuracy"), "macro_f1": res.val.get("macro_f1"),
             "val_n": res.val.get("n"), "epochs": cfg.epochs, "img_size": cfg.img_size,
             "files": {k: str(v) for k, v in res.files.items()}})
@@ -358,7 +358,7 @@ def _pts(value: float | None, ref: float | None) -> float | None:
 
 def run_pipeline(cfg: PipelineConfig, log: Log = print) -> dict[str, Any]:
     cfg.validate()
-    run = Path(cfg.out)
+    run = Path(cfg.out).resolve()  # absolute paths in summaries: `fopt report` works from anywhere
     run.mkdir(parents=True, exist_ok=True)
     ledger = StageLedger(run / "stages.json")
     table = stage_data(cfg, run, ledger, log)
@@ -382,7 +382,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> dict[str, Any]:
             calibrated = True
         bench = stage_bench(cfg, model, artifacts, mdir, ledger, log)
         files = train.get("files", {})
-        plots = {"curves": files.get("curves"), "confusion_matrix": files.get("confusion_matrix"),
+        plots = {"curves": files.get("curves.png"), "confusion_matrix": files.get("confusion_matrix.png"),
                  "roofline": analysis.get("roofline_plot")}
         for p in bench.get("plots", []):
             name = Path(p).name
