@@ -243,8 +243,11 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> bool:
         sel = [(x, y, r) for x, y, r in pts if r.get("model", "") == m]
         ax.scatter([x for x, _, _ in sel], [y for _, y, _ in sel], marker=markers[j % len(markers)],
                    s=50, label=m, zorder=3)
-        for x, y, r in sel:
-            ax.annotate(r.get("method", ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for k, (x, y, r) in enumerate(sorted(sel, key=lambda t: t[0])):
+            # Stagger labels: artifacts of one model often sit at nearly the same point.
+            ax.annotate(r.get("method", ""), (x, y), textcoords="offset points",
+                        xytext=(5, 4 + 11 * (k % 4)), fontsize=8,
+                        arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey"})
     front = pareto_front([(x, y) for x, y, _ in pts])
     fx = [pts[i][0] for i in front]
     fy = [pts[i][1] for i in front]
