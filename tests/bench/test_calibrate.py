@@ -73,7 +73,7 @@ def test_quick_calibration_end_to_end(cache_dir):
     """The reduced probe set runs every stage, fits every class, and lands in the tmp cache."""
     steps = []
     cal = calib.calibrate("cpu", threads=1, quick=True, on_step=steps.append)
-    assert steps[0] == "GEMM rates" and steps[-1] == "kernel classes: onnxruntime int8"
+    assert steps[0] == "GEMM rates" and steps[-1].startswith("fitting")
     assert calib.cache_path().exists() and str(calib.cache_path()) == cal["path"]
     loaded = calib.load_calibration("cpu", 1)
     assert loaded["created"] == cal["created"]
@@ -113,3 +113,21 @@ def test_probe_network_covers_every_class_it_claims():
             seen.add(classify(c.node).kernel_class)
     assert {"conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemv", "eltwise",
             "eltwise_transcendental", "eltwise_hard", "pool", "global_pool"} <= seen
+
+
+def test_outliers_are_timed_again_and_the_fastest_timing_kept():
+    """A probe disturbed by another process (3x slower once) is re-timed; its class fit recovers."""
+    truth = 1e-11   # seconds per MAC
+    eqs = [{"nodes": [["conv_dense", w, 1e3, []]], "seconds": w * truth} for w in (1e6, 2e6, 4e6, 8e6, 1.6e7)]
+    eqs[2]["seconds"] *= 3   # the disturbed one
+    calls = []
+
+    def retime(suspects):
+        calls.append(len(suspects))
+        for e in suspects:  # an undisturbed second timing
+            e["seconds"] = min(e["seconds"], e["nodes"][0][1] * truth)
+
+    fit = calib.fit_with_retiming(eqs, 0.0, 1e9, retime)
+    assert calls and calls[0] >= 1
+    assert eqs[2]["seconds"] == pytest.approx(4e6 * truth)
+    assert fit["classes"]["conv_dense"]["sec_per_work"] == pytest.approx(truth, rel=1e-6)

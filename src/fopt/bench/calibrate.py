@@ -148,40 +148,57 @@ def require_calibration(device: str = "cpu", threads: int | None = None, clock: 
 # ----------------------------------------------------------------------------- probes -> points
 
 def _ort_backend(model_path: str, branches, batches, threads: int | None, budget_s: float,
-                 chain_equations: list[dict[str, Any]]) -> dict[str, Any]:
+                 chain_equations: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
     """One equation per probe branch and batch size: its executed nodes and its unprofiled time.
 
-    Each branch is cut out of the probe network (`onnx.utils.Extractor`) and run in its own
-    session: a short profiled run gives the nodes ONNX Runtime executes for it (structure and
-    shapes only) and unprofiled runs give its time, so neither the profiler's cost per node nor
-    another process's interference lands in the fit (see `fit_joint`)."""
+    Each branch is cut out of the probe network (`onnx.utils.Extractor`, saved in `workdir`)
+    and run in its own session: a short profiled run gives the nodes ONNX Runtime executes for
+    it (structure and shapes only) and unprofiled runs give its time, so the profiler's cost
+    per node never lands in the fit (see `fit_joint`)."""
     import onnx
     from onnx.utils import Extractor
 
     from fopt.bench.kernels import classify
-    from fopt.bench.probes import ort_session, probe_inputs, time_callable
+    from fopt.bench.probes import probe_inputs
     from fopt.bench.profile import ort_exec_graph
 
     model = onnx.load(model_path)
     extractor = Extractor(model)
     equations: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fopt-branches-") as tmp:
-        for i, spec in enumerate(branches):
-            path = Path(tmp) / f"branch{i}.onnx"
-            onnx.save(extractor.extract_model([f"x{i}"], [f"y{i}"]), str(path))
-            sess = ort_session(str(path), threads)
-            for b in batches:
-                x = probe_inputs([spec], b, seed=i)[0]
-                graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name=f"x{i}")
-                seconds = time_callable(lambda: sess.run(None, {f"x{i}": x}), budget_s)
-                nodes = [classify(n) for n in graph.nodes]
-                equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
-                                  "batch": b, "seconds": seconds,
-                                  "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]
-                                            for nw in nodes],
-                                  "ops": [n.op for n in graph.nodes]})
-            del sess
+    tag = Path(model_path).stem
+    for i, spec in enumerate(branches):
+        path = workdir / f"{tag}.branch{i}.onnx"
+        onnx.save(extractor.extract_model([f"x{i}"], [f"y{i}"]), str(path))
+        for b in batches:
+            x = probe_inputs([spec], b, seed=i)[0]
+            graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name=f"x{i}")
+            nodes = [classify(n) for n in graph.nodes]
+            equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
+                              "batch": b, "branch": i, "model": str(path),
+                              "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]
+                                        for nw in nodes],
+                              "ops": [n.op for n in graph.nodes]})
+    _retime_ort(equations, branches, threads, budget_s)
     return {"equations": equations + chain_equations}
+
+
+def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, budget_s: float) -> None:
+    """Time (again) each branch equation; keeps the fastest of all its timings."""
+    from fopt.bench.probes import ort_session, probe_inputs, time_callable
+
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for e in equations:
+        if "model" in e:
+            by_model.setdefault(e["model"], []).append(e)
+    for path, eqs in by_model.items():
+        sess = ort_session(path, threads)
+        for e in eqs:
+            i = e["branch"]
+            x = probe_inputs([branches[i]], e["batch"], seed=i)[0]
+            sec = time_callable(lambda: sess.run(None, {f"x{i}": x}), budget_s)
+            e["seconds"] = min(sec, e.get("seconds", sec))
+            e["timings"] = e.get("timings", 0) + 1
+        del sess
 
 
 def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
@@ -255,11 +272,12 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
             for i, (block, x) in enumerate(zip(net.blocks, xs)):
                 calls = record_torch_calls(block, x)
                 times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock)
-                for c, ms in zip(calls, times_ms):
+                for j, (c, ms) in enumerate(zip(calls, times_ms)):
                     if ms is None:
                         continue
                     nw = classify(c.node)
                     equations.append({"probe": c.node.op, "batch": b, "seconds": ms / 1e3, "ops": [c.node.op],
+                                      "branch": i, "call": j, "timings": 1,
                                       "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]]})
                 if b == batches[0] and i % overhead_every == 0 and all(t is not None for t in times_ms):
                     block_s = time_callable(lambda: block(x), budget_s)
@@ -267,6 +285,51 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
     return {"equations": equations,
             "module_overhead_s": max(0.0, statistics.median(module_over)) if module_over else 0.0,
             "module_overhead_samples_s": module_over}
+
+
+def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int) -> None:
+    """Time the blocks of these equations again in situ; keeps each call's fastest timing."""
+    import torch
+
+    from fopt.bench.probes import current_clock, probe_inputs
+    from fopt.bench.profile import record_torch_calls, torch_op_times
+
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for e in equations:
+        groups.setdefault((e["branch"], e["batch"]), []).append(e)
+    with torch.inference_mode():
+        for (i, b), eqs in groups.items():
+            x = torch.relu(torch.from_numpy(probe_inputs(branches, b)[i]))
+            block = net.blocks[i]
+            n = len(record_torch_calls(block, x))
+            times_ms = torch_op_times(block, x, n, runs=runs, clock=current_clock())
+            for e in eqs:
+                ms = times_ms[e["call"]] if e["call"] < len(times_ms) else None
+                if ms is not None:
+                    e["seconds"] = min(e["seconds"], ms / 1e3)
+                e["timings"] = e.get("timings", 1) + 1
+
+
+RETIME_BELOW = -0.2      # a probe this much slower than the fit predicts is timed again...
+RETIME_ROUNDS = 2        # ...at most this often, keeping its fastest timing
+RETIME_SHARE = 0.25      # and at most this share of the probes per round
+
+
+def fit_with_retiming(equations: list[dict[str, Any]], run_fixed_s: float, cache_bytes: float,
+                      retime: Callable[[list[dict[str, Any]]], None] | None) -> dict[str, Any]:
+    """`fit_joint`, then time again the probes the fit says are much slower than their peers.
+
+    Another process on the machine only ever makes a probe slower, and one slow probe skews its
+    class; a second timing of the outliers, keeping the fastest, removes most of that."""
+    fit = fit_joint(equations, run_fixed_s, cache_bytes)
+    for _ in range(RETIME_ROUNDS if retime else 0):
+        worst = sorted((r, k) for k, r in enumerate(fit["residuals"]) if r < RETIME_BELOW)
+        suspects = [fit["used"][k] for _, k in worst[: max(1, int(RETIME_SHARE * len(fit["used"])))]]
+        if not suspects:
+            break
+        retime(suspects)
+        fit = fit_joint(equations, run_fixed_s, cache_bytes)
+    return fit
 
 
 def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_s: float = 0.0) -> dict[str, list]:
@@ -377,21 +440,31 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
         Path(fp32).write_bytes(probes.probenet_to_onnx(net, branches))
         int8 = str(Path(tmp) / "probe.int8.onnx")
         step("kernel classes: onnxruntime fp32")
-        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain)
+        work = Path(tmp)
+        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work)
         step("kernel classes: onnxruntime int8")
         probes.quantize_probe(fp32, int8, branches)
-        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain)
-    l3 = rec["cpu"].get("l3_bytes")
-    cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
-    for key in ("onnxruntime/fp32", "onnxruntime/int8"):
-        backends[key]["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
-    for key, b in backends.items():
-        fit = fit_joint(b["equations"], b["run_fixed_s"], cache_bytes)
-        b["classes"], b["dram"] = fit["classes"], fit["dram"]
-        for e, r in zip(fit["used"], fit["residuals"]):
-            e["fit_error_pct"] = r * 100
-        b["rate_points"] = rate_points(b["equations"], fit, b["run_fixed_s"])
-
+        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work)
+        l3 = rec["cpu"].get("l3_bytes")
+        cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
+        for key in ("onnxruntime/fp32", "onnxruntime/int8"):
+            backends[key]["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
+        step("fitting (and timing outliers again)")
+        retimers = {
+            "torch-eager/fp32": lambda eqs: _retime_torch(eqs, net, branches, cfg["torch_runs"]),
+            "onnxruntime/fp32": lambda eqs: _retime_ort([e for e in eqs if "model" in e], branches, threads,
+                                                        cfg["budget_s"]),
+            "onnxruntime/int8": lambda eqs: _retime_ort([e for e in eqs if "model" in e], branches, threads,
+                                                        cfg["budget_s"]),
+        }
+        for key, b in backends.items():
+            fit = fit_with_retiming(b["equations"], b["run_fixed_s"], cache_bytes, retimers[key])
+            b["classes"], b["dram"] = fit["classes"], fit["dram"]
+            for e, r in zip(fit["used"], fit["residuals"]):
+                e["fit_error_pct"] = r * 100
+            b["rate_points"] = rate_points(b["equations"], fit, b["run_fixed_s"])
+            for e in b["equations"]:
+                e.pop("model", None)  # a temporary file
     gemm = {g.name: g.ops_per_s for g in gemms}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     cal = {
