@@ -310,9 +310,9 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int) -> 
                 e["timings"] = e.get("timings", 1) + 1
 
 
-RETIME_BELOW = -0.2      # a probe this much slower than the fit predicts is timed again...
-RETIME_ROUNDS = 2        # ...at most this often, keeping its fastest timing
-RETIME_SHARE = 0.25      # and at most this share of the probes per round
+RETIME_BELOW = -0.5      # a probe twice as slow as the fit predicts is timed again...
+RETIME_ROUNDS = 1        # ...once, keeping its fastest timing
+RETIME_SHARE = 0.1       # and at most this share of the probes
 
 
 def fit_with_retiming(equations: list[dict[str, Any]], run_fixed_s: float, cache_bytes: float,
@@ -354,10 +354,15 @@ def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_
             {i: nodes[i][1] for i in compute}
         total = sum(weight.values())
         rest = (e["seconds"] - run_fixed_s) - sum(preds)
+        same: dict[tuple, list[float]] = {}   # the repeated layers of a branch make one point
         for i in compute:
             t = max(0.2 * preds[i], preds[i] + rest * weight[i] / total)
             if t > 0:
-                out.setdefault(nodes[i][0], []).append([*nodes[i][3], nodes[i][1] / t])
+                acc = same.setdefault((nodes[i][0], tuple(nodes[i][3])), [0.0, 0.0])
+                acc[0] += nodes[i][1]
+                acc[1] += t
+        for (cls, feats), (work, t) in same.items():
+            out.setdefault(cls, []).append([*feats, work / t])
     return out
 
 

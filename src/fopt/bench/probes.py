@@ -31,6 +31,7 @@ import numpy as np
 from fopt.bench.latency import StopRule, WallTimer, measure
 
 # (kind, cin, cout, size, kernel, stride, groups) - sizes are the input's H = W.
+REPEAT = 3   # shape-keeping conv blocks are stacked this deep (see `_branch`)
 BranchSpec = tuple[str, int, int, int, int, int, int]
 
 FULL_BRANCHES: list[BranchSpec] = [
@@ -125,11 +126,15 @@ def _branch(spec: BranchSpec):
         def forward(self, x):
             return x + torch.sigmoid(x)
 
+    # A block that keeps its shape is repeated: the branch's fixed parts (input reorder or
+    # quantization, output reorder or dequantization) are then shared by REPEAT layers, so the
+    # time the fit attributes to each layer depends less on how well those parts are modelled.
+    repeat = REPEAT if cin == cout and stride == 1 else 1
     if kind in ("conv", "conv_hs", "conv_silu"):
-        return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                             nn.BatchNorm2d(cout), act())
+        return nn.Sequential(*[nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                                             nn.BatchNorm2d(cout), act()) for _ in range(repeat)])
     if kind == "res":
-        return Res()
+        return nn.Sequential(*[Res() for _ in range(repeat)])
     if kind == "se_sigmoid":
         return SE(nn.Sigmoid())
     if kind == "se_hard":
