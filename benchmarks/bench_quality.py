@@ -239,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     cal = None if args.recalibrate else load_calibration("cpu", threads, args.clock)
     if cal is not None and cal.get("quick"):
         cal = None  # made with the reduced test probe set
-    if cal is None:
+    for attempt in range(3):
+        if cal is not None and (cal.get("stability") or {}).get("stable", True):
+            break
+        if cal is not None:
+            log(f"  the machine was busy during that calibration (GEMM rate changed "
+                f"{cal['stability']['gemm_change_pct']:.0f}%): again")
         # the full probe set even with --quick: the reduced one is for tests, not for estimates
         log(f"calibrating this machine ({threads} threads)")
         calibrate("cpu", threads, clock=args.clock, on_step=lambda m: log(f"  calibrating: {m}"))
@@ -287,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                         "processes": processes, "min_time_s": min_time, "clock": args.clock,
                         "weights": "random", "classes": NUM_CLASSES,
                         "band_pct": BAND_PCT, "quick": args.quick, "load_average_at_end": load,
-                        "calibration": {"created": cal["created"], "quick": cal.get("quick"), "path": cal.get("path")}},
+                        "calibration": {"created": cal["created"], "quick": cal.get("quick"), "path": cal.get("path"),
+                                        "duration_s": cal.get("duration_s"), "stability": cal.get("stability")}},
            "build_errors": build_errors, "seconds": round(time.perf_counter() - t0, 1),
            "machine": data["machine"], "results": rows}
     from fopt.artifacts import write_json_atomic

@@ -40,6 +40,7 @@ from fopt.errors import InputError, UsageError
 
 SCHEMA = 2
 DEFAULT_CACHE_BYTES = 16 * 2 ** 20   # half of a 32 MiB L3, when the machine does not say
+UNSTABLE_PCT = 10.0                  # GEMM rate at the end vs the start: more than this -> suspect
 BACKEND_KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
 
 # If a class has no probe points, borrow the fit of a similar class (recorded in the estimate).
@@ -148,7 +149,7 @@ def require_calibration(device: str = "cpu", threads: int | None = None, clock: 
 # ----------------------------------------------------------------------------- probes -> points
 
 def _ort_backend(model_path: str, branches, batches, threads: int | None, budget_s: float,
-                 chain_equations: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+                 chain_equations: list[dict[str, Any]], workdir: Path, passes: int = 1) -> dict[str, Any]:
     """One equation per probe branch and batch size: its executed nodes and its unprofiled time.
 
     Each branch is cut out of the probe network (`onnx.utils.Extractor`, saved in `workdir`)
@@ -178,7 +179,8 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
                               "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]
                                         for nw in nodes],
                               "ops": [n.op for n in graph.nodes]})
-    _retime_ort(equations, branches, threads, budget_s)
+    for _ in range(passes):  # whole passes, minutes apart: a burst of other work rarely hits both
+        _retime_ort(equations, branches, threads, budget_s)
     return {"equations": equations + chain_equations}
 
 
@@ -299,7 +301,7 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int) -> 
         groups.setdefault((e["branch"], e["batch"]), []).append(e)
     with torch.inference_mode():
         for (i, b), eqs in groups.items():
-            x = torch.relu(torch.from_numpy(probe_inputs(branches, b)[i]))
+            x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
             block = net.blocks[i]
             n = len(record_torch_calls(block, x))
             times_ms = torch_op_times(block, x, n, runs=runs, clock=current_clock())
@@ -372,9 +374,9 @@ def _steps(quick: bool) -> dict[str, Any]:
     from fopt.bench.probes import FULL_BRANCHES, QUICK_BRANCHES
 
     if quick:
-        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50,
+        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50, "passes": 1,
                 "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 3, "chain_sizes": (20_000, 80_000)}
-    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.05, "torch_budget_s": 0.015, "torch_runs": 5, "delta_runs": 300,
+    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.03, "torch_budget_s": 0.015, "torch_runs": 5, "delta_runs": 300, "passes": 2,
             "branches": FULL_BRANCHES, "batches": (1, 8), "runs": 5, "chain_sizes": (50_000, 200_000)}
 
 
@@ -434,6 +436,8 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     backends: dict[str, Any] = {}
     step("kernel classes: torch eager")
     backends["torch-eager/fp32"] = _torch_backend(net, branches, batches, cfg["torch_budget_s"], cfg["torch_runs"])
+    for _ in range(cfg["passes"] - 1):
+        _retime_torch(backends["torch-eager/fp32"]["equations"], net, branches, cfg["torch_runs"])
     backends["torch-eager/fp32"]["run_fixed_s"] = 0.0
     # Per-node times of the Relu chains pin the element-wise class (plus the run's fixed cost,
     # which the fit takes off every equation).
@@ -446,10 +450,12 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
         int8 = str(Path(tmp) / "probe.int8.onnx")
         step("kernel classes: onnxruntime fp32")
         work = Path(tmp)
-        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work)
+        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work,
+                                                    cfg["passes"])
         step("kernel classes: onnxruntime int8")
         probes.quantize_probe(fp32, int8, branches)
-        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work)
+        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work,
+                                                    cfg["passes"])
         l3 = rec["cpu"].get("l3_bytes")
         cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
@@ -470,6 +476,11 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
             b["rate_points"] = rate_points(b["equations"], fit, b["run_fixed_s"])
             for e in b["equations"]:
                 e.pop("model", None)  # a temporary file
+    # The same GEMM at the end as at the start: if the machine's speed changed in between (another
+    # process, frequency), the calibration is suspect and says so.
+    again = probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
+    drift = max(abs(b.ops_per_s / a.ops_per_s - 1) for a, b in zip(gemms, again)) * 100
+    gemms = [max(a, b, key=lambda g: g.ops_per_s) for a, b in zip(gemms, again)]
     gemm = {g.name: g.ops_per_s for g in gemms}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     cal = {
@@ -489,6 +500,7 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
             "per_node_overhead_s": over["onnxruntime_dispatch_s"],
             "source": f"fopt bench --calibrate on {rec['cpu'].get('model')} ({threads} threads), {created}",
         },
+        "stability": {"gemm_change_pct": drift, "stable": drift <= UNSTABLE_PCT},
         "probes": {
             "gemm": [{"name": g.name, "n": g.n, "seconds": g.seconds, "ops_per_s": g.ops_per_s} for g in gemms],
             "bandwidth": {"cache_bytes": cfg["bw_small"], "cache_Bps": bw_cache,

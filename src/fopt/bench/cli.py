@@ -71,6 +71,13 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
         cal = calibrate(device, threads, quick=quick_calibration, clock=clock,
                         on_step=lambda m: note(f"calibrating: {m}"))
         note(f"calibration took {cal['duration_s']:.0f} s; cached in {cal.get('path')}")
+        stab = cal.get("stability") or {}
+        if stab and not stab.get("stable", True):
+            from fopt.console import warn
+
+            warn(f"the GEMM rate changed {stab['gemm_change_pct']:.0f}% between the start and the end of the "
+                 f"calibration: something else was using the CPU; estimates from it are unreliable, "
+                 f"run `fopt bench --calibrate` again on a quiet machine")
         show_calibration = True
     if show_calibration:
         from fopt.bench.calibrate import calibration_rows, require_calibration
