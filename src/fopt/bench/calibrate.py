@@ -1,25 +1,30 @@
 """`fopt bench --calibrate`: measure this machine's effective rates once, fit, and cache them.
 
-What is measured (`fopt.bench.probes`) and what is fitted:
+What is measured (`fopt.bench.probes`, synthetic networks only) and what is derived:
 
 - ``summary``: GEMM rate per precision (the ``peak_flops`` a device spec needs), DRAM and
-  L3-sized memory bandwidth, and the per-node dispatch overhead of each backend. This is what
-  turns the ``cpu`` device of `fopt analyze` into real numbers.
-- ``backends``: for each backend/precision (``onnxruntime/fp32``, ``onnxruntime/int8``,
-  ``torch-eager/fp32``), one fit per kernel class (`fopt.bench.kernels`):
-  ``time = overhead_s + work * sec_per_work``, non-negative, relative (1/t) weights. ONNX Runtime:
-  each probe branch runs alone; its executed nodes (from one profiled run: structure and shapes
-  only) and its unprofiled time make one equation, and `fit_joint` solves all of them at once,
-  so the profiler's own cost per node never enters a fit; ``run_fixed_s`` is the fixed cost of
-  one ``session.run``. Eager: each ATen call of each probe block is replayed and timed alone;
-  ``module_overhead_s`` adds what calling them through ``nn.Module`` costs.
+  cache-sized memory bandwidth, and the per-node dispatch overhead. This is what turns the
+  ``cpu`` device of `fopt analyze` into real numbers. The GEMM is timed again at the end;
+  ``stability`` records the change (another process on the machine shows up there).
+- ``backends``: for ``onnxruntime/fp32``, ``onnxruntime/int8`` and ``torch-eager/fp32``:
+  ``equations``: one per probe (ONNX Runtime: each probe branch cut out of the probe network
+  and run alone, its executed nodes from one profiled run - structure and shapes only - and its
+  *unprofiled* time, fastest of two passes; eager: each ATen call of each probe block, timed
+  inside real forward passes of that block). `fit_joint` solves them all at once for one linear
+  fit per kernel class (``overhead_s + work * sec_per_work``) plus a shared cost per byte beyond
+  the cache (``dram``); probes far slower than the fit predicts are timed once more
+  (`fit_with_retiming`). ``rate_points``: the achieved rate of every probe convolution/GEMM with
+  its shape features, which the estimate looks up by similarity (`fopt.bench.estimate.knn_rate`).
+  ``run_fixed_s``: one ``session.run``'s fixed cost; ``module_overhead_s``: what calling ATen
+  ops through ``nn.Module`` adds per op.
 
 Nothing here is fitted on registry models: the calibration is out of sample for every model it
-is later used to estimate.
+is later used to estimate. Its probe shapes are ordinary CNN layer shapes (some equal layers of
+torchvision models), chosen on a grid; none is measured inside a registry model.
 
 The cache is one JSON file per machine (`fopt.bench.machine.machine_key`: CPU model, CPU count,
 torch/onnxruntime/numpy versions) under ``$FOPT_CACHE_DIR/calibration/`` (default
-``~/.cache/fopt/calibration/``), holding one entry per device and thread count.
+``~/.cache/fopt/calibration/``), holding one entry per device, thread count and clock.
 """
 
 from __future__ import annotations

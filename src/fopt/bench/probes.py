@@ -1,18 +1,17 @@
 """Micro-benchmarks for `fopt bench --calibrate`: small, synthetic, never a registry model.
 
-Four kinds of probe (each one a few tenths of a second):
-
 - GEMM rate per precision: ONNX Runtime MatMul (FP32) and MatMulInteger (u8 x s8, INT8), torch.mm.
-- Memory bandwidth: a numpy copy of an L3-sized and of a DRAM-sized buffer (read + write counted).
+- Memory bandwidth: a numpy copy of a cache-sized and of a DRAM-sized buffer (read + write counted).
 - Dispatch overhead: chains of N element-wise nodes on real-sized tensors (ORT, torch). Tiny
   tensors skip the thread pool and make the per-node cost look 20x too small (MEASURED.md), so the
-  chains run at several sizes and the overhead is the intercept of time per node vs size.
+  chains run at several sizes and the overhead is the intercept of time per node vs size; and
+  what ONNX Runtime's profiler adds per node (`profiler_delta_probe`), shown beside per-layer times.
 - Kernel classes: `ProbeNet`, one synthetic network with many independent branches - dense,
-  stem, pointwise, depthwise (k3/k5, stride 1/2), grouped convolutions, squeeze-and-excitation
-  blocks, SiLU/Hardswish/ReLU activations, residual adds, pooling and classifier GEMMs at the
-  channel/spatial sizes CNN classifiers use. It is exported to ONNX (and quantized to QDQ INT8 the
-  way `fopt optimize` does) and profiled in ONNX Runtime; in eager mode its ATen calls are
-  replayed one by one. Every executed node becomes one point (class, work, time) for the fit.
+  stem, pointwise, depthwise (a grid of spatial sizes, channel counts aligned and not aligned to
+  16, k3/k5, stride 1/2), grouped convolutions, squeeze-and-excitation blocks, SiLU/Hardswish/ReLU
+  activations, residual adds, pooling and classifier GEMMs at the sizes CNN classifiers use;
+  shape-keeping blocks are stacked `REPEAT` deep. It is exported to ONNX (and quantized to QDQ
+  INT8 the way `fopt optimize` does); `fopt.bench.calibrate` times each branch alone.
 """
 
 from __future__ import annotations
