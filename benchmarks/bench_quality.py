@@ -26,7 +26,6 @@ between processes), so run it on a quiet machine and read the spread column.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time

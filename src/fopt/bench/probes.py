@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
 from pathlib import Path
 import time
 import warnings
