@@ -28,6 +28,7 @@ def synthetic_calibration(threads: int = 1) -> dict:
         "backends": {
             "onnxruntime/fp32": {"classes": classes(), "dram": dram(), "run_fixed_s": 1e-5},
             "onnxruntime/int8": {"classes": classes(), "dram": dram(), "run_fixed_s": 1e-5},
-            "torch-eager/fp32": {"classes": classes(), "dram": dram(), "module_overhead_s": 2e-6, "run_fixed_s": 0.0},
+            "torch-eager/fp32": {"classes": classes(), "dram": dram(), "gap": {"per_op_s": 2e-6, "per_byte_s": 0.0},
+                                 "run_fixed_s": 0.0},
         },
     }

@@ -92,7 +92,8 @@ def test_quick_calibration_end_to_end(cache_dir):
         assert all(len(p) == 8 and p[-1] > 0 for p in points["conv_dw"])
     assert "quant" in loaded["backends"]["onnxruntime/int8"]["classes"]
     assert "layout" in loaded["backends"]["onnxruntime/fp32"]["classes"]
-    assert loaded["backends"]["torch-eager/fp32"]["module_overhead_s"] >= 0
+    gap = loaded["backends"]["torch-eager/fp32"]["gap"]
+    assert gap["per_op_s"] >= 0 and gap["per_byte_s"] >= 0
     summary, classes = calib.calibration_rows(loaded)
     assert any(r["quantity"].startswith("GEMM int8") for r in summary) and len(classes) > 20
 

@@ -126,7 +126,11 @@ def test_calibrated_estimate_is_the_sum_of_its_parts():
     assert [n.bound for n in est.nodes] == ["compute", "dram"]  # the Relu pays more for its bytes
     assert excess[0] > 0 and excess[1] > 0  # both move more than the (synthetic) 1 MB cache
     eager = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
-    assert eager.total_ms == pytest.approx((conv_s + relu_s + 2 * 2e-6) * 1e3)   # + module call per op
+    assert eager.total_ms == pytest.approx((conv_s + relu_s + 2 * 2e-6) * 1e3)   # + the gap per op
+    cal["backends"]["torch-eager/fp32"]["gap"]["per_byte_s"] = 1e-11
+    eager2 = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
+    allocated = 2 * 56 * 56 * 64 * 4   # both outputs (neither is an in-place ATen op)
+    assert eager2.total_ms - eager.total_ms == pytest.approx(allocated * 1e-11 * 1e3)
 
 
 def test_missing_class_borrows_and_says_so():
@@ -259,3 +263,16 @@ def test_a_layer_unlike_every_probe_uses_the_linear_fit_and_says_so():
     macs = 56 * 56 * 64 * 64 * 9
     assert est.nodes[0].estimate_ms == pytest.approx((5e-6 + macs * 1e-11 + max(0, classify(a).bytes_moved - 1e6) * 1e-10) * 1e3)
     assert any("no similar probe layer" in n for n in est.notes)
+
+
+def test_fit_gap_separates_per_op_and_per_byte_costs():
+    from fopt.bench.calibrate import fit_gap, output_bytes
+
+    samples = [(n, nb, n * 3e-6 + nb * 2e-12) for n, nb in ((3, 1e5), (3, 4e7), (9, 1e6), (6, 2e8))]
+    gap = fit_gap(samples)
+    assert gap["per_op_s"] == pytest.approx(3e-6, rel=1e-6)
+    assert gap["per_byte_s"] == pytest.approx(2e-12, rel=1e-6)
+    assert fit_gap([]) == {"per_op_s": 0.0, "per_byte_s": 0.0}
+    inplace = ExecNode("r", "relu_", domain="aten", output_shapes=[[1, 8]], output_dtypes=["float"])
+    assert output_bytes(inplace) == 0.0
+    assert output_bytes(ExecNode("r", "relu", domain="aten", output_shapes=[[1, 8]], output_dtypes=["float"])) == 32.0

@@ -15,8 +15,8 @@ What is measured (`fopt.bench.probes`, synthetic networks only) and what is deri
   the cache (``dram``); probes far slower than the fit predicts are timed once more
   (`fit_with_retiming`). ``rate_points``: the achieved rate of every probe convolution/GEMM with
   its shape features, which the estimate looks up by similarity (`fopt.bench.estimate.knn_rate`).
-  ``run_fixed_s``: one ``session.run``'s fixed cost; ``module_overhead_s``: what calling ATen
-  ops through ``nn.Module`` adds per op.
+  ``run_fixed_s``: one ``session.run``'s fixed cost; ``gap`` (eager): what a forward costs beyond
+  its ATen calls, per op and per byte the ops allocate.
 
 Nothing here is fitted on registry models: the calibration is out of sample for every model it
 is later used to estimate. Its probe shapes are ordinary CNN layer shapes (some equal layers of
@@ -260,10 +260,12 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
             "residuals": resid, "used": usable}
 
 
-def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_every: int = 4) -> dict[str, Any]:
+def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_every: int = 2) -> dict[str, Any]:
     """Time every ATen call of every probe block inside real forward passes of that block
-    (`fopt.bench.profile.torch_op_times`, median of `runs`); every `overhead_every`-th block is
-    also timed whole at the first batch size, for what the nn.Module calls add per op."""
+    (`fopt.bench.profile.torch_op_times`, median of `runs`). Every `overhead_every`-th block is
+    also timed whole: what a forward costs beyond its ATen calls - nn.Module calls, and freeing
+    the tensors the calls made (large ones are unmapped, which with several threads means
+    flushing every core's TLB) - is fitted as ``gap``: a cost per op plus a cost per output byte."""
     import torch
 
     from fopt.bench.kernels import classify
@@ -271,7 +273,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
     from fopt.bench.profile import record_torch_calls, torch_op_times
 
     equations: list[dict[str, Any]] = []
-    module_over = []
+    gaps = []   # (ops, output bytes, seconds beyond the ATen calls)
     clock = current_clock()
     with torch.inference_mode():
         for b in batches:
@@ -290,12 +292,35 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
                     equations.append({"probe": c.node.op, "batch": b, "seconds": ms / 1e3, "ops": [c.node.op],
                                       "branch": i, "call": j, "timings": 1,
                                       "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]]})
-                if b == batches[0] and i % overhead_every == 0 and all(t is not None for t in times_ms):
+                if i % overhead_every == 0 and all(t is not None for t in times_ms):
                     block_s = time_callable(lambda: block(x), budget_s)
-                    module_over.append((block_s - sum(times_ms) / 1e3) / max(1, len(calls)))
-    return {"equations": equations,
-            "module_overhead_s": max(0.0, statistics.median(module_over)) if module_over else 0.0,
-            "module_overhead_samples_s": module_over}
+                    gaps.append((len(calls), sum(output_bytes(c.node) for c in calls),
+                                 block_s - sum(times_ms) / 1e3))
+    return {"equations": equations, "gap": fit_gap(gaps), "gap_samples": gaps}
+
+
+def output_bytes(node) -> float:
+    """Bytes a node allocates for its outputs (in-place ATen ops, ``relu_`` etc., allocate none)."""
+    from fopt.bench.kernels import DTYPE_BYTES
+
+    if node.domain == "aten" and node.op.endswith("_"):
+        return 0.0
+    return float(sum(math.prod(sh) * DTYPE_BYTES.get(dt, 4) for sh, dt in zip(node.output_shapes, node.output_dtypes)))
+
+
+def fit_gap(samples: list[tuple[int, float, float]]) -> dict[str, float]:
+    """Non-negative least squares of seconds = ops * per_op_s + bytes * per_byte_s."""
+    from scipy.optimize import nnls
+
+    if not samples:
+        return {"per_op_s": 0.0, "per_byte_s": 0.0}
+    a = np.array([[n, nbytes] for n, nbytes, _ in samples], dtype=float)
+    y = np.array([max(0.0, sec) for _, _, sec in samples])
+    scale = np.linalg.norm(a, axis=0)
+    scale[scale == 0] = 1.0
+    x, _ = nnls(a / scale, y)
+    x = x / scale
+    return {"per_op_s": float(x[0]), "per_byte_s": float(x[1])}
 
 
 def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int) -> None:
@@ -626,8 +651,11 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         summary.append({"quantity": "onnxruntime profiler cost per node", "value": _us(over["profiler"]["delta_s"]),
                         "unit": "us"})
     for key, b in cal.get("backends", {}).items():
-        if "module_overhead_s" in b:
-            summary.append({"quantity": f"{key} nn.Module call per op", "value": _us(b["module_overhead_s"]),
+        if "gap" in b:
+            summary.append({"quantity": f"{key} cost per op beyond its ATen call", "value": _us(b["gap"]["per_op_s"]),
+                            "unit": "us"})
+            summary.append({"quantity": f"{key} cost per MB allocated (freeing, unmapping)",
+                            "value": _us(b["gap"]["per_byte_s"] * 2 ** 20),
                             "unit": "us"})
     classes = []
     for key, b in cal.get("backends", {}).items():

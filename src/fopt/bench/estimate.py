@@ -19,7 +19,8 @@
   node pays once its tensors outgrow the cache (half the L3), fitted with the rest. It is added
   rather than taken as ``max(compute, bytes / bandwidth)``: on the probes, large activations
   cost on top of the arithmetic, not instead of it. The model's time is the sum over nodes, plus the
-  backend's fixed cost per run (ONNX Runtime) or the ``nn.Module`` call cost per op (eager).
+  backend's fixed cost per run (ONNX Runtime) or, in eager mode, what a forward costs beyond its
+  ATen calls (module calls, and freeing what each op allocated: a cost per op and per byte).
   For ONNX Runtime the executed graph and its shapes come from one short profiled run whose
   *times are not used*.
 
@@ -182,7 +183,12 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
         nodes.append(NodeEstimate(node.name, node.op, nw.kernel_class, used, nw.work, nw.macs,
                                   nw.bytes_moved, sec * 1e3, bound, node.measured_ms, nw.unknown))
     n = len(nodes)
-    fixed_s = backend.get("run_fixed_s", 0.0) + n * backend.get("module_overhead_s", 0.0)
+    fixed_s = backend.get("run_fixed_s", 0.0)
+    gap = backend.get("gap")
+    if gap:  # eager: module calls and freeing what each op allocated (`calibrate._torch_backend`)
+        from fopt.bench.calibrate import output_bytes
+
+        fixed_s += n * gap["per_op_s"] + sum(output_bytes(node) for node in graph.nodes) * gap["per_byte_s"]
     total_ms = sum(x.estimate_ms for x in nodes) + fixed_s * 1e3
     for cls, used in sorted(borrowed.items()):
         notes.append(f"class {cls} not calibrated, used {used}")
