@@ -252,3 +252,20 @@ def set_onnx_card(proto: Any, card: dict[str, Any]) -> None:
     for k, v in keep:
         proto.metadata_props.add(key=k, value=v)
     proto.metadata_props.add(key=ONNX_CARD_KEY, value=json.dumps(card, default=_json_default))
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a completely written folder `tmp` onto `final`, replacing any previous one.
+
+    The old folder is renamed aside first, so `final` is never a half-written tree.
+    """
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old.{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)

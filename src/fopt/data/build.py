@@ -459,14 +459,9 @@ def _write_fmnist_pngs(out: Path, cands: list[Candidate]) -> None:
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(save, cands))
-        final = out / "images"
-        if final.exists():
-            old = out / f".images.old.{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        from fopt.artifacts import replace_dir
+
+        replace_dir(tmp, out / "images")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
