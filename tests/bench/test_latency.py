@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,6 +158,7 @@ def test_measure_artifact_on_a_fake_clock(bench_dir):
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert rows[0]["backend"] == "onnxruntime" and rows[0]["precision"] == "fp32"
     assert rows[0]["stop_reason"] == "stable" and len(rows[0]["samples_s"]) == 80
+    assert rows[0]["page_faults"] is not None and rows[0]["page_faults"] >= 0  # counted after the timed loop
     assert rows[0]["samples_s"] == [pytest.approx(0.0005)] * 80
 
 
@@ -175,6 +177,28 @@ def test_failing_rows_are_recorded_and_the_run_goes_on(bench_dir):
     assert len(res.failed) == 3
     d = status[("tiny_static.onnx", 3)].to_dict()
     assert d["latency_ms"] is None and d["error"]
+
+
+def test_processes_run_in_rounds_over_artifacts_and_pool_per_artifact(monkeypatch):
+    import fopt.bench.run as run
+
+    calls = []
+
+    def fake(path, *, device, batch_sizes, threads, rule, clock):
+        calls.append(Path(path).name)
+        k = sum(c == Path(path).name for c in calls)  # this artifact's k-th process
+        ms = {"a.onnx": 1.0, "b.onnx": 4.0}[Path(path).name] * (2 if k == 2 else 1)  # one slow process
+        return [{"batch_size": b, "status": "ok", "error": None, "backend": "onnxruntime", "precision": "fp32",
+                 "samples_s": [ms / 1e3] * 10, "stop_reason": "time", "warmup_iters": 1, "timer": "wall",
+                 "h2d_ms": None} for b in batch_sizes]
+
+    monkeypatch.setattr(run, "_measure_in_subprocess", fake)
+    res = run.bench_artifacts(["x/a.onnx", "x/b.onnx"], batch_sizes=[1], threads=1, processes=3, estimate=False)
+    assert calls == ["a.onnx", "b.onnx"] * 3
+    a, b = res.results
+    assert a.to_dict()["process_p50_ms"] == pytest.approx([1.0, 2.0, 1.0])
+    assert b.to_dict()["process_p50_ms"] == pytest.approx([4.0, 8.0, 4.0])
+    assert a.to_dict()["spread_pct"] == pytest.approx(100.0) and a.p50 == pytest.approx(1.0)
 
 
 def test_every_backend_gets_the_same_input():

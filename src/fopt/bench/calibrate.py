@@ -17,6 +17,9 @@ What is measured (`fopt.bench.probes`, synthetic networks only) and what is deri
   its shape features, which the estimate looks up by similarity (`fopt.bench.estimate.knn_rate`).
   ``run_fixed_s``: one ``session.run``'s fixed cost; ``gap`` (eager): what a forward costs beyond
   its ATen calls, per op and per byte the ops allocate.
+- ``probes.page_faults``: the cost of one page fault (`fopt.bench.faults.page_fault_probe`). The
+  bench counts the faults of each measured row in its measuring processes and adds them at this
+  price to the calibrated estimate: a count from the measured run, never a timing of it.
 
 Nothing here is fitted on registry models: the calibration is out of sample for every model it
 is later used to estimate. Its probe shapes are ordinary CNN layer shapes (some equal layers of
@@ -260,14 +263,15 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
             "residuals": resid, "used": usable}
 
 
-def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_every: int = 2) -> dict[str, Any]:
+def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_every: int = 2,
+                   fault_price_s: float | None = None) -> dict[str, Any]:
     """Time every ATen call of every probe block inside real forward passes of that block
     (`fopt.bench.profile.torch_op_times`, median of `runs`). Every `overhead_every`-th block is
     also timed whole: what a forward costs beyond its ATen calls - nn.Module calls, and freeing
-    the tensors the calls made (large ones are unmapped, which with several threads means
-    flushing every core's TLB) - is fitted as ``gap``: a cost per op plus a cost per output byte."""
+    the tensors the calls made - is fitted as ``gap``: a cost per op plus a cost per output byte."""
     import torch
 
+    from fopt.bench.faults import faults_per_run
     from fopt.bench.kernels import classify
     from fopt.bench.probes import current_clock, probe_inputs, time_callable
     from fopt.bench.profile import record_torch_calls, torch_op_times
@@ -278,13 +282,11 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
     with torch.inference_mode():
         for b in batches:
             for i, block in enumerate(net.blocks):
-                # One input at a time, as a model holds only its live activations: holding every
-                # probe's input at once grows the C heap so much that large tensors stop
-                # page-faulting, while in a model's own process they fault on every call (an
-                # 8x difference for batch-8 activations of tens of MB).
+                # One input at a time, as a model holds only its live activations. (Page faults
+                # are kept out of these timings by the caller: `faults.freed_memory_kept`.)
                 x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
                 calls = record_torch_calls(block, x)
-                times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock)
+                times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock, fault_price_s=fault_price_s)
                 for j, (c, ms) in enumerate(zip(calls, times_ms)):
                     if ms is None:
                         continue
@@ -294,6 +296,8 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
                                       "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]]})
                 if i % overhead_every == 0 and all(t is not None for t in times_ms):
                     block_s = time_callable(lambda: block(x), budget_s)
+                    if fault_price_s:
+                        block_s -= (faults_per_run(lambda: block(x)) or 0.0) * fault_price_s
                     gaps.append((len(calls), sum(output_bytes(c.node) for c in calls),
                                  block_s - sum(times_ms) / 1e3))
     return {"equations": equations, "gap": fit_gap(gaps), "gap_samples": gaps}
@@ -323,7 +327,8 @@ def fit_gap(samples: list[tuple[int, float, float]]) -> dict[str, float]:
     return {"per_op_s": float(x[0]), "per_byte_s": float(x[1])}
 
 
-def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int) -> None:
+def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
+                  fault_price_s: float | None = None) -> None:
     """Time the blocks of these equations again in situ; keeps each call's fastest timing."""
     import torch
 
@@ -338,7 +343,7 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int) -> 
             x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
             block = net.blocks[i]
             n = len(record_torch_calls(block, x))
-            times_ms = torch_op_times(block, x, n, runs=runs, clock=current_clock())
+            times_ms = torch_op_times(block, x, n, runs=runs, clock=current_clock(), fault_price_s=fault_price_s)
             for e in eqs:
                 ms = times_ms[e["call"]] if e["call"] < len(times_ms) else None
                 if ms is not None:
@@ -464,14 +469,21 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     step("dispatch overhead")
     over = probes.overhead_probes(threads, cfg["budget_s"] * 2, sizes=cfg["chain_sizes"])
     over["profiler"] = probes.profiler_delta_probe(threads, runs=cfg["delta_runs"])
+    step("page fault cost")
+    from fopt.bench.faults import page_fault_probe
+
+    page_faults = page_fault_probe(threads, clock=probes.current_clock())
 
     branches, batches = cfg["branches"], cfg["batches"]
     net = probes.build_probenet(branches)
     backends: dict[str, Any] = {}
     step("kernel classes: torch eager")
-    backends["torch-eager/fp32"] = _torch_backend(net, branches, batches, cfg["torch_budget_s"], cfg["torch_runs"])
-    # one pass: batch-8 eager probes page-fault like the models do and are slow; the outliers
-    # are timed again after the fit
+    # Compute only: which pages a model faults depends on its whole allocation sequence, so the
+    # bench counts them in the measured run and prices them apart (`page_faults` above); the
+    # probes' own faults are taken off their timings at that price.
+    fault_price = page_faults.get("seconds_per_fault")
+    backends["torch-eager/fp32"] = _torch_backend(net, branches, batches, cfg["torch_budget_s"], cfg["torch_runs"],
+                                                  fault_price_s=fault_price)
     backends["torch-eager/fp32"]["run_fixed_s"] = 0.0
     # Per-node times of the Relu chains pin the element-wise class (plus the run's fixed cost,
     # which the fit takes off every equation).
@@ -496,7 +508,7 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
             backends[key]["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
         step("fitting (and timing outliers again)")
         retimers = {
-            "torch-eager/fp32": lambda eqs: _retime_torch(eqs, net, branches, cfg["torch_runs"]),
+            "torch-eager/fp32": lambda eqs: _retime_torch(eqs, net, branches, cfg["torch_runs"], fault_price),
             "onnxruntime/fp32": lambda eqs: _retime_ort([e for e in eqs if "model" in e], branches, threads,
                                                         cfg["budget_s"]),
             "onnxruntime/int8": lambda eqs: _retime_ort([e for e in eqs if "model" in e], branches, threads,
@@ -540,6 +552,7 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
             "bandwidth": {"cache_bytes": cfg["bw_small"], "cache_Bps": bw_cache,
                           "dram_bytes": cfg["bw_large"], "dram_Bps": bw_dram},
             "overhead": over,
+            "page_faults": page_faults,
             "probe_branches": len(branches),
             "batches": list(batches),
         },
@@ -647,6 +660,10 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         {"quantity": "onnxruntime session.run fixed", "value": _us(over.get("onnxruntime_run_fixed_s")), "unit": "us"},
         {"quantity": "torch eager dispatch per module", "value": _us(over.get("torch_dispatch_s")), "unit": "us"},
     ]
+    pf = cal.get("probes", {}).get("page_faults") or {}
+    if pf.get("seconds_per_fault") is not None:
+        summary.append({"quantity": "page fault (first touch of a fresh 4 KiB page)",
+                        "value": _us(pf["seconds_per_fault"]), "unit": "us"})
     if over.get("profiler"):
         summary.append({"quantity": "onnxruntime profiler cost per node", "value": _us(over["profiler"]["delta_s"]),
                         "unit": "us"})

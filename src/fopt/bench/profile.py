@@ -301,14 +301,21 @@ def torch_exec_graph(model: Any, batch: Any, backend: str = "torch-eager") -> Ex
 
 
 def torch_op_times(model: Any, batch: Any, n_calls: int, runs: int = 3,
-                   clock: Callable[[], float] = time.perf_counter) -> list[float | None]:
+                   clock: Callable[[], float] = time.perf_counter,
+                   fault_price_s: float | None = None) -> list[float | None]:
     """Measured ms of each top-level ATen call (in execution order), median over `runs` passes.
 
     A dispatch mode times each call as it runs inside the real forward pass (same inputs, same
     cache state as in the model); its own bookkeeping happens outside the timed call. Returns
-    `n_calls` values (None where a pass recorded a different number of calls)."""
+    `n_calls` values (None where a pass recorded a different number of calls). With
+    `fault_price_s`, each call's page faults (counted around it) are taken off at that price:
+    the compute time alone (`fopt.bench.faults`)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fopt.bench.faults import minor_faults
+
+    count = fault_price_s is not None and minor_faults() is not None
 
     class _Timer(TorchDispatchMode):
         def __init__(self):
@@ -316,9 +323,13 @@ def torch_op_times(model: Any, batch: Any, n_calls: int, runs: int = 3,
             self.times: list[float] = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            f0 = minor_faults() if count else 0
             t0 = clock()
             out = func(*args, **(kwargs or {}))
-            self.times.append(clock() - t0)
+            dt = clock() - t0
+            if count:
+                dt = max(0.0, dt - (minor_faults() - f0) * fault_price_s)  # type: ignore[operator]
+            self.times.append(dt)
             return out
 
     per_run: list[list[float]] = []

@@ -12,7 +12,7 @@ CSV_COLUMNS = ["artifact", "backend", "precision", "batch_size", "status", "erro
                "throughput_ips", "estimate_ms.naive", "estimate_ms.roofline", "estimate_ms.calibrated",
                "error_pct.naive", "error_pct.roofline", "error_pct.calibrated",
                "device", "threads", "processes", "spread_pct", "n_samples", "n_clipped", "stop_reason",
-               "h2d_ms", "timer"]
+               "h2d_ms", "timer", "page_faults_per_run"]
 
 
 def _with_err(est: float | None, err: float | None) -> str:

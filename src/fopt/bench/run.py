@@ -5,8 +5,8 @@ and threads for all), then estimated, so estimation work (analysis, a short prof
 overlaps timing. A row that fails (unloadable artifact, unsupported batch size, backend error)
 is recorded with ``status: "error"`` and its message; the run goes on.
 
-With ``processes=K > 1`` each artifact is measured in K fresh Python processes, one after the
-other, and the row pools their samples (`fopt.bench.latency.combine`): ``process_p50_ms`` lists
+With ``processes=K > 1`` each artifact is measured in K fresh Python processes, in K rounds over
+all artifacts (so the processes of one artifact are spread over the run), and the row pools their samples (`fopt.bench.latency.combine`): ``process_p50_ms`` lists
 each process's median and ``spread_pct`` their ``max/min - 1``. On shared virtual machines the
 spread between processes is often far larger than within one (MEASURED.md).
 """
@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from fopt.bench.faults import faults_per_run
 from fopt.bench.latency import (Clock, CudaEventTimer, StopRule, WallTimer, check_clock, combine,
                                 get_clock, measure, summarize, throughput_ips)
 from fopt.errors import FoptError, UsageError
@@ -57,6 +58,7 @@ class BenchRow:
     error: str | None = None
     stats: Any = None                      # LatencyStats
     h2d_ms: float | None = None            # CUDA: host-to-device copy of the batch, timed apart
+    page_faults: float | None = None       # CPU: minor page faults per call (median; `fopt.bench.faults`)
     timer: str = "wall"
     processes: int = 1
     estimate_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ESTIMATE_KEYS))
@@ -88,7 +90,7 @@ class BenchRow:
             "estimate_ms": dict(self.estimate_ms), "error_pct": self.error_pct(),
             "status": self.status, "error": self.error,
             "device": self.device, "threads": self.threads, "timer": self.timer,
-            "h2d_ms": self.h2d_ms, "processes": self.processes,
+            "h2d_ms": self.h2d_ms, "processes": self.processes, "page_faults_per_run": self.page_faults,
         }
         if s is not None:
             d.update({"min_ms": s.min, "max_ms": s.max, "n_samples": s.n, "n_clipped": s.n_clipped,
@@ -159,8 +161,9 @@ def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int
                 else:
                     timer, timer_name = WallTimer(step, runner.synchronize, clock), clock_label
                 loop = measure(timer, rule, clock)
+                faults = faults_per_run(step) if runner.device == "cpu" else None
                 row.update(status="ok", error=None, samples_s=loop.samples_s, stop_reason=loop.stop_reason,
-                           warmup_iters=loop.warmup_iters, timer=timer_name, h2d_ms=h2d_ms)
+                           warmup_iters=loop.warmup_iters, timer=timer_name, h2d_ms=h2d_ms, page_faults=faults)
             except Exception as e:  # one failing row is recorded; the others still run
                 row.update(status="error", error=_one_line(e))
             out.append(row)
@@ -220,6 +223,8 @@ def _rows_from_measurements(path: str, device: str, threads: int, runs: list[lis
         row.timer = ok[0].get("timer", "wall")
         h2d = [p["h2d_ms"] for p in ok if p.get("h2d_ms") is not None]
         row.h2d_ms = float(np.median(h2d)) if h2d else None
+        faults = [p["page_faults"] for p in ok if p.get("page_faults") is not None]
+        row.page_faults = float(np.median(faults)) if faults else None
         if len(ok) == 1:
             row.stats = summarize(ok[0]["samples_s"], stop_reason=ok[0]["stop_reason"],
                                   warmup_iters=ok[0]["warmup_iters"])
@@ -368,12 +373,38 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, 
         row.estimate_ms["calibrated"] = ce.total_ms
         row.estimate_detail = ce.to_dict()
         row.estimate_notes += ce.notes
+        _price_page_faults(row, cal)
     else:
         row.estimate_notes.append(f"calibrated: no calibration for {key}")
     if per_layer and runner.device != "cpu":
         row.estimate_notes.append("per-layer: only on CPU (GPU kernels run asynchronously)")
     elif per_layer:
         row.layers = _layers(row, runner, graph, ce, batch, clock=cpu_clock or time.perf_counter)
+
+
+def _price_page_faults(row: BenchRow, cal: dict[str, Any]) -> None:
+    """Add the page faults counted in the measured run, at the calibrated cost per fault.
+
+    The count comes from the measuring processes (getrusage), not from a timing: which pages
+    fault depends on the allocator's state over the whole forward pass (`fopt.bench.faults`)."""
+    per_fault = ((cal.get("probes") or {}).get("page_faults") or {}).get("seconds_per_fault")
+    if row.page_faults is None or row.estimate_ms.get("calibrated") is None:
+        return
+    if per_fault is None:
+        if row.page_faults > 0:
+            row.estimate_notes.append("calibrated: page faults not priced (calibration predates it; "
+                                      "run `fopt bench --calibrate` again)")
+        return
+    ms = row.page_faults * per_fault * 1e3
+    row.estimate_ms["calibrated"] += ms
+    row.estimate_detail.update(page_faults_per_run=row.page_faults, page_faults_ms=ms,
+                               total_ms=row.estimate_ms["calibrated"])
+    p50 = row.p50
+    if p50 and ms > 0.1 * p50:
+        row.estimate_notes.append(
+            f"page faults: {row.page_faults:.0f} per run, about {ms:.3g} ms ({100 * ms / p50:.0f}% of the measured "
+            f"p50): freed activations go back to the OS and are faulted in again (glibc malloc); "
+            f"MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ or jemalloc avoid it")
 
 
 def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray,
@@ -444,15 +475,25 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     machine = machine_record(gpu=device == "cuda")
 
     rows: list[BenchRow] = []
-    for path in paths:
-        say(f"measuring {path}")
-        if processes == 1:
+    if processes == 1:
+        for path in paths:
+            say(f"measuring {path}")
             runs = [measure_artifact(path, device=device, batch_sizes=batch_sizes, threads=threads,
                                      rule=rule, clock=clock)]
-        else:
-            runs = [_measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
-                                           threads=threads, rule=rule, clock=clock_name) for _ in range(processes)]
-        rows += _rows_from_measurements(str(path), device, threads, runs, batch_sizes)
+            rows += _rows_from_measurements(str(path), device, threads, runs, batch_sizes)
+    else:
+        # Rounds over all artifacts rather than K processes back to back: a slow spell of a
+        # shared (or virtualised) machine then lands on one process of several artifacts, which
+        # the spread column shows, instead of on every process of one artifact, which no
+        # statistic can detect.
+        runs_by_path: dict[int, list[list[dict[str, Any]]]] = {i: [] for i in range(len(paths))}
+        for k in range(processes):
+            for i, path in enumerate(paths):
+                say(f"measuring {path} (process {k + 1}/{processes})")
+                runs_by_path[i].append(_measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
+                                                              threads=threads, rule=rule, clock=clock_name))
+        for i, path in enumerate(paths):
+            rows += _rows_from_measurements(str(path), device, threads, runs_by_path[i], batch_sizes)
 
     cal = None
     if estimate or per_layer:
