@@ -137,6 +137,14 @@ def test_combine_reports_spread_between_processes():
     assert s.n == 40 and s.stop_reason == "stable,time"
 
 
+def test_combine_weighs_every_process_the_same():
+    fast = [0.001] * 90           # one process three times as fast leaves three times the samples
+    slow = [0.004] * 30
+    s = combine([fast, slow, slow])
+    assert s.n == 90 and s.p50 == pytest.approx(4.0)   # two processes of three were slow
+    assert s.process_p50 == pytest.approx([1.0, 4.0, 4.0])
+
+
 @pytest.mark.parametrize("kwargs", [{"min_time_s": 0}, {"min_iters": 0}, {"min_iters": 5, "max_iters": 2},
                                     {"warmup_iters": -1}])
 def test_bad_stop_rule_is_a_usage_error(kwargs):

@@ -167,11 +167,17 @@ def summarize(samples_s: Sequence[float], *, clip_sigma: float = 3.0, stop_reaso
 
 def combine(per_process_samples_s: Sequence[Sequence[float]], *, stop_reasons: Sequence[str] = (),
             clip_sigma: float = 3.0) -> LatencyStats:
-    """Pool several processes' samples; keep each process's p50 and the spread across them."""
+    """Pool several processes' samples, each process weighing the same; keep each process's p50
+    and the spread across them.
+
+    Every process runs for the same time budget, so a fast one leaves more samples; pooled as
+    they are, one fast process out of three would set the p50. Each process therefore gives the
+    same number of samples (the fewest any gave, evenly spaced over its run)."""
     runs = [list(s) for s in per_process_samples_s if s]
     if not runs:
         raise ValueError("no samples to combine")
-    pooled = [v for run in runs for v in run]
+    k = min(len(run) for run in runs)
+    pooled = [run[(i * len(run)) // k] for run in runs for i in range(k)]
     stats = summarize(pooled, clip_sigma=clip_sigma, stop_reason=",".join(sorted(set(stop_reasons))))
     stats.process_p50 = [summarize(run, clip_sigma=clip_sigma).p50 for run in runs]
     lo, hi = min(stats.process_p50), max(stats.process_p50)
