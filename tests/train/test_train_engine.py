@@ -205,3 +205,39 @@ def test_existing_run_is_not_overwritten_without_force(trained_run, tmp_path):
     res = CliRunner().invoke(cli, ["train", "--data", cfg.data, "--model", "tiny",
                                    "--out", str(result.run_dir), "--experiments", str(tmp_path / "e.csv")])
     assert res.exit_code == 2 and "already holds a run" in res.output and "--resume" in res.output
+
+
+def test_precise_bn_replaces_lagging_running_statistics_by_the_data_average():
+    import torch
+
+    from fopt.train.engine import recompute_bn_stats
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, momentum=0.01),
+                              torch.nn.BatchNorm2d(4))
+    frozen = net[2]
+    frozen.eval()                                  # as frozen_norm_eval leaves a frozen layer
+    frozen.running_mean.fill_(7.0)
+    images = [torch.randn(8, 3, 5, 5) * 3 + 2 for _ in range(4)]
+    with torch.no_grad():
+        conv_out = torch.cat([net[0](x) for x in images])
+    want_mean = conv_out.mean(dim=(0, 2, 3))
+    want_var = conv_out.var(dim=(0, 2, 3), unbiased=True)
+    net[1].train()
+    assert not torch.allclose(net[1].running_mean, want_mean, atol=0.1)  # still near its init (0)
+
+    n = recompute_bn_stats(net, [(x, torch.zeros(8)) for x in images], torch.device("cpu"))
+    assert n == 1
+    # equal-size batches: the average of the per-batch statistics is the data's mean; the
+    # variance is the average of the per-batch (unbiased) variances, close to the data's
+    assert torch.allclose(net[1].running_mean, want_mean, atol=1e-5)
+    assert torch.allclose(net[1].running_var, want_var, rtol=0.1)
+    assert net[1].momentum == 0.01                 # restored
+    assert torch.all(frozen.running_mean == 7.0)   # eval-mode (frozen) BatchNorm untouched
+
+
+def test_precise_bn_option_is_validated():
+    from fopt.train.config import TrainConfig
+
+    with pytest.raises(UsageError, match="--precise-bn"):
+        TrainConfig(data="d", model="tiny", out="o", precise_bn=-1).validate()

@@ -19,7 +19,7 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
 # CLI option name -> TrainConfig field, for the options that feed the config.
 _CONFIG_OPTIONS = ("data", "model", "out", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
                    "scheduler", "img_size", "augment", "dropout", "freeze_backbone", "pretrained",
-                   "amp", "sync_bn", "seed", "device", "workers", "val_split", "top_losses",
+                   "amp", "sync_bn", "precise_bn", "seed", "device", "workers", "val_split", "top_losses",
                    "experiments", "dist_timeout_s")
 
 
@@ -50,6 +50,9 @@ _CONFIG_OPTIONS = ("data", "model", "out", "epochs", "batch_size", "lr", "optimi
               help="Mixed precision with gradient scaling (default: on for CUDA, off on CPU).")
 @click.option("--sync-bn", is_flag=True,
               help="SyncBatchNorm across torchrun processes (CUDA only).")
+@click.option("--precise-bn", type=int, default=_DEFAULTS["precise_bn"], show_default=True,
+              help="Training images (without augmentation) that recompute BatchNorm statistics before "
+                   "each validation; 0 keeps the running averages.")
 @click.option("--seed", type=int, default=_DEFAULTS["seed"], show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=_DEFAULTS["device"],
               show_default=True)

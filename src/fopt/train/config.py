@@ -41,6 +41,8 @@ class TrainConfig:
     pretrained: str | None = None  # None (random init) | "imagenet" | path to a state-dict file
     amp: bool | None = None        # mixed precision + gradient scaling; None = on for CUDA only
     sync_bn: bool = False          # SyncBatchNorm across DDP processes (CUDA only in torch)
+    precise_bn: int = 512          # training images (no augmentation) that recompute BatchNorm
+                                   # statistics before each validation; 0 = keep the running ones
     seed: int = 0                  # one seed for init, data order, augmentation and dropout
     device: str = "auto"           # auto (CUDA if present) | cpu | cuda
     workers: int = 2               # DataLoader worker processes per training process; 0 = inline
@@ -68,6 +70,8 @@ class TrainConfig:
             raise UsageError(f"--img-size must be >= 16 px, got {self.img_size}")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0, got {self.workers}")
+        if self.precise_bn < 0:
+            raise UsageError(f"--precise-bn must be >= 0, got {self.precise_bn}")
         if self.top_losses < 0:
             raise UsageError(f"--top-losses must be >= 0, got {self.top_losses}")
         if self.dist_timeout_s < 1:
