@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fopt.bench.calibrate import fit_joint
@@ -276,3 +277,34 @@ def test_fit_gap_separates_per_op_and_per_byte_costs():
     inplace = ExecNode("r", "relu_", domain="aten", output_shapes=[[1, 8]], output_dtypes=["float"])
     assert output_bytes(inplace) == 0.0
     assert output_bytes(ExecNode("r", "relu", domain="aten", output_shapes=[[1, 8]], output_dtypes=["float"])) == 32.0
+
+
+def test_integer_mac_share_tells_dynamic_from_static_int8():
+    from fopt.bench.estimate import integer_mac_share
+
+    body = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])
+    head = ExecNode(name="fc", op="MatMulInteger", input_shapes=[[1, 512], [512, 10]], input_dtypes=["uint8", "int8"],
+                    output_shapes=[[1, 10]], output_dtypes=["int32"], attrs={})
+    qbody = conv([1, 56, 56, 64], [64, 64, 3, 3], [1, 56, 56, 64], dtypes=("uint8", "int8"),
+                 weight_in_inputs=False, op="QLinearConv")
+    dynamic = integer_mac_share(_graph([body, head]))   # quantize_dynamic of MatMul/Gemm only
+    assert 0 < dynamic < 0.01
+    assert integer_mac_share(_graph([qbody, head])) == pytest.approx(1.0)
+    assert integer_mac_share(_graph([])) is None
+
+
+def test_torchscript_graph_is_recorded_after_its_optimizer_settles(bench_dir, tmp_path):
+    from fopt.bench.estimate import exec_graph_for
+    from fopt.export import export_checkpoint
+    from fopt.runtime.base import open_runner
+
+    ts = export_checkpoint(bench_dir / "tiny.pt", ("torchscript",), tmp_path, log=lambda s: None)[0].path
+    batch = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    graphs = {}
+    for path in (bench_dir / "tiny.pt", ts):
+        runner = open_runner(path, device="cpu", threads=1)
+        runner.load()
+        graphs[runner.backend] = exec_graph_for(runner, batch)
+    ops = {k: [n.op for n in g.nodes] for k, g in graphs.items()}
+    assert "equal" not in ops["torchscript"]
+    assert len(ops["torchscript"]) <= len(ops["torch-eager"])
