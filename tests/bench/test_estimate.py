@@ -308,3 +308,26 @@ def test_torchscript_graph_is_recorded_after_its_optimizer_settles(bench_dir, tm
     ops = {k: [n.op for n in g.nodes] for k, g in graphs.items()}
     assert "equal" not in ops["torchscript"]
     assert len(ops["torchscript"]) <= len(ops["torch-eager"])
+
+
+def test_no_convolution_is_estimated_faster_than_the_gemm_peak():
+    from bench_testutil import synthetic_calibration
+
+    from fopt.bench.estimate import peak_mac_rate
+
+    cal = synthetic_calibration()
+    a = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])
+    feats = classify(a).features
+    macs = 56 * 56 * 64 * 64 * 9
+    # a probe layer "measured" at 1000 TMAC/s: a profiling artefact, far beyond any GEMM
+    cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*feats, 1e15], [*feats, 1e15]]}
+    cal.setdefault("probes", {})["gemm"] = [{"name": "onnxruntime/fp32", "n": 1024, "ops_per_s": 2e11},
+                                             {"name": "onnxruntime/int8", "n": 1024, "ops_per_s": 8e11}]
+    assert peak_mac_rate(cal, "fp32") == pytest.approx(1e11)
+    assert peak_mac_rate(cal, "int8") == pytest.approx(4e11)
+    est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
+    assert est.nodes[0].estimate_ms == pytest.approx(macs / 1e11 * 1e3)
+    assert est.nodes[0].bound == "compute (GEMM peak)"
+    del cal["probes"]["gemm"]                      # without a GEMM probe there is no cap
+    assert calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32").nodes[0].estimate_ms == pytest.approx(
+        macs / 1e15 * 1e3)

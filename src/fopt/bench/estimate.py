@@ -139,19 +139,30 @@ def knn_rate(points: list[list[float]], features: tuple[float, ...], k: int = KN
     return math.exp(log_rate)
 
 
+def peak_mac_rate(cal: dict[str, Any], precision: str) -> float | None:
+    """The fastest GEMM of this precision the calibration measured, in MAC/s (None if none)."""
+    rates = [g["ops_per_s"] / 2.0 for g in (cal.get("probes") or {}).get("gemm", [])
+             if g.get("name", "").endswith("/" + precision) and g.get("ops_per_s")]
+    return max(rates) if rates else None
+
+
 def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | None = None,
-                 points: dict[str, list] | None = None) -> tuple[float, str, str]:
+                 points: dict[str, list] | None = None, max_rate: float | None = None) -> tuple[float, str, str]:
     """(seconds, class used, bound) of one node.
 
     Convolutions and GEMMs with probe layers of their class: work / the achieved rate of the
-    most similar probe layers (`knn_rate`). Everything else: overhead + work/rate + bytes beyond
-    the cache at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
+    most similar probe layers (`knn_rate`), never above `max_rate` (the machine's GEMM peak at
+    this precision: a probe layer timed "faster" than that is a profiling artefact, such as a
+    small node whose time the profiler gave to its neighbours). Everything else: overhead +
+    work/rate + bytes beyond the cache at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
     from fopt.bench.kernels import COMPUTE_CLASSES
 
     far = False
     if points and nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and len(points.get(nw.kernel_class) or []) >= 2:
         rate = knn_rate(points[nw.kernel_class], nw.features)
         if rate:
+            if max_rate and rate > max_rate:
+                return nw.work / max_rate, nw.kernel_class, "compute (GEMM peak)"
             return nw.work / rate, nw.kernel_class, "compute"
         far = True
     used, fit = _resolve_fit(fits, nw.kernel_class)
@@ -187,9 +198,10 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     borrowed: dict[str, str] = {}
     unknown: dict[str, int] = {}
     unlike: dict[str, int] = {}
+    max_rate = peak_mac_rate(cal, key.rsplit("/", 1)[-1])
     for node in graph.nodes:
         nw = classify(node)
-        sec, used, bound = predict_node(nw, fits, dram, backend.get("rate_points"))
+        sec, used, bound = predict_node(nw, fits, dram, backend.get("rate_points"), max_rate)
         if used.endswith("no similar probe layer)"):
             unlike[nw.kernel_class] = unlike.get(nw.kernel_class, 0) + 1
         elif used != nw.kernel_class:
