@@ -101,6 +101,10 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
                              per_layer=per_layer, on_progress=lambda m: note(m))
     data = result.to_dict()
     report.print_result(data, top=top)
+    if data["settings"].get("busy_warning"):
+        from fopt.console import warn
+
+        warn(data["settings"]["busy_warning"])
     report.write_outputs(data, json_path=json_path, csv_path=csv_path)
     if plot_dir:
         from fopt.bench.plots import plot_all

@@ -156,3 +156,43 @@ def default_threads() -> int:
     usable = usable_cpus()
     cores = physical_cores() or usable
     return max(1, min(usable, cores))
+
+
+def _cpu_jiffies(stat_path: str | Path) -> tuple[int, int] | None:
+    """(busy, total) jiffies over all CPUs from /proc/stat (None where there is none)."""
+    try:
+        first = Path(stat_path).read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    vals = [int(v) for v in first[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)          # idle + iowait
+    total = sum(vals[:8])                                      # guest time is already in user
+    return total - idle, total
+
+
+def cpus_busy(window_s: float = 0.3, stat_path: str | Path = "/proc/stat", cpus: int | None = None,
+              sleep=None) -> float | None:
+    """How many CPUs other work keeps busy right now (averaged over `window_s`); None off Linux.
+
+    The load average is not used: it trails by minutes, so it still counts a training run that
+    has just finished."""
+    import time
+
+    a = _cpu_jiffies(stat_path)
+    (sleep or time.sleep)(window_s)
+    b = _cpu_jiffies(stat_path)
+    if a is None or b is None or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1]) * (cpus or os.cpu_count() or 1)
+
+
+def busy_warning(threads: int, busy: float | None, cpus: int | None = None) -> str | None:
+    """One line when other work leaves fewer free CPUs than the measurement's threads."""
+    cpus = cpus or os.cpu_count() or 1
+    if busy is None or busy + threads <= cpus + 0.5:
+        return None
+    return (f"other work keeps {busy:.1f} of {cpus} CPUs busy and this run uses {threads} thread(s): timings "
+            f"will be slower and noisier than on a quiet machine (torch eager with several threads can "
+            f"collapse under contention); measure on a quiet machine, or use --threads 1 --clock thread-cpu")

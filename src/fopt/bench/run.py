@@ -457,7 +457,7 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     on a shared machine), or any callable for tests.
     """
     from fopt.bench.calibrate import load_calibration
-    from fopt.bench.machine import default_threads, machine_record
+    from fopt.bench.machine import busy_warning, cpus_busy, default_threads, machine_record
     from fopt.runtime.base import resolve_device
 
     if not paths:
@@ -480,6 +480,8 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
         raise UsageError("a custom clock cannot be sent to measuring processes; use processes=1")
     say = on_progress or (lambda msg: None)
     machine = machine_record(gpu=device == "cuda")
+    busy = cpus_busy() if device == "cpu" else None
+    busy_msg = busy_warning(threads, busy) if clock_name != "thread-cpu" else None
 
     rows: list[BenchRow] = []
     if processes == 1:
@@ -512,7 +514,8 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     settings = {"device": device, "batch_sizes": batch_sizes, "threads": threads, "processes": processes,
                 "clock": clock_name,
                 "stop_rule": _rule_dict(rule), "input": f"standard normal, seed {INPUT_SEED}",
-                "estimate": estimate, "per_layer": per_layer}
+                "estimate": estimate, "per_layer": per_layer,
+                "cpus_busy_at_start": busy, "busy_warning": busy_msg}
     cal_info = None
     if cal is not None:
         cal_info = {"path": cal.get("path"), "created": cal.get("created"), "threads": cal.get("threads"),
