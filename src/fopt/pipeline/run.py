@@ -290,6 +290,8 @@ def stage_bench(cfg: PipelineConfig, model: str, artifacts: list[Path], mdir: Pa
                               processes=cfg.processes, estimate=True,
                               on_progress=lambda m: log(f"[{model}] bench {m}"))
         d = res.to_dict()
+        if d["settings"].get("busy_warning"):
+            log(f"[{model}] warning: {d['settings']['busy_warning']}")
         d["plots"] = [str(p) for p in plot_all(d, mdir / "plots")]
         write_json_atomic(out, d)
 
