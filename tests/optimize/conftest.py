@@ -20,13 +20,13 @@ def write_onnx_with_card(model, path: Path, img_size: int, class_names: list[str
 
     from fopt.artifacts import InputSpec, make_card, write_card
     from fopt.export.onnx import model_to_onnx
-    from fopt.optimize.graph import set_embedded_card
+    from fopt.artifacts import set_onnx_card
 
     proto = model_to_onnx(model.eval(), img_size)
     extra = {"config": config} if config else {}
     card = make_card(kind="export", format="onnx", precision="fp32", input_spec=InputSpec(size=img_size),
                      class_names=class_names, parent=parent, model=model_info, opset=17, **extra)
-    set_embedded_card(proto, card)
+    set_onnx_card(proto, card)
     onnx.save(proto, str(path))
     write_card(path, card)
     return path

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fopt.artifacts import read_card, sha256_file
+from fopt.artifacts import onnx_card_from_proto, read_card, sha256_file
 from fopt.cli import cli
 from fopt.errors import InputError, OutputExistsError
 from fopt.optimize.base import METHODS, OptimizeError, output_path, produce
-from fopt.optimize.graph import embedded_card, graph_summary, load_onnx, param_count
+from fopt.optimize.graph import graph_summary, load_onnx, param_count
 from fopt.optimize.lineage import lineage_dataset, onnx_card
 from fopt.optimize.run import OptimizeOptions, optimize_onnx
 
@@ -55,7 +55,7 @@ def test_full_run_writes_every_artifact_with_its_card(full_run, tiny_onnx):
             100 * (val["accuracy"] - result["parent"]["metrics"]["accuracy"]), abs=0.01)
         assert card["metrics"]["latency_b1_quick"]["label"] == "quick"
         # The ONNX file embeds the same card (without the metrics measured afterwards).
-        emb = embedded_card(load_onnx(path, load_weights=False))
+        emb = onnx_card_from_proto(load_onnx(path, load_weights=False))
         assert emb["method"] == card["method"] and emb["parent"] == card["parent"]
     static = read_card(out / "tiny.int8.onnx")
     assert static["quantization"]["calib_method"] == "avg-minmax"

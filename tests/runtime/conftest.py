@@ -26,7 +26,7 @@ def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
 
     from fopt.artifacts import write_card
     from fopt.export.onnx import model_to_onnx
-    from fopt.optimize.graph import set_embedded_card
+    from fopt.artifacts import set_onnx_card
     from fopt.train.checkpoint import load_checkpoint
 
     folder = tmp_path_factory.mktemp("runners")
@@ -46,7 +46,7 @@ def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     onnx_path = folder / "tiny.onnx"
     onnx_card = _card(ckpt.card, "onnx", ckpt_path, opset=17)
     proto = model_to_onnx(ckpt.model, size)
-    set_embedded_card(proto, onnx_card)
+    set_onnx_card(proto, onnx_card)
     onnx.save(proto, str(onnx_path))
     write_card(onnx_path, onnx_card)
     return {"checkpoint": ckpt_path, "torchscript": ts_path, "onnx": onnx_path}

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from fopt.artifacts import set_onnx_card
 from fopt.errors import ExportError, UsageError
 from fopt.export.steps import Built, export_step
 
@@ -32,8 +32,6 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-from fopt.artifacts import ONNX_CARD_KEY as CARD_KEY  # noqa: E402
-from fopt.artifacts import set_onnx_card as set_embedded_card  # noqa: E402
 
 
 def max_supported_opset() -> int:
@@ -296,7 +294,7 @@ def _saver(proto) -> Callable[[Path, dict[str, Any]], None]:
     import onnx
 
     def save(path: Path, card: dict[str, Any]) -> None:
-        set_embedded_card(proto, card)
+        set_onnx_card(proto, card)
         onnx.save(proto, str(path))
 
     return save

@@ -125,10 +125,11 @@ def _check_and_embed(tmp: Path, fmt: str, card: dict[str, Any]) -> None:
         return
     import onnx
 
-    from fopt.optimize.graph import check_onnx, set_embedded_card
+    from fopt.artifacts import set_onnx_card
+    from fopt.optimize.graph import check_onnx
 
     model = onnx.load(str(tmp))
-    set_embedded_card(model, card)
+    set_onnx_card(model, card)
     onnx.save(model, str(tmp))
     try:
         check_onnx(tmp)

@@ -10,16 +10,12 @@ its INT8/FP16 children report the same number.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from fopt.errors import InputError
 
-from fopt.artifacts import ONNX_CARD_KEY as CARD_KEY  # noqa: E402
-from fopt.artifacts import onnx_card_from_proto as embedded_card  # noqa: E402,F401
-from fopt.artifacts import set_onnx_card as set_embedded_card  # noqa: E402,F401
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Operator-format and dynamic-quantization ops: their presence means "already quantized".
 QUANT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",

@@ -19,13 +19,14 @@ MAX_DEPTH = 6  # checkpoint -> onnx -> int8 -> engine is 3 hops; more means a cy
 
 def onnx_card(path: str | Path, model=None) -> dict[str, Any]:
     """The card of an ONNX file: the sidecar if present, else the embedded copy."""
-    from fopt.optimize.graph import embedded_card, load_onnx
+    from fopt.artifacts import onnx_card_from_proto
+    from fopt.optimize.graph import load_onnx
 
     card = read_card(path, required=False)
     if card is not None:
         return card
     model = model if model is not None else load_onnx(path, load_weights=False)
-    card = embedded_card(model)
+    card = onnx_card_from_proto(model)
     if card is None:
         raise InputError(f"{path}: ONNX file has no fopt card (neither {Path(path).name}.json beside "
                          f"it nor 'fopt_card' in its metadata); export it with `fopt export`")

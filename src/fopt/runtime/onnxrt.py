@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from fopt.artifacts import ONNX_CARD_KEY, onnx_card_from_proto
 from fopt.errors import DeviceUnavailable, InputError, MissingDependency
 from fopt.runtime.base import RUNNERS, Runner
-
-from fopt.artifacts import ONNX_CARD_KEY as CARD_KEY  # noqa: E402
 
 
 def embedded_card(path) -> dict[str, Any] | None:
@@ -20,8 +19,6 @@ def embedded_card(path) -> dict[str, Any] | None:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise InputError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    from fopt.artifacts import onnx_card_from_proto
-
     return onnx_card_from_proto(model)
 
 
@@ -36,7 +33,7 @@ class OnnxRuntimeRunner(Runner):
         card = read_card(self.path, required=False) or embedded_card(self.path)
         if card is None:
             raise InputError(f"{self.path}: ONNX file has no fopt card (neither {self.path.name}.json "
-                             f"beside it nor '{CARD_KEY}' in its metadata_props)")
+                             f"beside it nor '{ONNX_CARD_KEY}' in its metadata_props)")
         return card
 
     def providers(self) -> list[str]:
