@@ -267,7 +267,8 @@ def test_a_layer_unlike_every_probe_uses_the_linear_fit_and_says_so():
 
 
 def test_fit_gap_separates_per_op_and_per_byte_costs():
-    from fopt.bench.calibrate import fit_gap, output_bytes
+    from fopt.bench.calibrate import fit_gap
+    from fopt.bench.kernels import output_bytes
 
     samples = [(n, nb, n * 3e-6 + nb * 2e-12) for n, nb in ((3, 1e5), (3, 4e7), (9, 1e6), (6, 2e8))]
     gap = fit_gap(samples)
@@ -279,18 +280,28 @@ def test_fit_gap_separates_per_op_and_per_byte_costs():
     assert output_bytes(ExecNode("r", "relu", domain="aten", output_shapes=[[1, 8]], output_dtypes=["float"])) == 32.0
 
 
-def test_integer_mac_share_tells_dynamic_from_static_int8():
-    from fopt.bench.estimate import integer_mac_share
+def test_float_convolutions_of_an_int8_graph_are_estimated_with_fp32_rates():
+    from bench_testutil import synthetic_calibration
 
+    cal = synthetic_calibration()
+    for fit in cal["backends"]["onnxruntime/int8"]["classes"].values():
+        fit["sec_per_work"] /= 10          # integer kernels ten times faster than FP32 ones
     body = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])
-    head = ExecNode(name="fc", op="MatMulInteger", input_shapes=[[1, 512], [512, 10]], input_dtypes=["uint8", "int8"],
-                    output_shapes=[[1, 10]], output_dtypes=["int32"], attrs={})
     qbody = conv([1, 56, 56, 64], [64, 64, 3, 3], [1, 56, 56, 64], dtypes=("uint8", "int8"),
                  weight_in_inputs=False, op="QLinearConv")
-    dynamic = integer_mac_share(_graph([body, head]))   # quantize_dynamic of MatMul/Gemm only
-    assert 0 < dynamic < 0.01
-    assert integer_mac_share(_graph([qbody, head])) == pytest.approx(1.0)
-    assert integer_mac_share(_graph([])) is None
+    head = ExecNode(name="fc", op="MatMulInteger", input_shapes=[[1, 512], [512, 10]], input_dtypes=["uint8", "int8"],
+                    output_shapes=[[1, 10]], output_dtypes=["int32"], attrs={})
+    fp32 = {n.op: n.estimate_ms for n in calibrated_estimate(_graph([body]), cal, "onnxruntime/fp32").nodes}
+    int8 = {n.op: n.estimate_ms for n in calibrated_estimate(_graph([qbody, head]), cal, "onnxruntime/int8").nodes}
+    # dynamic quantization of MatMul/Gemm: the convolution stays FP32, the head is integer
+    dynamic = calibrated_estimate(_graph([body, head]), cal, "onnxruntime/int8")
+    got = {n.op: n.estimate_ms for n in dynamic.nodes}
+    assert got["Conv"] == pytest.approx(fp32["Conv"])
+    assert got["MatMulInteger"] == pytest.approx(int8["MatMulInteger"])
+    assert int8["QLinearConv"] == pytest.approx(fp32["Conv"] / 10, rel=0.05)  # same MACs, int8 fit
+    assert any("1 convolution/GEMM node(s) of this INT8 graph compute in FP32" in n for n in dynamic.notes)
+    assert not any("compute in FP32" in n
+                   for n in calibrated_estimate(_graph([qbody, head]), cal, "onnxruntime/int8").notes)
 
 
 def test_torchscript_graph_is_recorded_after_its_optimizer_settles(bench_dir, tmp_path):

@@ -272,7 +272,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
     import torch
 
     from fopt.bench.faults import faults_per_run
-    from fopt.bench.kernels import classify
+    from fopt.bench.kernels import classify, output_bytes
     from fopt.bench.probes import current_clock, probe_inputs, time_callable
     from fopt.bench.profile import record_torch_calls, torch_op_times
 
@@ -301,15 +301,6 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
                     gaps.append((len(calls), sum(output_bytes(c.node) for c in calls),
                                  block_s - sum(times_ms) / 1e3))
     return {"equations": equations, "gap": fit_gap(gaps), "gap_samples": gaps}
-
-
-def output_bytes(node) -> float:
-    """Bytes a node allocates for its outputs (in-place ATen ops, ``relu_`` etc., allocate none)."""
-    from fopt.bench.kernels import DTYPE_BYTES
-
-    if node.domain == "aten" and node.op.endswith("_"):
-        return 0.0
-    return float(sum(math.prod(sh) * DTYPE_BYTES.get(dt, 4) for sh, dt in zip(node.output_shapes, node.output_dtypes)))
 
 
 def fit_gap(samples: list[tuple[int, float, float]]) -> dict[str, float]:

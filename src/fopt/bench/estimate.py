@@ -50,20 +50,11 @@ def fit_key(backend: str, precision: str) -> str | None:
     return f"{base}/{precision}" if base else None
 
 
+# Convolutions and GEMMs that compute in integers. In an INT8 artifact every other convolution
+# or GEMM runs in FP32: all of them after dynamic quantization of MatMul/Gemm only, and those a
+# static model keeps FP32 (--exclude, --keep-fp32, a Q/DQ pair ONNX Runtime could not fuse).
 INTEGER_COMPUTE_OPS = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger",
                        "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
-
-
-def integer_mac_share(graph: ExecGraph) -> float | None:
-    """Share of the graph's MACs in integer kernels (None without MACs). An "int8" artifact from
-    dynamic quantization of MatMul/Gemm only runs its convolutions in FP32."""
-    total = integer = 0.0
-    for node in graph.nodes:
-        macs = classify(node).macs
-        total += macs
-        if node.op in INTEGER_COMPUTE_OPS:
-            integer += macs
-    return integer / total if total else None
 
 
 @dataclass
@@ -76,7 +67,8 @@ class NodeEstimate:
     macs: float
     bytes_moved: float
     estimate_ms: float
-    bound: str                 # "compute" (work/rate), "memory" (bytes/DRAM) or "overhead"
+    bound: str                 # "compute" (work/rate), "compute (GEMM peak)", "memory" (bytes/DRAM)
+                               # or "overhead"
     measured_ms: float | None = None
     unknown_op: bool = False
 
@@ -192,16 +184,24 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     if backend is None:
         raise UsageError(f"the calibration has no fits for {key} (it has "
                          f"{', '.join(cal.get('backends', {})) or 'none'}); rerun `fopt bench --calibrate`")
-    fits = backend["classes"]
-    dram = backend.get("dram")
+    from fopt.bench.kernels import COMPUTE_CLASSES, output_bytes
+
+    base, precision = key.rsplit("/", 1)
+    # Float convolutions/GEMMs of an INT8 graph cost what they cost in FP32.
+    float_backend = cal["backends"].get(f"{base}/fp32") if precision == "int8" else None
+    peaks = {"fp32": peak_mac_rate(cal, "fp32"), precision: peak_mac_rate(cal, precision)}
     nodes, notes = [], []
     borrowed: dict[str, str] = {}
     unknown: dict[str, int] = {}
     unlike: dict[str, int] = {}
-    max_rate = peak_mac_rate(cal, key.rsplit("/", 1)[-1])
+    n_float = 0
     for node in graph.nodes:
         nw = classify(node)
-        sec, used, bound = predict_node(nw, fits, dram, backend.get("rate_points"), max_rate)
+        b, p = backend, precision
+        if float_backend is not None and nw.kernel_class in COMPUTE_CLASSES and node.op not in INTEGER_COMPUTE_OPS:
+            b, p = float_backend, "fp32"
+            n_float += 1
+        sec, used, bound = predict_node(nw, b["classes"], b.get("dram"), b.get("rate_points"), peaks[p])
         if used.endswith("no similar probe layer)"):
             unlike[nw.kernel_class] = unlike.get(nw.kernel_class, 0) + 1
         elif used != nw.kernel_class:
@@ -214,8 +214,6 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     fixed_s = backend.get("run_fixed_s", 0.0)
     gap = backend.get("gap")
     if gap:  # eager: module calls and freeing what each op allocated (`calibrate._torch_backend`)
-        from fopt.bench.calibrate import output_bytes
-
         fixed_s += n * gap["per_op_s"] + sum(output_bytes(node) for node in graph.nodes) * gap["per_byte_s"]
     total_ms = sum(x.estimate_ms for x in nodes) + fixed_s * 1e3
     for cls, used in sorted(borrowed.items()):
@@ -223,6 +221,9 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     if unlike:
         notes.append("no similar probe layer (linear class fit used): "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(unlike.items())))
+    if n_float:
+        notes.append(f"{n_float} convolution/GEMM node(s) of this INT8 graph compute in FP32: "
+                     f"estimated with the FP32 rates")
     if unknown:
         notes.append("op types costed as element-wise: " + ", ".join(f"{k} x{v}" for k, v in sorted(unknown.items())))
     return CalibratedEstimate(total_ms=total_ms, nodes=nodes, fixed_ms=fixed_s * 1e3, notes=notes)

@@ -168,3 +168,10 @@ def classify(node: ExecNode) -> NodeWork:
     if cls is None:
         return NodeWork("eltwise", elements, 0.0, _bytes(node), unknown=True)
     return NodeWork(cls, elements, 0.0, _bytes(node))
+
+
+def output_bytes(node: ExecNode) -> float:
+    """Bytes a node allocates for its outputs (in-place ATen ops, ``relu_`` etc., allocate none)."""
+    if node.domain == "aten" and node.op.endswith("_"):
+        return 0.0
+    return float(sum(math.prod(sh) * DTYPE_BYTES.get(dt, 4) for sh, dt in zip(node.output_shapes, node.output_dtypes)))

@@ -367,13 +367,6 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, 
     if graph is None:
         row.estimate_notes.append(f"calibrated: executed graph not visible for {runner.backend} on {row.device}")
         return
-    share = est.integer_mac_share(graph) if runner.precision == "int8" else None
-    if share is not None and share < 0.5 and cal is not None:
-        fp32_key = est.fit_key(runner.backend, "fp32")
-        if fp32_key in cal.get("backends", {}):
-            key, want_estimate = fp32_key, True
-            row.estimate_notes.append(f"calibrated: {100 * share:.0f}% of the MACs run in integer kernels "
-                                      f"(dynamic quantization leaves convolutions in FP32): FP32 rates used")
     ce = None
     if want_estimate:
         ce = est.calibrated_estimate(graph, cal, key)
