@@ -282,8 +282,8 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
     with torch.inference_mode():
         for b in batches:
             for i, block in enumerate(net.blocks):
-                # One input at a time, as a model holds only its live activations. (Page faults
-                # are kept out of these timings by the caller: `faults.freed_memory_kept`.)
+                # One input at a time, as a model holds only its live activations. Each call's
+                # page faults are taken off its time at `fault_price_s` (`fopt.bench.faults`).
                 x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
                 calls = record_torch_calls(block, x)
                 times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock, fault_price_s=fault_price_s)
@@ -417,7 +417,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     `quick` runs a reduced probe set (seconds; for tests); the full set takes under about a
     minute on an idle 2-core machine.
     """
-    from fopt.bench.machine import default_threads, machine_key, machine_record
+    from fopt.bench.machine import default_threads
     from fopt.runtime.base import resolve_device
 
     device = resolve_device(device)
@@ -500,10 +500,9 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
         step("fitting (and timing outliers again)")
         retimers = {
             "torch-eager/fp32": lambda eqs: _retime_torch(eqs, net, branches, cfg["torch_runs"], fault_price),
-            "onnxruntime/fp32": lambda eqs: _retime_ort([e for e in eqs if "model" in e], branches, threads,
-                                                        cfg["budget_s"]),
-            "onnxruntime/int8": lambda eqs: _retime_ort([e for e in eqs if "model" in e], branches, threads,
-                                                        cfg["budget_s"]),
+            # (the Relu-chain equations have no branch model to run again; _retime_ort skips them)
+            "onnxruntime/fp32": lambda eqs: _retime_ort(eqs, branches, threads, cfg["budget_s"]),
+            "onnxruntime/int8": lambda eqs: _retime_ort(eqs, branches, threads, cfg["budget_s"]),
         }
         for key, b in backends.items():
             fit = fit_with_retiming(b["equations"], b["run_fixed_s"], cache_bytes, retimers[key])

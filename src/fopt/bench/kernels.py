@@ -136,7 +136,6 @@ def _conv(node: ExecNode) -> NodeWork:
 
 def _gemm(node: ExecNode) -> NodeWork:
     out = node.output_shapes[0] if node.output_shapes else []
-    w = node.weight_shape
     x = node.input_shapes[0] if node.input_shapes else []
     if not out or not x:
         return NodeWork("gemm", 0.0, 0.0, _bytes(node), unknown=True)

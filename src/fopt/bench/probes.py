@@ -283,7 +283,6 @@ def ort_session(model: bytes | str, threads: int | None, **opts: Any):
 # ----------------------------------------------------------------------------- GEMM, bandwidth
 
 def _matmul_model(n: int, int8: bool) -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

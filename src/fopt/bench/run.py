@@ -259,7 +259,6 @@ def _device_spec_for(device: str, cal: dict[str, Any] | None, machine: dict[str,
 def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine: dict[str, Any],
                    per_layer: bool, threads: int, clock: str = "wall",
                    on_row: Callable[[BenchRow], None] | None = None) -> None:
-    from fopt.bench import estimate as est
     from fopt.runtime.base import open_runner
 
     by_artifact: dict[str, list[BenchRow]] = {}
@@ -476,26 +475,22 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     busy = cpus_busy() if device == "cpu" else None
     busy_msg = busy_warning(threads, busy) if clock_name != "thread-cpu" else None
 
-    rows: list[BenchRow] = []
-    if processes == 1:
-        for path in paths:
-            say(f"measuring {path}")
-            runs = [measure_artifact(path, device=device, batch_sizes=batch_sizes, threads=threads,
-                                     rule=rule, clock=clock)]
-            rows += _rows_from_measurements(str(path), device, threads, runs, batch_sizes)
-    else:
-        # Rounds over all artifacts rather than K processes back to back: a slow spell of a
-        # shared (or virtualised) machine then lands on one process of several artifacts, which
-        # the spread column shows, instead of on every process of one artifact, which no
-        # statistic can detect.
-        runs_by_path: dict[int, list[list[dict[str, Any]]]] = {i: [] for i in range(len(paths))}
-        for k in range(processes):
-            for i, path in enumerate(paths):
-                say(f"measuring {path} (process {k + 1}/{processes})")
-                runs_by_path[i].append(_measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
-                                                              threads=threads, rule=rule, clock=clock_name))
+    # Rounds over all artifacts rather than K processes back to back: a slow spell of a shared
+    # (or virtualised) machine then lands on one process of several artifacts, which the spread
+    # column shows, instead of on every process of one artifact, which no statistic can detect.
+    runs: list[list[list[dict[str, Any]]]] = [[] for _ in paths]
+    for k in range(processes):
         for i, path in enumerate(paths):
-            rows += _rows_from_measurements(str(path), device, threads, runs_by_path[i], batch_sizes)
+            if processes == 1:
+                say(f"measuring {path}")
+                runs[i].append(measure_artifact(path, device=device, batch_sizes=batch_sizes, threads=threads,
+                                                rule=rule, clock=clock))
+            else:
+                say(f"measuring {path} (process {k + 1}/{processes})")
+                runs[i].append(_measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
+                                                      threads=threads, rule=rule, clock=clock_name))
+    rows = [row for path, r in zip(paths, runs)
+            for row in _rows_from_measurements(str(path), device, threads, r, batch_sizes)]
 
     cal = None
     if estimate or per_layer:
