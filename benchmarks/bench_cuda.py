@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     min_time = 0.3 if args.quick else args.min_time
     work = args.out.with_name(args.out.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
-    calibration_images(work, args.img_size)   # also the folder `fopt optimize` calibrates on below
-    built = build_artifacts(args.model, args.img_size, work, lambda: calibration_images(work, args.img_size))
+    calib = calibration_images(work, args.img_size)  # also the folder `fopt optimize` calibrates on below
+    built = build_artifacts(args.model, args.img_size, work, lambda: calib)
     onnx_path = built["onnxruntime/fp32"]
     notes: list[str] = []
     from fopt.optimize.run import OptimizeOptions, optimize_onnx

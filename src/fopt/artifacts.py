@@ -21,7 +21,7 @@ import os
 import platform
 import tempfile
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -117,7 +117,6 @@ def _json_default(o: Any) -> Any:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape an artifact; only those already importable."""
-    import importlib
     import importlib.metadata as md
 
     out = {"fopt": __version__, "python": platform.python_version()}

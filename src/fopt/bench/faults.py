@@ -11,11 +11,12 @@ MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295 as the fault
     efficientnet_b0 b1  21.2 ms, 3,496 faults   -> 16.3 ms, 0 faults
     efficientnet_b0 b8   238 ms, 76,217 faults  ->  125 ms, 0 faults
 
-and fault-free time + faults x 1.36 us matched the default time within 4% for all three. How many pages fault depends on the
-allocation sequence of the whole model and the allocator's history, which no layer-by-layer
-model predicts well, so the bench counts them (`faults_per_run`, from getrusage in the
-measuring process) and the calibration prices them (`page_fault_probe`). ONNX Runtime's arena
-keeps its memory and takes almost none.
+and fault-free time + faults x 1.36 us matched the default time within 4% for all three.
+
+How many pages fault depends on the allocation sequence of the whole model and the allocator's
+history, which no layer-by-layer model predicts well, so the bench counts them
+(`faults_per_run`, from getrusage in the measuring process) and the calibration prices them
+(`page_fault_probe`). ONNX Runtime's arena keeps its memory and takes almost none.
 """
 
 from __future__ import annotations

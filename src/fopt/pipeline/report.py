@@ -145,7 +145,7 @@ def render_markdown(report: dict[str, Any], out_dir: Path) -> str:
     rec = report["recommendation"]
     m = report.get("machine") or {}
     cpu = (m.get("cpu") or {}).get("model", "unknown CPU")
-    parts = [f"# fopt report", "",
+    parts = ["# fopt report", "",
              f"Generated {report['created']} by fopt {report['fopt_version']} on {cpu}.", ""]
     parts += ["## Recommendation", ""]
     if rec.get("artifact"):
