@@ -67,6 +67,14 @@ def test_gemm_elementwise_noop_and_unknown():
     assert gap.kernel_class == "global_pool" and gap.work == 16 * 56 * 56
     assert classify(ExecNode("f", "Flatten", input_shapes=[[1, 8, 1, 1]], input_dtypes=["float"],
                            output_shapes=[[1, 8]], output_dtypes=["float"])).kernel_class == "noop"
+    # integer element-wise ops requantize every element: their own class, not float Relu/Add
+    qadd = classify(ExecNode("a", "QLinearAdd", input_shapes=[[1, 24, 56, 56], [], [], [1, 24, 56, 56], [], []],
+                             input_dtypes=["uint8", "float", "uint8", "uint8", "float", "uint8"],
+                             output_shapes=[[1, 24, 56, 56]], output_dtypes=["uint8"]))
+    fadd = classify(ExecNode("a", "Add", input_shapes=[[1, 24, 56, 56]] * 2, input_dtypes=["float"] * 2,
+                             output_shapes=[[1, 24, 56, 56]], output_dtypes=["float"]))
+    assert (qadd.kernel_class, fadd.kernel_class) == ("eltwise_q", "eltwise")
+    assert qadd.work == fadd.work == 24 * 56 * 56
     odd = classify(ExecNode("o", "SomeNewOp", input_shapes=[[1, 10]], input_dtypes=["float"],
                            output_shapes=[[1, 10]], output_dtypes=["float"]))
     assert odd.unknown and odd.kernel_class == "eltwise"
@@ -144,6 +152,19 @@ def test_missing_class_borrows_and_says_so():
     est = calibrated_estimate(_graph([node]), cal, "onnxruntime/int8")
     assert est.nodes[0].fit_class == "conv_dense"
     assert any("conv_stem not calibrated" in n for n in est.notes)
+
+
+def test_uncalibrated_integer_eltwise_borrows_the_float_eltwise_fit():
+    from bench_testutil import synthetic_calibration
+
+    cal = synthetic_calibration()
+    del cal["backends"]["onnxruntime/int8"]["classes"]["eltwise_q"]
+    node = ExecNode("m", "QLinearMul", input_shapes=[[1, 16, 28, 28], [], [], [1, 16, 1, 1], [], []],
+                    input_dtypes=["uint8", "float", "uint8", "uint8", "float", "uint8"],
+                    output_shapes=[[1, 16, 28, 28]], output_dtypes=["uint8"])
+    est = calibrated_estimate(_graph([node]), cal, "onnxruntime/int8")
+    assert est.nodes[0].kernel_class == "eltwise_q" and est.nodes[0].fit_class == "eltwise"
+    assert any("eltwise_q not calibrated, used eltwise" in n for n in est.notes)
 
 
 def test_unknown_backend_key_is_a_clear_error():

@@ -55,7 +55,7 @@ BACKEND_KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
 CLASS_FALLBACK = {
     "conv_stem": "conv_dense", "conv_grouped": "conv_dw", "conv_se": "gemv",
     "conv_dw": "conv_dense", "conv_pw": "conv_dense", "gemm": "conv_pw", "gemv": "gemm",
-    "eltwise_transcendental": "eltwise", "eltwise_hard": "eltwise", "norm": "eltwise", "pool": "eltwise",
+    "eltwise_transcendental": "eltwise", "eltwise_hard": "eltwise", "eltwise_q": "eltwise", "norm": "eltwise", "pool": "eltwise",
     "global_pool": "eltwise", "layout": "eltwise", "quant": "eltwise", "noop": "eltwise",
 }
 

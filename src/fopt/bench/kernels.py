@@ -28,10 +28,12 @@ OP_CLASS = {
     **{op: "eltwise" for op in (
         "Relu", "Clip", "LeakyRelu", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Neg", "Abs",
         "Identity", "Dropout", "Concat", "Slice", "Split", "Pad", "Cast",
-        "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearConcat",
         "relu", "relu_", "add", "add_", "mul", "mul_", "sub", "div", "hardtanh", "hardtanh_",
         "cat",
         "clamp", "clamp_", "dropout", "dropout_", "clone", "contiguous", "copy_", "leaky_relu")},
+    # Integer element-wise ops dequantize, compute and requantize every element: on this CPU they
+    # cost several times a float Relu or Add per element, so they are not fitted with them.
+    **{op: "eltwise_q" for op in ("QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearConcat")},
     **{op: "eltwise_transcendental" for op in (
         "Sigmoid", "QuickGelu", "Tanh", "Erf", "Gelu", "FastGelu", "BiasGelu", "Exp", "Log",
         "Softmax", "LogSoftmax", "Swish", "QLinearSigmoid", "QLinearSoftmax",
@@ -57,7 +59,7 @@ OP_CLASS = {
 }
 COMPUTE_CLASSES = ("conv_dense", "conv_stem", "conv_pw", "conv_dw", "conv_grouped", "conv_se", "gemm", "gemv")
 GEMV_MAX_ROWS = 16   # fewer output rows than this: a matrix-vector product in practice
-MEMORY_CLASSES = ("eltwise", "norm", "eltwise_transcendental", "eltwise_hard", "pool", "global_pool",
+MEMORY_CLASSES = ("eltwise", "eltwise_q", "norm", "eltwise_transcendental", "eltwise_hard", "pool", "global_pool",
                   "layout", "quant", "noop")
 ALL_CLASSES = COMPUTE_CLASSES + MEMORY_CLASSES
 # A conv whose input channels per group x kernel area is this small (an RGB stem) vectorises poorly.

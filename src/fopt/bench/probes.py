@@ -35,10 +35,14 @@ BranchSpec = tuple[str, int, int, int, int, int, int]
 FULL_BRANCHES: list[BranchSpec] = [
     # dense 3x3 (C^2 H^2 constant ~ resnet layers), with and without a residual add
     ("conv", 32, 32, 112, 3, 1, 1), ("conv", 64, 64, 56, 3, 1, 1), ("res", 128, 128, 28, 3, 1, 1),
-    ("conv", 256, 256, 14, 3, 1, 1), ("res", 512, 512, 7, 3, 1, 1), ("conv", 64, 128, 56, 3, 2, 1),
-    ("conv", 16, 24, 56, 3, 1, 1),
-    # stems: RGB input, stride 2
-    ("conv_silu", 3, 32, 224, 3, 2, 1), ("conv", 3, 64, 224, 7, 2, 1), ("conv_hs", 3, 16, 112, 3, 2, 1),
+    ("conv", 256, 256, 14, 3, 1, 1), ("res", 512, 512, 7, 3, 1, 1), ("conv", 16, 24, 56, 3, 1, 1),
+    # dense 3x3 stride-2 downsampling, channels doubling as the size halves (plain CNNs, ResNets):
+    # a stride-2 convolution reads 4x the pixels it writes and runs well below the stride-1 rate
+    ("conv", 16, 32, 112, 3, 2, 1), ("conv", 32, 64, 56, 3, 2, 1), ("conv", 64, 128, 56, 3, 2, 1),
+    ("conv", 64, 128, 28, 3, 2, 1), ("conv", 128, 256, 28, 3, 2, 1), ("conv", 256, 512, 14, 3, 2, 1),
+    # stems: RGB input, stride 2, 16 to 64 output channels
+    ("conv", 3, 16, 224, 3, 2, 1), ("conv_silu", 3, 32, 224, 3, 2, 1), ("conv", 3, 64, 224, 7, 2, 1),
+    ("conv_hs", 3, 16, 112, 3, 2, 1),
     # pointwise expansions / projections (mobile nets, resnet50 bottlenecks, heads)
     ("conv", 16, 96, 112, 1, 1, 1), ("conv_silu", 24, 144, 56, 1, 1, 1), ("conv", 144, 24, 56, 1, 1, 1),
     ("conv", 40, 240, 28, 1, 1, 1), ("conv_hs", 80, 480, 14, 1, 1, 1), ("conv_silu", 192, 1152, 7, 1, 1, 1),
