@@ -128,10 +128,12 @@ def test_calibrated_estimate_is_the_sum_of_its_parts():
     macs = 56 * 56 * 64 * 64 * 9
     elems = 56 * 56 * 64
     excess = [max(0.0, classify(n).bytes_moved - 1e6) * 1e-10 for n in (a, b)]   # bytes beyond the cache
-    conv_s = 5e-6 + macs * 1e-11 + excess[0]
+    weights_s = 64 * 64 * 9 * 4 / 2e10   # the conv's FP32 weights, read at the DRAM bandwidth
+    conv_s = 5e-6 + macs * 1e-11 + excess[0] + weights_s
     relu_s = 5e-6 + elems * 2e-10 + excess[1]
     expected_ms = (conv_s + relu_s + 1e-5) * 1e3   # + the run's fixed cost
     assert est.total_ms == pytest.approx(expected_ms)
+    assert est.weights_ms == pytest.approx(weights_s * 1e3) and est.to_dict()["weights_ms"] == est.weights_ms
     assert [n.bound for n in est.nodes] == ["compute", "dram"]  # the Relu pays more for its bytes
     assert excess[0] > 0 and excess[1] > 0  # both move more than the (synthetic) 1 MB cache
     eager = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
@@ -140,6 +142,38 @@ def test_calibrated_estimate_is_the_sum_of_its_parts():
     eager2 = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
     allocated = 2 * 56 * 56 * 64 * 4   # both outputs (neither is an in-place ATen op)
     assert eager2.total_ms - eager.total_ms == pytest.approx(allocated * 1e-11 * 1e3)
+
+
+def test_weights_are_counted_at_their_stored_precision():
+    fp32 = classify(conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56]))
+    int8 = classify(conv([1, 56, 56, 64], [64, 64, 3, 3], [1, 56, 56, 64], dtypes=("uint8", "int8"),
+                         weight_in_inputs=False, op="QLinearConv"))
+    assert fp32.weight_bytes == 64 * 64 * 9 * 4 and int8.weight_bytes == 64 * 64 * 9
+    fc = classify(ExecNode("fc", "Gemm", input_shapes=[[1, 576], [1024, 576]], input_dtypes=["float"] * 2,
+                           output_shapes=[[1, 1024]], output_dtypes=["float"], weight_shape=[1024, 576],
+                           weight_dtype="float"))
+    assert fc.weight_bytes == 1024 * 576 * 4
+    relu = classify(ExecNode("r", "Relu", input_shapes=[[1, 64]], input_dtypes=["float"],
+                             output_shapes=[[1, 64]], output_dtypes=["float"]))
+    assert relu.weight_bytes == 0.0
+
+
+def test_torch_trace_takes_the_weight_of_addmm_from_its_third_argument():
+    import torch
+
+    from fopt.bench.profile import record_torch_calls
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(16, 10))
+            self.b = torch.nn.Parameter(torch.randn(10))
+
+        def forward(self, x):
+            return torch.addmm(self.b, x, self.w)
+
+    node = record_torch_calls(Head().eval(), torch.randn(2, 16))[0].node
+    assert node.op == "addmm" and node.weight_shape == [16, 10]
 
 
 def test_missing_class_borrows_and_says_so():
@@ -255,7 +289,7 @@ def test_compute_nodes_use_probe_rates_and_memory_nodes_the_linear_fit():
     w_far = 1 / (dist_far + 0.05)
     import math
     expected_rate = math.exp((w_near * math.log(5e10) + w_far * math.log(5e11)) / (w_near + w_far))
-    assert est.nodes[0].estimate_ms == pytest.approx(macs / expected_rate * 1e3)
+    assert est.nodes[0].estimate_ms == pytest.approx((macs / expected_rate + 64 * 64 * 9 * 4 / 2e10) * 1e3)
     assert est.nodes[0].fit_class == "conv_dense"
 
 
@@ -283,7 +317,9 @@ def test_a_layer_unlike_every_probe_uses_the_linear_fit_and_says_so():
     cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*far, 1e12], [*far, 1e12]]}
     est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
     macs = 56 * 56 * 64 * 64 * 9
-    assert est.nodes[0].estimate_ms == pytest.approx((5e-6 + macs * 1e-11 + max(0, classify(a).bytes_moved - 1e6) * 1e-10) * 1e3)
+    weights_s = 64 * 64 * 9 * 4 / 2e10
+    assert est.nodes[0].estimate_ms == pytest.approx(
+        (5e-6 + macs * 1e-11 + max(0, classify(a).bytes_moved - 1e6) * 1e-10 + weights_s) * 1e3)
     assert any("no similar probe layer" in n for n in est.notes)
 
 
@@ -357,6 +393,7 @@ def test_no_convolution_is_estimated_faster_than_the_gemm_peak():
                                              {"name": "onnxruntime/int8", "n": 1024, "ops_per_s": 8e11}]
     assert peak_mac_rate(cal, "fp32") == pytest.approx(1e11)
     assert peak_mac_rate(cal, "int8") == pytest.approx(4e11)
+    del cal["summary"]["mem_bandwidth"]            # (no weight term: the compute part alone)
     est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
     assert est.nodes[0].estimate_ms == pytest.approx(macs / 1e11 * 1e3)
     assert est.nodes[0].bound == "compute (GEMM peak)"

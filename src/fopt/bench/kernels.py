@@ -76,6 +76,7 @@ class NodeWork:
     # Shape features of convolutions and GEMMs (see `shape_features`): the calibration looks up
     # the achieved rate of the most similar probe layers by them.
     features: tuple[float, ...] = ()
+    weight_bytes: float = 0.0   # convolutions and GEMMs: their weights (or pre-packed weights)
 
 
 def shape_features(*, spatial: float, cin_per_group: float, cout: float, kernel_area: float,
@@ -105,9 +106,10 @@ def _bytes(node: ExecNode) -> float:
 
 def _conv(node: ExecNode) -> NodeWork:
     out = node.output_shapes[0] if node.output_shapes else []
-    w = node.weight_shape
+    w, w_dtype = node.weight_shape, node.weight_dtype
     if w is None:  # fall back to the profile's inputs: the first 4-D tensor after x
-        w = next((s for s in node.input_shapes[1:] if len(s) == len(out)), None)
+        w, w_dtype = next(((s, d) for s, d in zip(node.input_shapes[1:], node.input_dtypes[1:])
+                           if len(s) == len(out)), (None, None))
     group = int(node.attrs.get("group", 1) or 1)
     if not out or w is None or len(w) < 3:
         return NodeWork("conv_dense", 0.0, 0.0, _bytes(node), unknown=True)
@@ -133,7 +135,7 @@ def _conv(node: ExecNode) -> NodeWork:
     stride = float(max(strides)) if isinstance(strides, (list, tuple)) else float(strides)
     feats = shape_features(spatial=spatial, cin_per_group=cin_per_group, cout=cout, kernel_area=kernel_area,
                            stride=stride, batch=out[0], channels_aligned=cout % 16 == 0 and (group > 1 or w[1] % 16 == 0))
-    return NodeWork(cls, macs, macs, _bytes(node), features=feats)
+    return NodeWork(cls, macs, macs, _bytes(node), features=feats, weight_bytes=_numel(w) * _dtype_bytes(w_dtype))
 
 
 def _gemm(node: ExecNode) -> NodeWork:
@@ -148,11 +150,12 @@ def _gemm(node: ExecNode) -> NodeWork:
     rows = _numel(out) // max(1, n)
     feats = shape_features(spatial=1, cin_per_group=k, cout=n, kernel_area=1, stride=1, batch=rows,
                            channels_aligned=n % 16 == 0 and k % 16 == 0)
+    wb = _numel(node.weight_shape) * _dtype_bytes(node.weight_dtype) if node.weight_shape else 0.0
     if rows < GEMV_MAX_ROWS:
         # a few rows (a classifier at small batch): every weight is read for a handful of MACs,
         # so the time follows the weights, not the MACs
-        return NodeWork("gemv", float(k * n), macs, _bytes(node), features=feats)
-    return NodeWork("gemm", macs, macs, _bytes(node), features=feats)
+        return NodeWork("gemv", float(k * n), macs, _bytes(node), features=feats, weight_bytes=wb)
+    return NodeWork("gemm", macs, macs, _bytes(node), features=feats, weight_bytes=wb)
 
 
 def classify(node: ExecNode) -> NodeWork:

@@ -273,8 +273,11 @@ def record_torch_calls(model: Any, batch: Any, keep_args: bool = False) -> list[
             op = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
             ins = _tensors(args)
             outs = _tensors(out)
-            weight = ins[1] if len(ins) > 1 and op in ("conv2d", "linear", "convolution", "_convolution",
-                                                       "addmm", "mm", "matmul") else None
+            if op == "addmm":   # (bias, input, weight)
+                weight = ins[2] if len(ins) > 2 else None
+            else:
+                weight = ins[1] if len(ins) > 1 and op in ("conv2d", "linear", "convolution", "_convolution",
+                                                           "mm", "matmul") else None
             node = ExecNode(name=f"{op}_{len(calls)}", op=op, domain="aten",
                             input_shapes=[list(t.shape) for t in ins],
                             input_dtypes=[_TORCH_DTYPE.get(str(t.dtype), str(t.dtype)) for t in ins],
