@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fopt.bench.calibrate import fit_joint
-from fopt.bench.estimate import calibrated_estimate, error_pct, fit_key
+from fopt.bench.estimate import GEMM_PEAK_MARGIN, calibrated_estimate, error_pct, fit_key
 from fopt.bench.kernels import classify
 from fopt.bench.profile import ExecGraph, ExecNode
 
@@ -395,8 +395,13 @@ def test_no_convolution_is_estimated_faster_than_the_gemm_peak():
     assert peak_mac_rate(cal, "int8") == pytest.approx(4e11)
     del cal["summary"]["mem_bandwidth"]            # (no weight term: the compute part alone)
     est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
-    assert est.nodes[0].estimate_ms == pytest.approx(macs / 1e11 * 1e3)
+    assert est.nodes[0].estimate_ms == pytest.approx(macs / (1e11 * GEMM_PEAK_MARGIN) * 1e3)
     assert est.nodes[0].bound == "compute (GEMM peak)"
+    # a probe layer just above the timed GEMM rate (within the margin) is believed
+    cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*feats, 1.1e11], [*feats, 1.1e11]]}
+    assert calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32").nodes[0].estimate_ms == pytest.approx(
+        macs / 1.1e11 * 1e3)
+    cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*feats, 1e15], [*feats, 1e15]]}
     del cal["probes"]["gemm"]                      # without a GEMM probe there is no cap
     assert calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32").nodes[0].estimate_ms == pytest.approx(
         macs / 1e15 * 1e3)
