@@ -128,7 +128,8 @@ def test_calibrated_estimate_is_the_sum_of_its_parts():
     macs = 56 * 56 * 64 * 64 * 9
     elems = 56 * 56 * 64
     excess = [max(0.0, classify(n).bytes_moved - 1e6) * 1e-10 for n in (a, b)]   # bytes beyond the cache
-    weights_s = 64 * 64 * 9 * 4 / 2e10   # the conv's FP32 weights, read at the DRAM bandwidth
+    # the conv's FP32 weights come from DRAM, where its probes found theirs in the cache
+    weights_s = 64 * 64 * 9 * 4 * (1 / 2e10 - 1 / 6e10)
     conv_s = 5e-6 + macs * 1e-11 + excess[0] + weights_s
     relu_s = 5e-6 + elems * 2e-10 + excess[1]
     expected_ms = (conv_s + relu_s + 1e-5) * 1e3   # + the run's fixed cost
@@ -142,6 +143,25 @@ def test_calibrated_estimate_is_the_sum_of_its_parts():
     eager2 = calibrated_estimate(_graph([a, b]), cal, "torch-eager/fp32")
     allocated = 2 * 56 * 56 * 64 * 4   # both outputs (neither is an in-place ATen op)
     assert eager2.total_ms - eager.total_ms == pytest.approx(allocated * 1e-11 * 1e3)
+
+
+def test_a_gemv_takes_at_least_the_time_to_stream_its_weights_from_dram():
+    from bench_testutil import synthetic_calibration
+
+    cal = synthetic_calibration()
+    cal["backends"]["onnxruntime/fp32"]["dram"]["sec_per_byte"] = 0.0   # the probe fit: 1e-11 s per weight
+
+    def fc(k, n):
+        return ExecNode("fc", "Gemm", input_shapes=[[1, k], [n, k]], input_dtypes=["float"] * 2,
+                        output_shapes=[[1, n]], output_dtypes=["float"], weight_shape=[n, k], weight_dtype="float")
+
+    big, small = fc(25088, 4096), fc(64, 22)
+    big_ms = calibrated_estimate(_graph([big]), cal, "onnxruntime/fp32").nodes[0].estimate_ms
+    assert big_ms == pytest.approx(25088 * 4096 * 4 / 2e10 * 1e3)   # 411 MB at 20 GB/s
+    # a small one is slower than its weights' DRAM time: the probe fit alone
+    small_fit_s = 5e-6 + 64 * 22 * 1e-11
+    est = calibrated_estimate(_graph([small]), cal, "onnxruntime/fp32")
+    assert est.nodes[0].estimate_ms == pytest.approx(small_fit_s * 1e3) and est.weights_ms == 0.0
 
 
 def test_weights_are_counted_at_their_stored_precision():
@@ -289,7 +309,7 @@ def test_compute_nodes_use_probe_rates_and_memory_nodes_the_linear_fit():
     w_far = 1 / (dist_far + 0.05)
     import math
     expected_rate = math.exp((w_near * math.log(5e10) + w_far * math.log(5e11)) / (w_near + w_far))
-    assert est.nodes[0].estimate_ms == pytest.approx((macs / expected_rate + 64 * 64 * 9 * 4 / 2e10) * 1e3)
+    assert est.nodes[0].estimate_ms == pytest.approx((macs / expected_rate + 64 * 64 * 9 * 4 * (1 / 2e10 - 1 / 6e10)) * 1e3)
     assert est.nodes[0].fit_class == "conv_dense"
 
 
@@ -317,7 +337,7 @@ def test_a_layer_unlike_every_probe_uses_the_linear_fit_and_says_so():
     cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_dense": [[*far, 1e12], [*far, 1e12]]}
     est = calibrated_estimate(_graph([a]), cal, "onnxruntime/fp32")
     macs = 56 * 56 * 64 * 64 * 9
-    weights_s = 64 * 64 * 9 * 4 / 2e10
+    weights_s = 64 * 64 * 9 * 4 * (1 / 2e10 - 1 / 6e10)
     assert est.nodes[0].estimate_ms == pytest.approx(
         (5e-6 + macs * 1e-11 + max(0, classify(a).bytes_moved - 1e6) * 1e-10 + weights_s) * 1e3)
     assert any("no similar probe layer" in n for n in est.notes)
