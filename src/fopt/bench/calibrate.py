@@ -24,7 +24,8 @@ What is measured (`fopt.bench.probes`, synthetic networks only) and what is deri
 
 Nothing here is fitted on registry models: the calibration is out of sample for every model it
 is later used to estimate. Its probe shapes are ordinary CNN layer shapes (some equal layers of
-torchvision models), chosen on a grid; none is measured inside a registry model.
+torchvision models or of the tiny model), chosen on a grid; none is measured inside a registry
+model.
 
 The cache is one JSON file per machine (`fopt.bench.machine.machine_key`: CPU model, CPU count,
 torch/onnxruntime/numpy versions) under ``$FOPT_CACHE_DIR/calibration/`` (default

@@ -27,7 +27,8 @@
   mode). So a convolution also pays ``weight_bytes * (1 / dram_bandwidth - 1 / cache_bandwidth)``
   (both measured by the calibration), and a matrix-vector product (``gemv``, a classifier at
   small batch), whose probe rate already is a weight-streaming rate, takes at least
-  ``weight_bytes / dram_bandwidth`` (VGG-16's 411 MB classifier: 11 ms at batch 1).
+  ``weight_bytes / dram_bandwidth`` (VGG-16's first classifier layer, 411 MB: estimated 10.1 ms
+  at batch 1, profiled 9.0 ms in ONNX Runtime).
   For ONNX Runtime the executed graph and its shapes come from one short profiled run whose
   *times are not used*. No convolution is estimated faster than 1.25x the calibrated GEMM rate of
   its precision (`GEMM_PEAK_MARGIN`), and in an INT8 graph the convolutions that compute in float
@@ -36,8 +37,9 @@
   price per fault (`fopt.bench.faults`).
 
 Error is ``(estimate / measured_p50 - 1) * 100``: positive means the estimate is too high.
-`benchmarks/bench_quality.py` measures how often it lands within 25% (67-69% of 36 points at
-224 px on the 2-core VM this was developed on, against 19-22% for FLOPs / peak).
+`benchmarks/bench_quality.py` measures how often it lands within 25% (86% of 36 points at 224 px
+in two runs on the 2-core VM this was developed on, against 17-22% for FLOPs / peak; 12 of 12
+for EfficientNet-B7 and VGG-16).
 """
 
 from __future__ import annotations
