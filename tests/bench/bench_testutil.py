@@ -5,6 +5,7 @@ from __future__ import annotations
 
 def synthetic_calibration(threads: int = 1) -> dict:
     """A calibration with round numbers, so estimates can be checked by arithmetic."""
+    from fopt.bench.calibrate import SCHEMA
     from fopt.bench.kernels import ALL_CLASSES, COMPUTE_CLASSES
     from fopt.bench.machine import machine_key, machine_record
 
@@ -18,7 +19,7 @@ def synthetic_calibration(threads: int = 1) -> dict:
         return {"cache_bytes": 1e6, "sec_per_byte": 1e-10}
 
     return {
-        "schema": 2, "created": "2026-01-01T00:00:00+00:00", "device": "cpu", "threads": threads,
+        "schema": SCHEMA, "created": "2026-01-01T00:00:00+00:00", "device": "cpu", "threads": threads,
         "quick": True, "machine_key": machine_key(rec), "machine": rec,
         "summary": {"name": "cpu", "peak_flops": {"fp32": 1e11, "fp16": None, "int8": 4e11},
                     "mem_bandwidth": 2e10, "cache_bandwidth": 6e10, "per_node_overhead_s": 5e-6,

@@ -164,6 +164,38 @@ def test_a_gemv_takes_at_least_the_time_to_stream_its_weights_from_dram():
     assert est.nodes[0].estimate_ms == pytest.approx(small_fit_s * 1e3) and est.weights_ms == 0.0
 
 
+def test_a_fused_activation_is_costed_at_its_own_class_rate():
+    from bench_testutil import synthetic_calibration
+
+    from fopt.bench.calibrate import rate_points
+
+    def stem(act):
+        n = conv([8, 3, 224, 224], [16, 3, 3, 3], [8, 16, 112, 112])
+        n.attrs["activation"] = act
+        return n
+
+    hs, relu = classify(stem("HardSwish")), classify(stem("Relu"))
+    assert hs.fused_act == ("eltwise_hard", 8 * 16 * 112 * 112) and relu.fused_act is None
+    assert hs.features == relu.features and hs.work == relu.work
+    cal = synthetic_calibration()
+    feats = hs.features
+    cal["backends"]["onnxruntime/fp32"]["rate_points"] = {"conv_stem": [[*feats, 1e10], [*feats, 1e10]]}
+    cal["backends"]["onnxruntime/fp32"]["classes"]["eltwise_hard"]["sec_per_work"] = 1e-10
+    est = calibrated_estimate(_graph([stem("HardSwish"), stem("Relu")]), cal, "onnxruntime/fp32")
+    extra = est.nodes[0].estimate_ms - est.nodes[1].estimate_ms
+    assert extra == pytest.approx(8 * 16 * 112 * 112 * 1e-10 * 1e3)
+    # calibration: a probe conv with HardSwish fused gives the same rate as one with Relu
+    fit = {"classes": {"conv_stem": {"overhead_s": 0.0, "sec_per_work": 1e-10},
+                       "eltwise_hard": {"overhead_s": 0.0, "sec_per_work": 1e-10}},
+           "dram": {"cache_bytes": 1e12, "sec_per_byte": 0.0}}
+    act_s = 8 * 16 * 112 * 112 * 1e-10
+    conv_s = hs.work / 1e10
+    eqs = [{"seconds": conv_s + act_s, "nodes": [hs.as_equation_node()]},
+           {"seconds": conv_s, "nodes": [relu.as_equation_node()]}]
+    pts = rate_points(eqs, fit)["conv_stem"]
+    assert pts[0][-1] == pytest.approx(1e10) and pts[1][-1] == pytest.approx(1e10)
+
+
 def test_weights_are_counted_at_their_stored_precision():
     fp32 = classify(conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56]))
     int8 = classify(conv([1, 56, 56, 64], [64, 64, 3, 3], [1, 56, 56, 64], dtypes=("uint8", "int8"),

@@ -48,7 +48,7 @@ import numpy as np
 
 from fopt.errors import InputError, UsageError
 
-SCHEMA = 2
+SCHEMA = 3   # 3: integer element-wise class, fused activations in the equations (older: recalibrate)
 DEFAULT_CACHE_BYTES = 16 * 2 ** 20   # half of a 32 MiB L3, when the machine does not say
 UNSTABLE_PCT = 10.0                  # GEMM rate at the end vs the start: more than this -> suspect
 BACKEND_KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
@@ -186,8 +186,7 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
             nodes = [classify(n) for n in graph.nodes]
             equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
                               "batch": b, "branch": i, "model": str(path),
-                              "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]
-                                        for nw in nodes],
+                              "nodes": [nw.as_equation_node() for nw in nodes],
                               "ops": [n.op for n in graph.nodes]})
     for _ in range(passes):  # whole passes, minutes apart: a burst of other work rarely hits both
         _retime_ort(equations, branches, threads, budget_s)
@@ -213,6 +212,10 @@ def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, 
         del sess
 
 
+def _fused(node: list) -> bool:
+    return len(node) > 4 and bool(node[4])
+
+
 def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
               cache_bytes: float | None = None) -> dict[str, Any]:
     """Fit every equation (a probe's executed nodes and its measured time) at once.
@@ -228,7 +231,8 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
     from scipy.optimize import nnls
 
     thr = float(cache_bytes if cache_bytes is not None else DEFAULT_CACHE_BYTES)
-    classes = sorted({n[0] for e in equations for n in e["nodes"]})
+    classes = sorted({n[0] for e in equations for n in e["nodes"]}
+                     | {n[4][0] for e in equations for n in e["nodes"] if _fused(n)})
     cols: list[tuple[str, str]] = []
     for c in classes:
         cols.append((c, "o"))
@@ -247,6 +251,8 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
             a[r, index[(cls, "o")]] += 1.0 / t
             if (cls, "s") in index:
                 a[r, index[(cls, "s")]] += work / t
+            if _fused(node):   # the fused activation's elements, at its own class's rate
+                a[r, index[(node[4][0], "s")]] += node[4][1] / t
             a[r, index[("dram", "s")]] += max(0.0, nbytes - thr) / t
     y = np.array([1.0 - run_fixed_s / e["seconds"] for e in usable])
     scale = np.linalg.norm(a, axis=0)
@@ -295,7 +301,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
                     nw = classify(c.node)
                     equations.append({"probe": c.node.op, "batch": b, "seconds": ms / 1e3, "ops": [c.node.op],
                                       "branch": i, "call": j, "timings": 1,
-                                      "nodes": [[nw.kernel_class, nw.work, nw.bytes_moved, list(nw.features)]]})
+                                      "nodes": [nw.as_equation_node()]})
                 if i % overhead_every == 0 and all(t is not None for t in times_ms):
                     block_s = time_callable(lambda: block(x), budget_s)
                     if fault_price_s:
@@ -373,13 +379,14 @@ def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_
     compute nodes (convolutions, GEMMs) in proportion to their predicted share; the rest of its
     nodes (element-wise, layout, Q/DQ) keep their linear prediction. The estimate later looks up
     the rate of the most similar probe layers (`fopt.bench.estimate.knn_rate`)."""
-    from fopt.bench.estimate import predict_node
+    from fopt.bench.estimate import fused_act_s, predict_node
     from fopt.bench.kernels import COMPUTE_CLASSES, NodeWork
 
     out: dict[str, list] = {}
     for e in equations:
         nodes = e["nodes"]
-        preds = [predict_node(NodeWork(n[0], n[1], 0.0, n[2]), fit["classes"], fit["dram"])[0] for n in nodes]
+        works = [NodeWork(n[0], n[1], 0.0, n[2], fused_act=tuple(n[4]) if _fused(n) else None) for n in nodes]
+        preds = [predict_node(nw, fit["classes"], fit["dram"])[0] for nw in works]
         compute = [i for i, n in enumerate(nodes) if n[0] in COMPUTE_CLASSES and n[1] > 0 and len(n) > 3 and n[3]]
         if not compute:
             continue
@@ -391,6 +398,7 @@ def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_
         same: dict[tuple, list[float]] = {}   # the repeated layers of a branch make one point
         for i in compute:
             t = max(0.2 * preds[i], preds[i] + rest * weight[i] / total)
+            t -= min(0.8 * t, fused_act_s(works[i], fit["classes"]))   # the convolution's own time
             if t > 0:
                 acc = same.setdefault((nodes[i][0], tuple(nodes[i][3])), [0.0, 0.0])
                 acc[0] += nodes[i][1]

@@ -157,6 +157,15 @@ def peak_mac_rate(cal: dict[str, Any], precision: str) -> float | None:
     return max(rates) if rates else None
 
 
+def fused_act_s(nw: NodeWork, fits: dict[str, dict]) -> float:
+    """Seconds of the activation fused into a convolution, at its class's per-element rate."""
+    if not nw.fused_act:
+        return 0.0
+    cls, elements = nw.fused_act
+    fit = fits.get(cls)
+    return elements * fit["sec_per_work"] if fit else 0.0
+
+
 def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | None = None,
                  points: dict[str, list] | None = None, max_rate: float | None = None) -> tuple[float, str, str]:
     """(seconds, class used, bound) of one node.
@@ -172,9 +181,10 @@ def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | N
     if points and nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and len(points.get(nw.kernel_class) or []) >= 2:
         rate = knn_rate(points[nw.kernel_class], nw.features)
         if rate:
+            act_s = fused_act_s(nw, fits)
             if max_rate and rate > max_rate:
-                return nw.work / max_rate, nw.kernel_class, "compute (GEMM peak)"
-            return nw.work / rate, nw.kernel_class, "compute"
+                return nw.work / max_rate + act_s, nw.kernel_class, "compute (GEMM peak)"
+            return nw.work / rate + act_s, nw.kernel_class, "compute"
         far = True
     used, fit = _resolve_fit(fits, nw.kernel_class)
     if far and fit is not None:
@@ -186,6 +196,7 @@ def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | N
     if dram:
         dram_s = max(0.0, nw.bytes_moved - dram["cache_bytes"]) * dram["sec_per_byte"]
     over_s = fit["overhead_s"]
+    work_s += fused_act_s(nw, fits)
     if over_s >= work_s and over_s >= dram_s:
         bound = "overhead"
     elif dram_s > work_s:
