@@ -38,8 +38,8 @@
 
 Error is ``(estimate / measured_p50 - 1) * 100``: positive means the estimate is too high.
 `benchmarks/bench_quality.py` measures how often it lands within 25% (75-86% of 36 points at
-224 px in five runs on the 2-core VM this was developed on, against 17-25% for FLOPs / peak;
-12 of 12 for EfficientNet-B7 and VGG-16).
+224 px in six runs on the 2-core VM this was developed on, against 17-25% for FLOPs / peak;
+12 of 12 for EfficientNet-B7 and VGG-16 in two runs).
 """
 
 from __future__ import annotations
