@@ -212,10 +212,6 @@ def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, 
         del sess
 
 
-def _fused(node: list) -> bool:
-    return len(node) > 4 and bool(node[4])
-
-
 def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
               cache_bytes: float | None = None) -> dict[str, Any]:
     """Fit every equation (a probe's executed nodes and its measured time) at once.
@@ -230,9 +226,12 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
     """
     from scipy.optimize import nnls
 
+    from fopt.bench.kernels import NodeWork
+
     thr = float(cache_bytes if cache_bytes is not None else DEFAULT_CACHE_BYTES)
-    classes = sorted({n[0] for e in equations for n in e["nodes"]}
-                     | {n[4][0] for e in equations for n in e["nodes"] if _fused(n)})
+    works = {id(e): [NodeWork.from_equation_node(n) for n in e["nodes"]] for e in equations}
+    classes = sorted({nw.kernel_class for ws in works.values() for nw in ws}
+                     | {nw.fused_act[0] for ws in works.values() for nw in ws if nw.fused_act})
     cols: list[tuple[str, str]] = []
     for c in classes:
         cols.append((c, "o"))
@@ -246,14 +245,13 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
     a = np.zeros((len(usable), len(cols)))
     for r, e in enumerate(usable):
         t = e["seconds"]
-        for node in e["nodes"]:
-            cls, work, nbytes = node[0], node[1], node[2]
-            a[r, index[(cls, "o")]] += 1.0 / t
-            if (cls, "s") in index:
-                a[r, index[(cls, "s")]] += work / t
-            if _fused(node):   # the fused activation's elements, at its own class's rate
-                a[r, index[(node[4][0], "s")]] += node[4][1] / t
-            a[r, index[("dram", "s")]] += max(0.0, nbytes - thr) / t
+        for nw in works[id(e)]:
+            a[r, index[(nw.kernel_class, "o")]] += 1.0 / t
+            if (nw.kernel_class, "s") in index:
+                a[r, index[(nw.kernel_class, "s")]] += nw.work / t
+            if nw.fused_act:   # the fused activation's elements, at its own class's rate
+                a[r, index[(nw.fused_act[0], "s")]] += nw.fused_act[1] / t
+            a[r, index[("dram", "s")]] += max(0.0, nw.bytes_moved - thr) / t
     y = np.array([1.0 - run_fixed_s / e["seconds"] for e in usable])
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1.0
@@ -385,14 +383,14 @@ def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_
     out: dict[str, list] = {}
     for e in equations:
         nodes = e["nodes"]
-        works = [NodeWork(n[0], n[1], 0.0, n[2], fused_act=tuple(n[4]) if _fused(n) else None) for n in nodes]
+        works = [NodeWork.from_equation_node(n) for n in nodes]
         preds = [predict_node(nw, fit["classes"], fit["dram"])[0] for nw in works]
-        compute = [i for i, n in enumerate(nodes) if n[0] in COMPUTE_CLASSES and n[1] > 0 and len(n) > 3 and n[3]]
+        compute = [i for i, nw in enumerate(works) if nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and nw.features]
         if not compute:
             continue
         # shares by predicted time; by work where the linear fit gave the class nothing
         weight = {i: preds[i] for i in compute} if sum(preds[i] for i in compute) > 0 else \
-            {i: nodes[i][1] for i in compute}
+            {i: works[i].work for i in compute}
         total = sum(weight.values())
         rest = (e["seconds"] - run_fixed_s) - sum(preds)
         same: dict[tuple, list[float]] = {}   # the repeated layers of a branch make one point
@@ -400,8 +398,8 @@ def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_
             t = max(0.2 * preds[i], preds[i] + rest * weight[i] / total)
             t -= min(0.8 * t, fused_act_s(works[i], fit["classes"]))   # the convolution's own time
             if t > 0:
-                acc = same.setdefault((nodes[i][0], tuple(nodes[i][3])), [0.0, 0.0])
-                acc[0] += nodes[i][1]
+                acc = same.setdefault((works[i].kernel_class, works[i].features), [0.0, 0.0])
+                acc[0] += works[i].work
                 acc[1] += t
         for (cls, feats), (work, t) in same.items():
             out.setdefault(cls, []).append([*feats, work / t])
@@ -478,10 +476,11 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     branches, batches = cfg["branches"], cfg["batches"]
     net = probes.build_probenet(branches)
     backends: dict[str, Any] = {}
-    step("kernel classes: torch eager")
     # The GEMM is timed three times (start, here, end), the fastest kept: on a shared machine
     # one slow spell can take 25% off a single timing (measured: 354 against 485 GFLOP/s).
+    step("GEMM rates, second timing")
     mid_gemms = probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
+    step("kernel classes: torch eager")
     # Compute only: which pages a model faults depends on its whole allocation sequence, so the
     # bench counts them in the measured run and prices them apart (`page_faults` above); the
     # probes' own faults are taken off their timings at that price.
@@ -510,9 +509,9 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
         cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
             backends[key]["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
-        step("kernel classes: torch eager, second pass")
-        # As for ONNX Runtime: a second whole pass, its fastest timing kept per ATen call.
-        for _ in range(cfg["passes"] - 1):
+        # As for ONNX Runtime: further whole passes, the fastest timing kept per ATen call.
+        for k in range(1, cfg["passes"]):
+            step(f"kernel classes: torch eager, pass {k + 1}")
             _retime_torch(backends["torch-eager/fp32"]["equations"], net, branches, cfg["torch_runs"], fault_price)
         step("fitting (and timing outliers again)")
         retimers = {

@@ -233,7 +233,9 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     base, precision = key.rsplit("/", 1)
     # Float convolutions/GEMMs of an INT8 graph cost what they cost in FP32.
     float_backend = cal["backends"].get(f"{base}/fp32") if precision == "int8" else None
-    peaks = {"fp32": peak_mac_rate(cal, "fp32"), precision: peak_mac_rate(cal, precision)}
+    # No convolution faster than its precision's GEMM rate, with a margin (`GEMM_PEAK_MARGIN`).
+    caps = {p: (r * GEMM_PEAK_MARGIN if r else None)
+            for p, r in (("fp32", peak_mac_rate(cal, "fp32")), (precision, peak_mac_rate(cal, precision)))}
     summary = cal.get("summary") or {}
     dram_bps, cache_bps = summary.get("mem_bandwidth"), summary.get("cache_bandwidth")
     weights_s = 0.0
@@ -248,8 +250,7 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
         if float_backend is not None and nw.kernel_class in COMPUTE_CLASSES and node.op not in INTEGER_COMPUTE_OPS:
             b, p = float_backend, "fp32"
             n_float += 1
-        cap = peaks[p] * GEMM_PEAK_MARGIN if peaks[p] else None
-        sec, used, bound = predict_node(nw, b["classes"], b.get("dram"), b.get("rate_points"), cap)
+        sec, used, bound = predict_node(nw, b["classes"], b.get("dram"), b.get("rate_points"), caps[p])
         cold_s = cold_weights_s(nw, sec, dram_bps, cache_bps)
         sec += cold_s
         weights_s += cold_s

@@ -92,6 +92,14 @@ class NodeWork:
         return [self.kernel_class, self.work, self.bytes_moved, list(self.features),
                 list(self.fused_act) if self.fused_act else None]
 
+    @classmethod
+    def from_equation_node(cls, node: list) -> "NodeWork":
+        """The inverse of `as_equation_node` (features and fused_act may be absent: older or
+        hand-written equations)."""
+        feats = tuple(node[3]) if len(node) > 3 and node[3] else ()
+        act = tuple(node[4]) if len(node) > 4 and node[4] else None
+        return cls(node[0], node[1], 0.0, node[2], features=feats, fused_act=act)
+
 
 def shape_features(*, spatial: float, cin_per_group: float, cout: float, kernel_area: float,
                    stride: float, batch: float, channels_aligned: bool) -> tuple[float, ...]:
