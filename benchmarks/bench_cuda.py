@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_quality import build_artifacts, calibration_images
 
-    from fopt.bench.analyze import analyze
-    from fopt.bench.calibrate import calibrate
+    from fopt.analyze.roofline import estimate_latency
+    from fopt.analyze.run import analyze
+    from fopt.bench.costmodel.calibrate import calibrate
     from fopt.bench.plots import plot_all
-    from fopt.bench.roofline import estimate_latency
     from fopt.bench.run import bench_artifacts
 
     t0 = time.perf_counter()

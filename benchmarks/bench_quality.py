@@ -10,7 +10,7 @@ with random weights (latency does not depend on them) and 22 classes:
    with ``--recalibrate``). The calibration runs micro-benchmarks on synthetic probe networks and
    never sees a registry model, so every estimate is out of sample by construction. One term
    uses something counted in the measured processes: their page faults per run (getrusage, a
-   count, not a time), priced at the calibrated cost per fault (`fopt.bench.faults`); the report
+   count, not a time), priced at the calibrated cost per fault (`fopt.bench.measure.faults`); the report
    gives the fraction without that term too,
 3. measures every artifact with ``bench_artifacts`` in ``--processes`` fresh processes each, with
    ``--per-layer`` so each point's error can be explained,
@@ -52,16 +52,15 @@ def calibration_images(work: Path, size: int):
     """32 synthetic garment images (real pictures, not random tensors) for static INT8."""
     from fopt.artifacts import InputSpec
     from fopt.data.synth import synthesize
-    from fopt.optimize.calib import load_calibration
-
     from fopt.errors import OutputExistsError
+    from fopt.optimize.calib import load_calibration_set
 
     args = {"classes": 4, "per_class": 10, "size": min(max(size, 64), 512), "seed": 0}
     try:
         folder = synthesize(work / "calib_images", **args)
     except OutputExistsError:  # our own work folder, made by an older fopt with other settings
         folder = synthesize(work / "calib_images", force=True, **args)
-    return load_calibration(folder, InputSpec(size=size), n=32)
+    return load_calibration_set(folder, InputSpec(size=size), n=32)
 
 
 def build_artifacts(model: str, size: int, work: Path, calib: Callable[[], Any]) -> dict[str, Path]:
@@ -70,10 +69,10 @@ def build_artifacts(model: str, size: int, work: Path, calib: Callable[[], Any])
     import torch
 
     from fopt.artifacts import InputSpec, make_card, write_card
+    from fopt.checkpoint import save_checkpoint
     from fopt.export.onnx import model_to_onnx
     from fopt.models import build_model
     from fopt.optimize.quantize import onnx_to_int8_static
-    from fopt.train.checkpoint import save_checkpoint
 
     stem = work / f"{model}_{size}"
     paths = {"torch-eager/fp32": stem.with_suffix(".pt"), "onnxruntime/fp32": stem.with_suffix(".onnx"),
@@ -231,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="thread-cpu (with --threads 1): CPU time, for a machine other work shares")
     args = ap.parse_args(argv)
 
-    from fopt.bench.calibrate import calibrate, load_calibration
-    from fopt.bench.machine import default_threads
+    from fopt.bench.costmodel.cache import load_machine_calibration
+    from fopt.bench.costmodel.calibrate import calibrate
+    from fopt.bench.measure.machine import default_threads
     from fopt.bench.plots import plot_all
     from fopt.bench.run import bench_artifacts
     from fopt.models import MODELS
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.out.with_name(args.out.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
 
-    cal = None if args.recalibrate else load_calibration("cpu", threads, args.clock)
+    cal = None if args.recalibrate else load_machine_calibration("cpu", threads, args.clock)
     if cal is not None and cal.get("quick"):
         cal = None  # made with the reduced test probe set
     for attempt in range(3):
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         # the full probe set even with --quick: the reduced one is for tests, not for estimates
         log(f"calibrating this machine ({threads} threads)")
         calibrate("cpu", threads, clock=args.clock, on_step=lambda m: log(f"  calibrating: {m}"))
-        cal = load_calibration("cpu", threads, args.clock)
+        cal = load_machine_calibration("cpu", threads, args.clock)
     log(f"calibration of {cal['created']} ({cal['path']})")
 
     log("building artifacts: " + ", ".join(models))

@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one model, 3 short rounds")
     args = ap.parse_args(argv)
 
-    from fopt.bench.latency import StopRule
-    from fopt.bench.machine import default_threads, machine_record
+    from fopt.bench.measure.machine import default_threads, machine_record
     from fopt.bench.run import bench_artifacts, make_input
+    from fopt.runtime.timing import StopRule
 
     if args.quick:
         args.models, args.rounds, args.min_time = args.models[:1], 3, 0.3

@@ -79,7 +79,7 @@ def train(model: str, data: Path, run_dir: Path, args) -> Path:
 
 def export_fp32(ckpt: Path, out_dir: Path) -> Path:
     """FP32 ONNX through `fopt export` (parity-checked, card with the checkpoint as parent)."""
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     return Path(export_checkpoint(ckpt, ("onnx",), out_dir, force=True)[0].path)
 
@@ -128,8 +128,8 @@ def latency(paths: list[Path], args) -> dict[str, dict[str, Any]]:
 
 def run_model(model: str, data: Path, out: Path, args) -> dict[str, Any]:
     from fopt.artifacts import read_card
+    from fopt.evaluation import evaluate_artifact
     from fopt.optimize.run import OptimizeOptions, optimize_onnx
-    from fopt.train.evaluate import evaluate_artifact
 
     run_dir = out / model
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from fopt.bench.machine import machine_record
+    from fopt.bench.measure.machine import machine_record
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

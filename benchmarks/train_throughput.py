@@ -53,8 +53,15 @@ def main() -> None:
     from fopt.data.synth import synthesize
     from fopt.train.config import TrainConfig
     from fopt.train.distributed import DistInfo
-    from fopt.train.engine import (build_datasets, build_input_spec, build_loaders, build_model,
-                                   build_optimizer, seed_everything, train_one_epoch)
+    from fopt.train.engine import (
+        build_datasets,
+        build_input_spec,
+        build_loaders,
+        build_model,
+        build_optimizer,
+        seed_everything,
+        train_one_epoch,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)

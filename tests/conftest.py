@@ -84,9 +84,9 @@ def tiny_checkpoint(synth_dataset, tmp_path_factory) -> Path:
     import torch
 
     from fopt.artifacts import InputSpec
+    from fopt.checkpoint import save_checkpoint
     from fopt.data.datasets import DatasetTable
     from fopt.models import build_model
-    from fopt.train.checkpoint import save_checkpoint
 
     table = DatasetTable.load(synth_dataset)
     torch.manual_seed(0)

@@ -1,10 +1,19 @@
 import json
-import os
 
 import pytest
 
-from fopt.artifacts import (InputSpec, atomic_path, card_path, detect_format, make_card, read_card,
-                            sha256_file, update_card_metrics, write_card, write_json_atomic)
+from fopt.artifacts import (
+    InputSpec,
+    atomic_path,
+    card_path,
+    detect_format,
+    make_card,
+    read_card,
+    sha256_file,
+    update_card_metrics,
+    write_card,
+    write_json_atomic,
+)
 from fopt.errors import InputError, OutputExistsError
 
 

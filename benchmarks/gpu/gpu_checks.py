@@ -70,7 +70,7 @@ def environment() -> dict[str, Any]:
                            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
                            "onnxruntime": ort.__version__, "ort_providers": ort.get_available_providers()}
     if torch.cuda.is_available():
-        from fopt.optimize.tensorrt import gpu_record
+        from fopt.runtime.base import gpu_record
 
         env.update(gpu_record(0))
     try:
@@ -85,7 +85,7 @@ def environment() -> dict[str, Any]:
 def prepare_model(args, work: Path) -> dict[str, Any]:
     from fopt.data.build import build_dataset
     from fopt.data.synth import synthesize
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
     from fopt.train.config import TrainConfig
     from fopt.train.engine import fit
 
@@ -129,7 +129,7 @@ def latency(paths: list[str], device: str, args) -> list[dict[str, Any]]:
 def compat_guard(engine: str, work: Path) -> dict[str, Any]:
     from fopt.artifacts import read_card, write_card
     from fopt.errors import InputError
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     fake = work / "other_gpu.engine"
     shutil.copy(engine, fake)
@@ -148,7 +148,7 @@ def parity(onnx_path: str, engines: list[str], dataset: str, n: int = 8) -> dict
 
     from fopt.artifacts import InputSpec, read_card
     from fopt.data.calibration import calibration_batch
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     spec = InputSpec.from_dict(read_card(onnx_path)["input_spec"])
     x = calibration_batch(dataset, n, spec.size, spec.mean, spec.std, split="val", seed=1)

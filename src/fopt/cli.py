@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("fopt.train.cli:eval_cmd", "Accuracy, macro-F1 and per-class report of any artifact."),
     "export": ("fopt.export.cli:export", "Export a checkpoint to TorchScript and ONNX, parity-checked."),
     "optimize": ("fopt.optimize.cli:optimize", "INT8 (dynamic/static), FP16 and TensorRT from an ONNX model."),
-    "analyze": ("fopt.bench.analyze_cli:analyze", "Params, MACs, FLOPs, memory traffic, receptive field, roofline."),
+    "analyze": ("fopt.analyze.cli:analyze", "Params, MACs, FLOPs, memory traffic, receptive field, roofline."),
     "bench": ("fopt.bench.cli:bench", "Measure latency/throughput beside the analytical estimate."),
     "pipeline": ("fopt.pipeline.cli:pipeline", "Run every stage on one or more models and write one report."),
     "report": ("fopt.pipeline.cli:report", "Rebuild the comparison report from existing pipeline runs."),

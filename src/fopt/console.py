@@ -10,8 +10,14 @@ from typing import Any, Iterable, Sequence
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from fopt.artifacts import write_json_atomic, write_text_atomic
@@ -117,3 +123,27 @@ def echo(message: str = "") -> None:
 
 def stdout_is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+class NoBar:
+    """Stands in for the progress bar off a terminal (logs, CI) and on ranks other than 0."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def advance(self, *a, **k):
+        pass
+
+    def update(self, *a, **k):
+        pass
+
+
+def epoch_bar(enabled: bool):
+    """A progress bar when `enabled` and stderr is a terminal, else a stand-in that does nothing."""
+    return progress() if enabled and err_console.is_terminal else NoBar()

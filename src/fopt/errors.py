@@ -9,6 +9,24 @@ traceback.
 from __future__ import annotations
 
 
+def first_line(e: BaseException, default: str | None = None) -> str:
+    """The first non-empty line of an exception's message: what a one-line error quotes from a
+    library's multi-line one. Without a message: `default`, else the exception's type name."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__ if default is None else default
+
+
+def one_line(e: BaseException) -> str:
+    """A FoptError's own first line; any other exception's prefixed with its type, so a row's
+    ``error`` says what failed even when the library's message alone does not."""
+    line = first_line(e, "")
+    if isinstance(e, FoptError):
+        return line or type(e).__name__
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
 class FoptError(Exception):
     """Base class: a problem the user can fix. Message must fit on one line."""
 

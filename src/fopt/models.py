@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.errors import CheckpointError, InputError, UsageError
+from fopt.errors import CheckpointError, InputError, UsageError, first_line
 from fopt.registry import Registry
 
 
@@ -234,7 +234,7 @@ def load_pretrained(model, name: str, source: str) -> dict[str, Any]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling/zip failure is the user's file, reported in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise CheckpointError(f"{path}: not a loadable state dict ({first})") from None
     if isinstance(raw, dict) and "fopt_checkpoint" in raw and "state_dict" in raw:
         raw = raw["state_dict"]

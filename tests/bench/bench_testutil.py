@@ -5,9 +5,9 @@ from __future__ import annotations
 
 def synthetic_calibration(threads: int = 1) -> dict:
     """A calibration with round numbers, so estimates can be checked by arithmetic."""
-    from fopt.bench.calibrate import SCHEMA
-    from fopt.bench.kernels import ALL_CLASSES, COMPUTE_CLASSES
-    from fopt.bench.machine import machine_key, machine_record
+    from fopt.bench.costmodel.cache import SCHEMA
+    from fopt.bench.costmodel.kernels import ALL_CLASSES, COMPUTE_CLASSES
+    from fopt.bench.measure.machine import machine_key, machine_record
 
     rec = machine_record()
 

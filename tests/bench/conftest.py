@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from bench_testutil import synthetic_calibration
 
 TINY_CLASSES = ["a", "b", "c", "d"]
@@ -40,7 +39,7 @@ def write_tiny_onnx(path: Path, *, dynamic_batch: bool = True, size: int = 32) -
 def bench_dir(tmp_path_factory) -> Path:
     """tiny.onnx (dynamic batch), tiny_static.onnx (batch 1 only), tiny.pt checkpoint, corrupt.onnx."""
     from fopt.artifacts import InputSpec
-    from fopt.train.checkpoint import save_checkpoint
+    from fopt.checkpoint import save_checkpoint
 
     d = tmp_path_factory.mktemp("bench_artifacts")
     write_tiny_onnx(d / "tiny.onnx")
@@ -62,7 +61,7 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def synthetic_cal(cache_dir) -> dict:
     """The synthetic calibration saved for 1 thread in the test's cache."""
-    from fopt.bench.calibrate import save_calibration
+    from fopt.bench.costmodel.cache import save_calibration
 
     cal = synthetic_calibration(threads=1)
     save_calibration(cal)

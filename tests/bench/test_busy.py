@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fopt.bench.machine import busy_warning, cpus_busy
+from fopt.bench.measure.machine import busy_warning, cpus_busy
 
 
 def _stat(tmp_path, busy, idle):
@@ -30,8 +30,8 @@ def test_busy_warning_only_when_the_threads_do_not_fit():
 
 
 def test_bench_records_how_busy_the_machine_was(bench_dir):
-    from fopt.bench.latency import StopRule
     from fopt.bench.run import bench_artifacts
+    from fopt.runtime.timing import StopRule
 
     res = bench_artifacts([bench_dir / "tiny.onnx"], batch_sizes=[1], threads=1, estimate=False,
                           rule=StopRule(min_time_s=0.02, warmup_iters=1, warmup_s=0.0))

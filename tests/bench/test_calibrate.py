@@ -6,8 +6,10 @@ import json
 
 import pytest
 
-from fopt.bench import calibrate as calib
-from fopt.bench.machine import default_threads, machine_key, machine_record
+from fopt.bench.costmodel import cache
+from fopt.bench.costmodel import calibrate as calib
+from fopt.bench.costmodel.fit import fit_with_retiming
+from fopt.bench.measure.machine import default_threads, machine_key, machine_record
 
 
 def test_machine_record_has_what_a_reader_needs():
@@ -24,9 +26,9 @@ def test_machine_record_has_what_a_reader_needs():
 
 
 def test_cache_location_follows_env(cache_dir):
-    assert calib.cache_dir() == cache_dir / "calibration"
-    assert calib.cache_path().parent == cache_dir / "calibration"
-    assert calib.load_calibration() is None
+    assert cache.cache_dir() == cache_dir / "calibration"
+    assert cache.cache_path().parent == cache_dir / "calibration"
+    assert cache.load_machine_calibration() is None
 
 
 def test_cache_keeps_one_entry_per_thread_count(cache_dir):
@@ -34,39 +36,39 @@ def test_cache_keeps_one_entry_per_thread_count(cache_dir):
 
     one, two = synthetic_calibration(threads=1), synthetic_calibration(threads=2)
     two["created"] = "2026-02-01T00:00:00+00:00"
-    calib.save_calibration(one)
-    calib.save_calibration(two)
-    assert calib.load_calibration("cpu", 1)["threads"] == 1
-    assert calib.load_calibration("cpu", 2)["threads"] == 2
-    assert calib.load_calibration("cpu")["threads"] == 2          # newest when threads not given
-    assert calib.load_calibration("cpu", 3) is None
-    assert calib.load_calibration("cuda") is None
-    doc = json.loads(calib.cache_path().read_text())
+    cache.save_calibration(one)
+    cache.save_calibration(two)
+    assert cache.load_machine_calibration("cpu", 1)["threads"] == 1
+    assert cache.load_machine_calibration("cpu", 2)["threads"] == 2
+    assert cache.load_machine_calibration("cpu")["threads"] == 2          # newest when threads not given
+    assert cache.load_machine_calibration("cpu", 3) is None
+    assert cache.load_machine_calibration("cuda") is None
+    doc = json.loads(cache.cache_path().read_text())
     assert sorted(doc["entries"]) == ["cpu:threads=1", "cpu:threads=2"]
 
 
 def test_corrupt_cache_is_a_clear_error_and_old_schema_is_ignored(cache_dir):
     from fopt.errors import InputError, UsageError
 
-    path = calib.cache_path()
+    path = cache.cache_path()
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     with pytest.raises(InputError, match="unreadable calibration cache"):
-        calib.load_calibration()
+        cache.load_machine_calibration()
     path.write_text(json.dumps({"schema": 0, "entries": {}}))
-    assert calib.load_calibration() is None
+    assert cache.load_machine_calibration() is None
     with pytest.raises(UsageError, match="fopt bench --calibrate"):
-        calib.require_calibration("cpu", 2)
+        cache.require_machine_calibration("cpu", 2)
 
 
 def test_calibration_is_a_device_spec_for_analyze(synthetic_cal):
-    from fopt.bench.devices import device_rows, get_device_spec
+    from fopt.analyze.devices import device_rows
 
-    spec = get_device_spec("cpu")
+    spec = cache.cpu_device_spec()
     assert spec.peak("fp32") == 1e11 and spec.peak("int8") == 4e11
     assert spec.peak("fp16") == 1e11   # no fp16 rate measured: falls back to fp32
     assert spec.bandwidth_bytes_per_s == 2e10 and spec.node_overhead_s == 5e-6
-    assert any(r["name"] == "cpu" for r in device_rows())
+    assert any(r["name"] == "cpu" for r in device_rows([spec]))
 
 
 def test_quick_calibration_end_to_end(cache_dir):
@@ -74,8 +76,8 @@ def test_quick_calibration_end_to_end(cache_dir):
     steps = []
     cal = calib.calibrate("cpu", threads=1, quick=True, on_step=steps.append)
     assert steps[0] == "GEMM rates" and steps[-1].startswith("fitting")
-    assert calib.cache_path().exists() and str(calib.cache_path()) == cal["path"]
-    loaded = calib.load_calibration("cpu", 1)
+    assert cache.cache_path().exists() and str(cache.cache_path()) == cal["path"]
+    loaded = cache.load_machine_calibration("cpu", 1)
     assert loaded["created"] == cal["created"]
     s = loaded["summary"]
     assert s["peak_flops"]["fp32"] > 1e8 and s["peak_flops"]["int8"] > 1e8
@@ -102,9 +104,9 @@ def test_probe_network_covers_every_class_it_claims():
     """The classes the probe network produces in eager mode (no timing): every compute class."""
     import torch
 
-    from fopt.bench.kernels import classify
-    from fopt.bench.probes import QUICK_BRANCHES, build_probenet, probe_inputs
-    from fopt.bench.profile import record_torch_calls
+    from fopt.bench.costmodel.kernels import classify
+    from fopt.bench.costmodel.probes import QUICK_BRANCHES, build_probenet, probe_inputs
+    from fopt.bench.measure.profile import record_torch_calls
 
     net = build_probenet(QUICK_BRANCHES)
     xs = [torch.from_numpy(x) for x in probe_inputs(QUICK_BRANCHES, 1)]
@@ -128,7 +130,7 @@ def test_outliers_are_timed_again_and_the_fastest_timing_kept():
         for e in suspects:  # an undisturbed second timing
             e["seconds"] = min(e["seconds"], e["nodes"][0][1] * truth)
 
-    fit = calib.fit_with_retiming(eqs, 0.0, 1e9, retime)
+    fit = fit_with_retiming(eqs, 0.0, 1e9, retime)
     assert calls and calls[0] >= 1
     assert eqs[2]["seconds"] == pytest.approx(4e6 * truth)
     assert fit["classes"]["conv_dense"]["sec_per_work"] == pytest.approx(truth, rel=1e-6)

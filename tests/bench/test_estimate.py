@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fopt.bench.calibrate import fit_joint
-from fopt.bench.estimate import GEMM_PEAK_MARGIN, calibrated_estimate, error_pct, fit_key
-from fopt.bench.kernels import classify
-from fopt.bench.profile import ExecGraph, ExecNode
+from fopt.bench.costmodel.fit import fit_joint
+from fopt.bench.costmodel.kernels import classify
+from fopt.bench.costmodel.predict import (
+    GEMM_PEAK_MARGIN,
+    calibrated_estimate,
+    error_pct,
+    fit_key,
+)
+from fopt.bench.measure.profile import ExecGraph, ExecNode
 
 
 def conv(x, w, out, group=1, dtypes=("float", "float"), weight_in_inputs=True, op="Conv"):
@@ -167,7 +172,7 @@ def test_a_gemv_takes_at_least_the_time_to_stream_its_weights_from_dram():
 def test_a_fused_activation_is_costed_at_its_own_class_rate():
     from bench_testutil import synthetic_calibration
 
-    from fopt.bench.calibrate import rate_points
+    from fopt.bench.costmodel.fit import rate_points
 
     def stem(act):
         n = conv([8, 3, 224, 224], [16, 3, 3, 3], [8, 16, 112, 112])
@@ -213,7 +218,7 @@ def test_weights_are_counted_at_their_stored_precision():
 def test_torch_trace_takes_the_weight_of_addmm_from_its_third_argument():
     import torch
 
-    from fopt.bench.profile import record_torch_calls
+    from fopt.bench.measure.profile import record_torch_calls
 
     class Head(torch.nn.Module):
         def __init__(self):
@@ -272,16 +277,16 @@ def test_fit_keys_and_error_pct():
 
 def test_bench_rows_carry_all_three_estimates(bench_dir, synthetic_cal):
     """Wiring: a synthetic calibration gives calibrated, naive and roofline beside every row."""
-    from fopt.bench.analyze import analyze
-    from fopt.bench.calibrate import load_calibration
-    from fopt.bench.latency import StopRule
-    from fopt.bench.roofline import estimate_latency
+    from fopt.analyze.roofline import estimate_latency
+    from fopt.analyze.run import analyze
+    from fopt.bench.costmodel.cache import load_machine_calibration
     from fopt.bench.run import bench_artifacts
+    from fopt.runtime.timing import StopRule
 
     res = bench_artifacts([bench_dir / "tiny.onnx", bench_dir / "tiny.pt"], batch_sizes=[1, 2], threads=1,
                           rule=StopRule(min_time_s=0.02, warmup_iters=1, warmup_s=0.0), per_layer=True)
     assert res.calibration["summary"]["source"] == "synthetic test calibration"
-    spec = load_calibration("cpu", 1).to_device_spec()
+    spec = load_machine_calibration("cpu", 1).to_device_spec()
     for row in res.results:
         d = row.to_dict()
         assert d["status"] == "ok", d["error"]
@@ -304,8 +309,8 @@ def test_bench_rows_carry_all_three_estimates(bench_dir, synthetic_cal):
 
 
 def test_without_calibration_rows_say_how_to_get_one(bench_dir, cache_dir):
-    from fopt.bench.latency import StopRule
     from fopt.bench.run import bench_artifacts
+    from fopt.runtime.timing import StopRule
 
     res = bench_artifacts([bench_dir / "tiny.onnx"], batch_sizes=[1], threads=1,
                           rule=StopRule(min_time_s=0.02, warmup_iters=1, warmup_s=0.0))
@@ -316,7 +321,7 @@ def test_without_calibration_rows_say_how_to_get_one(bench_dir, cache_dir):
 
 
 def test_knn_rate_prefers_the_most_similar_probe_layers():
-    from fopt.bench.estimate import knn_rate
+    from fopt.bench.costmodel.predict import knn_rate
 
     pts = [[0.0, 0.0, 1e9], [1.0, 0.0, 2e9], [5.0, 5.0, 1e12]]
     assert knn_rate(pts, (0.0, 0.0), k=1) == pytest.approx(1e9)
@@ -346,7 +351,7 @@ def test_compute_nodes_use_probe_rates_and_memory_nodes_the_linear_fit():
 
 
 def test_rate_points_attribute_the_unexplained_time_to_compute_nodes():
-    from fopt.bench.calibrate import rate_points
+    from fopt.bench.costmodel.fit import rate_points
 
     fit = {"classes": {"conv_dense": {"overhead_s": 0.0, "sec_per_work": 1e-11},
                        "eltwise": {"overhead_s": 0.0, "sec_per_work": 1e-9}},
@@ -376,8 +381,8 @@ def test_a_layer_unlike_every_probe_uses_the_linear_fit_and_says_so():
 
 
 def test_fit_gap_separates_per_op_and_per_byte_costs():
-    from fopt.bench.calibrate import fit_gap
-    from fopt.bench.kernels import output_bytes
+    from fopt.bench.costmodel.fit import fit_gap
+    from fopt.bench.costmodel.kernels import output_bytes
 
     samples = [(n, nb, n * 3e-6 + nb * 2e-12) for n, nb in ((3, 1e5), (3, 4e7), (9, 1e6), (6, 2e8))]
     gap = fit_gap(samples)
@@ -414,9 +419,9 @@ def test_float_convolutions_of_an_int8_graph_are_estimated_with_fp32_rates():
 
 
 def test_torchscript_graph_is_recorded_after_its_optimizer_settles(bench_dir, tmp_path):
-    from fopt.bench.estimate import exec_graph_for
-    from fopt.export import export_checkpoint
-    from fopt.runtime.base import open_runner
+    from fopt.bench.costmodel.predict import exec_graph_for
+    from fopt.export.run import export_checkpoint
+    from fopt.runtime import open_runner
 
     ts = export_checkpoint(bench_dir / "tiny.pt", ("torchscript",), tmp_path, log=lambda s: None)[0].path
     batch = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
@@ -433,7 +438,7 @@ def test_torchscript_graph_is_recorded_after_its_optimizer_settles(bench_dir, tm
 def test_no_convolution_is_estimated_faster_than_the_gemm_peak():
     from bench_testutil import synthetic_calibration
 
-    from fopt.bench.estimate import peak_mac_rate
+    from fopt.bench.costmodel.predict import peak_mac_rate
 
     cal = synthetic_calibration()
     a = conv([1, 64, 56, 56], [64, 64, 3, 3], [1, 64, 56, 56])

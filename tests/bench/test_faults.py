@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from fopt.bench.faults import PAGE_BYTES, faults_per_run, minor_faults, page_fault_probe
+from fopt.bench.measure.faults import (
+    PAGE_BYTES,
+    faults_per_run,
+    minor_faults,
+    page_fault_probe,
+)
 
 pytestmark = pytest.mark.skipif(minor_faults() is None, reason="getrusage is not available here")
 
@@ -39,8 +44,8 @@ def test_page_fault_probe_prices_one_fault():
 
 
 def _row(faults, calibrated=2.0, p50_ms=5.0):
-    from fopt.bench.latency import summarize
     from fopt.bench.run import BenchRow
+    from fopt.runtime.timing import summarize
 
     row = BenchRow(artifact="m.pt", batch_size=1, backend="torch-eager", precision="fp32")
     row.stats = summarize([p50_ms / 1e3] * 5)
@@ -79,7 +84,7 @@ def test_a_calibration_without_the_price_says_so_and_changes_nothing():
 def test_op_times_can_take_each_calls_page_faults_off():
     import torch
 
-    from fopt.bench.profile import torch_op_times
+    from fopt.bench.measure.profile import torch_op_times
 
     class Fresh(torch.nn.Module):
         def forward(self, x):

@@ -27,9 +27,9 @@ def make_checkpoint(folder: Path, name: str, size: int, dataset: Path, seed: int
     from torch.nn.modules.batchnorm import _BatchNorm
 
     from fopt.artifacts import InputSpec
+    from fopt.checkpoint import save_checkpoint
     from fopt.data.datasets import DatasetTable
     from fopt.models import build_model
-    from fopt.train.checkpoint import save_checkpoint
 
     classes = DatasetTable.load(dataset).class_names
     torch.manual_seed(seed)
@@ -65,7 +65,7 @@ def make_checkpoint(folder: Path, name: str, size: int, dataset: Path, seed: int
 
 def logit_scale(ckpt: Path, dataset: Path, size: int) -> float:
     """Largest |logit| of the checkpoint on real images (O(1) by construction; tests check it)."""
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     with open_runner(ckpt) as runner:
         return float(np.abs(runner.infer(real_batch(dataset, size))).max())

@@ -11,7 +11,7 @@ from export_testutil import make_checkpoint
 
 @pytest.fixture(scope="module")
 def exported(synth_dataset, tmp_path_factory):
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     folder = tmp_path_factory.mktemp("eval_eq")
     ckpt = make_checkpoint(folder, "tiny", 32, synth_dataset)
@@ -21,7 +21,7 @@ def exported(synth_dataset, tmp_path_factory):
 
 @pytest.mark.parametrize("split", ["val", "test"])
 def test_same_accuracy_and_macro_f1_as_the_checkpoint(exported, synth_dataset, split):
-    from fopt.train.evaluate import evaluate_artifact
+    from fopt.evaluation import evaluate_artifact
 
     ref = evaluate_artifact(exported["checkpoint"], synth_dataset, split=split, batch_size=7)
     assert ref["n"] > 0

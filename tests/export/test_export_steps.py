@@ -17,7 +17,7 @@ def ckpt(tiny_checkpoint, tmp_path):
 
 
 def test_both_formats_beside_the_checkpoint_by_default(ckpt):
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     lines: list[str] = []
     results = export_checkpoint(ckpt, freeze=False, log=lines.append)
@@ -34,7 +34,7 @@ def test_both_formats_beside_the_checkpoint_by_default(ckpt):
 
 def test_every_output_is_refused_before_anything_is_written(ckpt, tmp_path):
     from fopt.errors import OutputExistsError
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     out = tmp_path / "out"
     out.mkdir()
@@ -47,7 +47,7 @@ def test_every_output_is_refused_before_anything_is_written(ckpt, tmp_path):
 
 def test_force_replaces_file_and_card(ckpt, tmp_path):
     from fopt.artifacts import read_card, sha256_file
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     out = tmp_path / "out"
     out.mkdir()
@@ -59,7 +59,7 @@ def test_force_replaces_file_and_card(ckpt, tmp_path):
 
 def test_unknown_format_and_empty_list(ckpt):
     from fopt.errors import UsageError
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     with pytest.raises(UsageError, match="Did you mean 'onnx'"):
         export_checkpoint(ckpt, ["onx"])
@@ -76,9 +76,9 @@ def test_output_may_not_be_the_checkpoint(ckpt):
 
 
 def test_default_output_names():
-    from fopt.export.steps import _import_formats, default_output
+    import fopt.export.run  # noqa: F401  (registers the formats and their suffixes)
+    from fopt.export.steps import default_output
 
-    _import_formats()
     assert default_output("a/b/m.pt", "onnx").as_posix() == "a/b/m.onnx"
     assert default_output("a/b/m.pt", "torchscript", "o").as_posix() == "o/m.torchscript.pt"
 

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 
-
 # ----------------------------------------------------------------------------- compare_outputs
 
 def test_metrics_by_hand():

@@ -26,8 +26,8 @@ def _export_and_check(name: str, size: int, dataset, folder) -> None:
     import onnx
 
     from fopt.artifacts import read_card
-    from fopt.export.steps import export_checkpoint
-    from fopt.runtime.base import open_runner
+    from fopt.export.run import export_checkpoint
+    from fopt.runtime import open_runner
 
     ckpt = make_checkpoint(folder, name, size, dataset)
     assert 0.5 < logit_scale(ckpt, dataset, size) < 50  # O(1): parity below is not trivial

@@ -18,9 +18,8 @@ def write_onnx_with_card(model, path: Path, img_size: int, class_names: list[str
                          model_info: dict | None = None) -> Path:
     import onnx
 
-    from fopt.artifacts import InputSpec, make_card, write_card
+    from fopt.artifacts import InputSpec, make_card, set_onnx_card, write_card
     from fopt.export.onnx import model_to_onnx
-    from fopt.artifacts import set_onnx_card
 
     proto = model_to_onnx(model.eval(), img_size)
     extra = {"config": config} if config else {}
@@ -34,7 +33,7 @@ def write_onnx_with_card(model, path: Path, img_size: int, class_names: list[str
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
-    from fopt.train.checkpoint import load_checkpoint
+    from fopt.checkpoint import load_checkpoint
 
     ck = load_checkpoint(tiny_checkpoint)
     out = tmp_path_factory.mktemp("tiny_onnx") / "tiny.onnx"

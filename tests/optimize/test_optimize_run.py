@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from fopt.artifacts import onnx_card_from_proto, read_card, sha256_file
 from fopt.cli import cli
 from fopt.errors import InputError, OutputExistsError
+from fopt.onnxgraph import graph_summary, load_onnx, param_count
 from fopt.optimize.base import METHODS, OptimizeError, output_path, produce
-from fopt.optimize.graph import graph_summary, load_onnx, param_count
 from fopt.optimize.lineage import lineage_dataset, onnx_card
 from fopt.optimize.run import OptimizeOptions, optimize_onnx
 
@@ -263,7 +263,7 @@ def test_output_exists_checked_before_work(model_copy, tiny_onnx):
 
 def test_optimizes_what_fopt_export_writes(tiny_checkpoint, tmp_path):
     """The real export (card with the checkpoint as parent) feeds optimize; lineage finds the data."""
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     onnx_path = Path(export_checkpoint(tiny_checkpoint, ("onnx",), tmp_path)[0].path)
     result = optimize_onnx(onnx_path, OptimizeOptions(methods=("int8-static",), calib_size=32,

@@ -9,10 +9,14 @@ import pytest
 
 from fopt.artifacts import InputSpec
 from fopt.errors import DataError, InputError, UsageError
-from fopt.optimize.calib import MIN_CALIB, CalibrationSet, load_calibration
-from fopt.optimize.graph import graph_summary, load_onnx, param_count
-from fopt.optimize.quantize import (fuse_silu, onnx_to_int8_dynamic, onnx_to_int8_static,
-                                    resolve_exclusions)
+from fopt.onnxgraph import graph_summary, load_onnx, param_count
+from fopt.optimize.calib import MIN_CALIB, CalibrationSet, load_calibration_set
+from fopt.optimize.quantize import (
+    fuse_silu,
+    onnx_to_int8_dynamic,
+    onnx_to_int8_static,
+    resolve_exclusions,
+)
 from fopt.optimize.report import ort_executed_ops
 
 SPEC = InputSpec(size=32)
@@ -20,7 +24,7 @@ SPEC = InputSpec(size=32)
 
 @pytest.fixture(scope="module")
 def calib(synth_dataset) -> CalibrationSet:
-    return load_calibration(synth_dataset, SPEC, n=MIN_CALIB)
+    return load_calibration_set(synth_dataset, SPEC, n=MIN_CALIB)
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -200,8 +204,8 @@ def test_avg_minmax_is_robust_to_an_outlier_image(silu_onnx, calib, tmp_path):
 # ----------------------------------------------------------------------------- calibration data
 
 def test_calibration_from_dataset_is_real_and_seeded(synth_dataset):
-    a = load_calibration(synth_dataset, SPEC, n=MIN_CALIB, seed=0)
-    b = load_calibration(synth_dataset, SPEC, n=MIN_CALIB, seed=0)
+    a = load_calibration_set(synth_dataset, SPEC, n=MIN_CALIB, seed=0)
+    b = load_calibration_set(synth_dataset, SPEC, n=MIN_CALIB, seed=0)
     assert a.images.shape == (MIN_CALIB, 3, 32, 32) and a.images.dtype == np.float32
     assert np.array_equal(a.images, b.images)
     assert a.info["split"] == "train" and a.info["n"] == MIN_CALIB and a.info["kind"] == "dataset"
@@ -213,24 +217,24 @@ def test_calibration_default_uses_all_when_fewer_than_256(synth_dataset):
     from fopt.data.datasets import DatasetTable
 
     n_train = len(DatasetTable.load(synth_dataset).split("train"))
-    c = load_calibration(synth_dataset, SPEC)
+    c = load_calibration_set(synth_dataset, SPEC)
     assert c.info["n"] == n_train == c.info["available"]
 
 
 def test_calibration_size_below_minimum_is_refused(synth_dataset):
     with pytest.raises(UsageError, match=f"at least {MIN_CALIB}"):
-        load_calibration(synth_dataset, SPEC, n=MIN_CALIB - 1)
+        load_calibration_set(synth_dataset, SPEC, n=MIN_CALIB - 1)
 
 
 def test_calibration_more_than_available_is_refused(synth_dataset):
     with pytest.raises(DataError, match="has only"):
-        load_calibration(synth_dataset, SPEC, n=10_000)
+        load_calibration_set(synth_dataset, SPEC, n=10_000)
 
 
 def test_calibration_folder_without_images(tmp_path):
     (tmp_path / "notes.txt").write_text("no images here")
     with pytest.raises(DataError, match="0 image"):
-        load_calibration(tmp_path, SPEC)
+        load_calibration_set(tmp_path, SPEC)
 
 
 def test_calibration_folder_with_too_few_images(tmp_path):
@@ -239,7 +243,7 @@ def test_calibration_folder_with_too_few_images(tmp_path):
     for i in range(5):
         Image.new("RGB", (40, 40), (i * 40, 10, 10)).save(tmp_path / f"{i}.png")
     with pytest.raises(DataError, match=f"at least {MIN_CALIB}"):
-        load_calibration(tmp_path, SPEC)
+        load_calibration_set(tmp_path, SPEC)
 
 
 def test_calibration_plain_image_folder(tmp_path):
@@ -250,20 +254,20 @@ def test_calibration_plain_image_folder(tmp_path):
         sub = tmp_path / f"c{i % 3}"
         sub.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(sub / f"{i}.jpg")
-    c = load_calibration(tmp_path, SPEC, n=MIN_CALIB)
+    c = load_calibration_set(tmp_path, SPEC, n=MIN_CALIB)
     assert c.images.shape == (MIN_CALIB, 3, 32, 32) and c.info["kind"] == "image-folder"
     assert c.info["available"] == MIN_CALIB + 3
 
 
 def test_calibration_missing_folder(tmp_path):
     with pytest.raises(InputError, match="no such folder"):
-        load_calibration(tmp_path / "nope", SPEC)
+        load_calibration_set(tmp_path / "nope", SPEC)
 
 
 # ----------------------------------------------------------------------------- graph helpers
 
 def test_param_count_matches_torch(tiny_checkpoint, tiny_onnx):
-    from fopt.train.checkpoint import load_checkpoint
+    from fopt.checkpoint import load_checkpoint
 
     model = load_checkpoint(tiny_checkpoint).model
     # BatchNorm is folded into the (bias-free) convolutions on export: its weight and bias

@@ -14,6 +14,7 @@ from fopt.artifacts import make_card, read_card, write_card
 from fopt.errors import DeviceUnavailable, InputError, MissingDependency, UsageError
 from fopt.optimize import tensorrt as trtmod
 from fopt.optimize.base import OptimizeError
+from fopt.runtime import tensorrt as rtrt
 
 BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 
@@ -57,14 +58,14 @@ def test_network_flags_per_version():
 
 
 def test_engine_compat_problems():
-    assert trtmod.engine_compat_problems(BUILT, dict(BUILT)) == []
-    other_version = trtmod.engine_compat_problems(BUILT, {**BUILT, "tensorrt_version": "10.4.0"})
+    assert rtrt.engine_compat_problems(BUILT, dict(BUILT)) == []
+    other_version = rtrt.engine_compat_problems(BUILT, {**BUILT, "tensorrt_version": "10.4.0"})
     assert other_version == ["built with TensorRT 10.3.0, this machine has TensorRT 10.4.0"]
-    other_gpu = trtmod.engine_compat_problems(BUILT, {**BUILT, "gpu_name": "NVIDIA H200",
+    other_gpu = rtrt.engine_compat_problems(BUILT, {**BUILT, "gpu_name": "NVIDIA H200",
                                                       "compute_capability": "9.0"})
     assert len(other_gpu) == 1 and "built on Tesla T4 (compute capability 7.5)" in other_gpu[0]
     assert "NVIDIA H200 (compute capability 9.0)" in other_gpu[0]
-    assert trtmod.engine_compat_problems({}, BUILT)
+    assert rtrt.engine_compat_problems({}, BUILT)
 
 
 # ----------------------------------------------------------------------------- availability
@@ -74,8 +75,8 @@ def test_require_tensorrt_without_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable, match="CUDA GPU"):
-        trtmod.require_tensorrt()
-    assert "CUDA GPU" in trtmod.tensorrt_unavailable_reason()
+        rtrt.require_tensorrt()
+    assert "CUDA GPU" in rtrt.tensorrt_unavailable_reason()
 
 
 def test_require_tensorrt_without_the_package(monkeypatch):
@@ -84,32 +85,32 @@ def test_require_tensorrt_without_the_package(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` raise ImportError
     with pytest.raises(MissingDependency, match=r"pip install fopt\[gpu\]"):
-        trtmod.require_tensorrt()
+        rtrt.require_tensorrt()
 
 
 def test_too_old_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.1"))
     with pytest.raises(MissingDependency, match="TensorRT 8.6.1 is too old"):
-        trtmod.import_tensorrt()
+        rtrt.import_tensorrt()
 
 
 def test_runtime_module_imports_without_tensorrt():
     import subprocess
 
     code = ("import sys; sys.modules['tensorrt'] = None; "
-            "from fopt.runtime.base import RUNNERS, _import_backends; _import_backends(); "
+            "from fopt.runtime import RUNNERS; "
             "assert 'tensorrt' in RUNNERS and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_tensorrt_compatible_flavours(tiny_onnx, tmp_path):
-    from fopt.optimize.calib import load_calibration
+    from fopt.artifacts import InputSpec
+    from fopt.optimize.calib import load_calibration_set
     from fopt.optimize.quantize import onnx_to_int8_static
     from fopt.optimize.run import inspect_input, tensorrt_compatible
-    from fopt.artifacts import InputSpec
 
     assert tensorrt_compatible(inspect_input(tiny_onnx)) is None
-    cal = load_calibration(_dataset_of(tiny_onnx), InputSpec(size=32), n=32)
+    cal = load_calibration_set(_dataset_of(tiny_onnx), InputSpec(size=32), n=32)
     for target, ok in (("ort", False), ("tensorrt", True)):
         out = tmp_path / f"{target}.onnx"
         onnx_to_int8_static(tiny_onnx, out, calibration=cal, target=target)
@@ -143,7 +144,7 @@ def engine_file(tmp_path, tiny_onnx) -> Path:
 
 
 def test_runner_refuses_cpu(engine_file):
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     with pytest.raises(UsageError, match="CUDA GPU only"):
         open_runner(engine_file, device="cpu")
@@ -152,7 +153,7 @@ def test_runner_refuses_cpu(engine_file):
 def test_runner_without_gpu(engine_file, monkeypatch):
     import torch
 
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable):
@@ -175,13 +176,13 @@ def _fake_gpu_env(monkeypatch, here: dict):
     fake = types.SimpleNamespace(__version__=here["tensorrt_version"], Runtime=_FakeRuntime,
                                  Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda s, l=0: None}))
     monkeypatch.setattr(base, "resolve_device", lambda d: "cuda")
-    monkeypatch.setattr(trtmod, "import_tensorrt", lambda: fake)
-    monkeypatch.setattr(trtmod, "runtime_record", lambda trt, device=0: dict(here))
+    monkeypatch.setattr(rtrt, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(rtrt, "runtime_record", lambda trt, device=0: dict(here))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
 
 
 def test_runner_refuses_engine_from_other_gpu_and_version(engine_file, monkeypatch):
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     _fake_gpu_env(monkeypatch, {"tensorrt_version": "10.8.0", "gpu_name": "NVIDIA H200",
                                 "compute_capability": "9.0"})
@@ -195,7 +196,7 @@ def test_runner_refuses_engine_from_other_gpu_and_version(engine_file, monkeypat
 
 
 def test_runner_matching_card_reaches_deserialization(engine_file, monkeypatch):
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     _fake_gpu_env(monkeypatch, BUILT)
     with pytest.raises(InputError, match="could not deserialize"):
@@ -363,7 +364,7 @@ def test_engine_card_through_produce(tiny_onnx, tmp_path, monkeypatch):
 @pytest.mark.tensorrt
 def test_real_engines_fp32_fp16_int8(model_copy, tiny_onnx):
     from fopt.optimize.run import OptimizeOptions, optimize_onnx
-    from fopt.runtime.base import open_runner
+    from fopt.runtime import open_runner
 
     path = model_copy(tiny_onnx)
     result = optimize_onnx(path, OptimizeOptions(methods=("int8-static", "fp16", "tensorrt"),

@@ -11,7 +11,7 @@ from fopt.cli import cli
 @pytest.fixture()
 def quick_calibration(monkeypatch, tmp_path):
     """A real but reduced calibration in a private cache (the full one takes about a minute)."""
-    import fopt.bench.calibrate as cal
+    import fopt.bench.costmodel.calibrate as cal
 
     monkeypatch.setenv("FOPT_CACHE_DIR", str(tmp_path / "cache"))
     real = cal.calibrate

@@ -3,7 +3,12 @@ import json
 import pytest
 
 from fopt.errors import InputError
-from fopt.pipeline.report import build_report, find_summaries, load_summaries, pareto_front
+from fopt.pipeline.report import (
+    build_report,
+    find_summaries,
+    load_summaries,
+    pareto_front,
+)
 
 
 def _summary(model, rows):

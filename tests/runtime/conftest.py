@@ -24,10 +24,9 @@ def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     import onnx
     import torch
 
-    from fopt.artifacts import write_card
+    from fopt.artifacts import set_onnx_card, write_card
+    from fopt.checkpoint import load_checkpoint
     from fopt.export.onnx import model_to_onnx
-    from fopt.artifacts import set_onnx_card
-    from fopt.train.checkpoint import load_checkpoint
 
     folder = tmp_path_factory.mktemp("runners")
     ckpt_path = folder / "tiny.pt"

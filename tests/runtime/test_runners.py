@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fopt.errors import DeviceUnavailable, InputError, ValidationError
-from fopt.runtime.base import RUNNERS, open_runner
+from fopt.runtime import RUNNERS, open_runner
 
 FORMATS = ("checkpoint", "torchscript", "onnx")
 
@@ -16,9 +16,6 @@ def _batch(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def test_every_format_has_a_runner():
-    from fopt.runtime.base import _import_backends
-
-    _import_backends()
     for fmt in FORMATS:
         assert fmt in RUNNERS
 
@@ -68,7 +65,7 @@ def test_embedded_card_is_used_without_the_sidecar(artifacts, without_sidecar, f
 def test_torchscript_without_any_card_is_a_clear_error(tmp_path, artifacts):
     import torch
 
-    from fopt.train.checkpoint import load_checkpoint
+    from fopt.checkpoint import load_checkpoint
 
     path = tmp_path / "bare.torchscript.pt"
     torch.jit.save(torch.jit.trace(load_checkpoint(artifacts["checkpoint"]).model,
@@ -171,7 +168,7 @@ def test_input_metadata_comes_from_the_card(artifacts):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_eval_gives_the_same_accuracy_through_every_runner(artifacts, synth_dataset, fmt):
-    from fopt.train.evaluate import evaluate_artifact
+    from fopt.evaluation import evaluate_artifact
 
     ref = evaluate_artifact(artifacts["checkpoint"], synth_dataset, split="val", batch_size=16)
     res = evaluate_artifact(artifacts[fmt], synth_dataset, split="val", batch_size=16)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -84,7 +83,7 @@ def _single_process_reference(data: Path, out: Path, experiments: Path, epochs: 
 
 
 def _max_weight_diff(a: Path, b: Path) -> float:
-    from fopt.train.checkpoint import read_checkpoint
+    from fopt.checkpoint import read_checkpoint
 
     sa, sb = read_checkpoint(a)["state_dict"], read_checkpoint(b)["state_dict"]
     assert sa.keys() == sb.keys()
@@ -134,7 +133,7 @@ def test_torchrun_module_entry_with_batchnorm(ddp_dataset, tmp_path):
                      "--batch-size", "8", "--experiments", tmp_path / "e.csv", *COMMON,
                      entry=["-m", "fopt"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    from fopt.train.checkpoint import load_checkpoint
+    from fopt.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")  # SyncBN/DDP wrappers never leak into the file
     assert ckpt.card["config"]["world_size"] == 2
@@ -173,7 +172,7 @@ def test_ddp_resume_after_kill(ddp_dataset, tmp_path):
     for pid in [*_children(job.pid), job.pid]:
         os.kill(pid, signal.SIGKILL)
     job.wait()
-    from fopt.train.checkpoint import read_checkpoint
+    from fopt.checkpoint import read_checkpoint
 
     assert read_checkpoint(run / "last.pt")["train_state"]["epoch"] == 1
     proc = _torchrun("--resume", run, "--experiments", tmp_path / "e.csv")

@@ -64,7 +64,7 @@ def test_fit_writes_every_file_and_learns(trained_run, synth_dataset):
 
 
 def test_checkpoint_contract(trained_run):
-    from fopt.train.checkpoint import load_checkpoint, read_checkpoint
+    from fopt.checkpoint import load_checkpoint, read_checkpoint
 
     cfg, result = trained_run
     best = load_checkpoint(result.run_dir / "best.pt")
@@ -82,7 +82,7 @@ def test_checkpoint_contract(trained_run):
 def test_fit_reports_equal_fopt_eval(trained_run):
     """report.json (computed in the training loop) and evaluate_artifact (through the runner)
     must agree on the same checkpoint and split."""
-    from fopt.train.evaluate import evaluate_artifact
+    from fopt.evaluation import evaluate_artifact
 
     cfg, result = trained_run
     for split, expected in (("val", result.val), ("test", result.test)):
@@ -93,7 +93,7 @@ def test_fit_reports_equal_fopt_eval(trained_run):
 
 
 def test_freeze_backbone_trains_only_the_head(synth_dataset, tmp_path):
-    from fopt.train.checkpoint import read_checkpoint
+    from fopt.checkpoint import read_checkpoint
     from fopt.train.config import TrainConfig
     from fopt.train.engine import build_model, fit, seed_everything
 
@@ -171,7 +171,7 @@ def test_pretrained_path_rejects_other_architectures(tmp_path):
         load_pretrained(build_model("tiny", 6), "tiny", str(junk))
     # A fopt checkpoint works as --pretrained PATH too (fine-tuning a previous run).
     from fopt.artifacts import InputSpec
-    from fopt.train.checkpoint import save_checkpoint
+    from fopt.checkpoint import save_checkpoint
 
     torch.manual_seed(3)
     src = build_model("tiny", 6)

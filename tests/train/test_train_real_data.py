@@ -7,9 +7,9 @@ import json
 
 def test_one_epoch_on_deepfashion_inshop_minibatch(shared_data, tmp_path):
     from fopt.data.build import build_dataset
+    from fopt.evaluation import evaluate_artifact
     from fopt.train.config import TrainConfig
     from fopt.train.engine import fit
-    from fopt.train.evaluate import evaluate_artifact
 
     raw = shared_data / "deepfashion" / "inshop_minibatch"
     build_dataset(raw, tmp_path / "ds")

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from fopt.cli import cli
 
 
-
 @pytest.fixture(scope="module")
 def resume_dataset(tmp_path_factory):
     """More images than the shared fixture, so an epoch lasts long enough to be killed inside."""
@@ -60,7 +59,7 @@ def _kill_mid_epoch_2(proc: subprocess.Popen, run: Path, errors: list[str]) -> N
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(resume_dataset, tmp_path, fopt_cmd):
-    from fopt.train.checkpoint import read_checkpoint
+    from fopt.checkpoint import read_checkpoint
     from fopt.train.config import TrainConfig
     from fopt.train.engine import fit
 

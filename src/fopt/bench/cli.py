@@ -66,7 +66,7 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
     from fopt.console import note, print_table
 
     if do_calibrate:
-        from fopt.bench.calibrate import calibrate
+        from fopt.bench.costmodel.calibrate import calibrate
 
         cal = calibrate(device, threads, quick=quick_calibration, clock=clock,
                         on_step=lambda m: note(f"calibrating: {m}"))
@@ -80,11 +80,12 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
                  f"run `fopt bench --calibrate` again on a quiet machine")
         show_calibration = True
     if show_calibration:
-        from fopt.bench.calibrate import calibration_rows, require_calibration
-        from fopt.runtime.base import resolve_device
+        from fopt.bench.costmodel.cache import require_machine_calibration
+        from fopt.bench.costmodel.calibrate import calibration_rows
+        from fopt.runtime import resolve_device
 
         dev = resolve_device(device)
-        cal = require_calibration(dev, threads if dev == "cpu" else None, clock)
+        cal = require_machine_calibration(dev, threads if dev == "cpu" else None, clock)
         summary, classes = calibration_rows(cal)
         print_table(summary, title=f"calibration of {cal['machine']['cpu'].get('model')} "
                                    f"({cal.get('threads')} threads, {cal.get('created')}): {cal.get('path')}")

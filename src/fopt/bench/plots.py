@@ -10,6 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fopt.artifacts import atomic_path
+from fopt.bench.report import summarise_errors
+
 BACKEND_COLORS = {"torch-eager": "tab:red", "torchscript": "tab:orange", "onnxruntime": "tab:blue",
                   "tensorrt": "tab:green"}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
@@ -25,8 +28,6 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    from fopt.artifacts import atomic_path
-
     plt = _plt()
     try:
         with atomic_path(path) as tmp:
@@ -85,7 +86,6 @@ def plot_measured_vs_estimated(result: dict[str, Any], path: Path, *, band_pct: 
     ax.set_ylim(lo, hi)
     ax.set_xlabel("measured p50 latency (ms); line to p90")
     ax.set_ylabel("estimated latency (ms)")
-    from fopt.bench.report import summarise_errors
 
     sc, sn = summarise_errors(rows, "calibrated", band_pct), summarise_errors(rows, "naive", band_pct)
     title = "measured vs estimated"

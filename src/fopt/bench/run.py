@@ -6,7 +6,7 @@ overlaps timing. A row that fails (unloadable artifact, unsupported batch size, 
 is recorded with ``status: "error"`` and its message; the run goes on.
 
 With ``processes=K > 1`` each artifact is measured in K fresh Python processes, in K rounds over
-all artifacts (so the processes of one artifact are spread over the run), and the row pools their samples (`fopt.bench.latency.combine`): ``process_p50_ms`` lists
+all artifacts (so the processes of one artifact are spread over the run), and the row pools their samples (`fopt.runtime.timing.combine`): ``process_p50_ms`` lists
 each process's median and ``spread_pct`` their ``max/min - 1``. On shared virtual machines the
 spread between processes is often far larger than within one (MEASURED.md).
 """
@@ -24,10 +24,36 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fopt.bench.faults import faults_per_run
-from fopt.bench.latency import (Clock, CudaEventTimer, StopRule, WallTimer, check_clock, combine,
-                                get_clock, measure, summarize, throughput_ips)
-from fopt.errors import FoptError, UsageError
+from fopt.analyze.devices import DEVICES
+from fopt.analyze.roofline import estimate_latency
+from fopt.analyze.run import analyze
+from fopt.artifacts import read_card
+from fopt.bench.costmodel import predict as est
+from fopt.bench.costmodel.cache import load_machine_calibration
+from fopt.bench.costmodel.kernels import classify
+from fopt.bench.costmodel.predict import error_pct
+from fopt.bench.measure.faults import faults_per_run
+from fopt.bench.measure.machine import (
+    busy_warning,
+    cpus_busy,
+    default_threads,
+    machine_record,
+)
+from fopt.bench.measure.profile import torch_op_times
+from fopt.errors import UsageError, one_line
+from fopt.runtime import open_runner, resolve_device
+from fopt.runtime.timing import (
+    Clock,
+    CudaEventTimer,
+    StopRule,
+    WallTimer,
+    check_clock,
+    combine,
+    get_clock,
+    measure,
+    summarize,
+    throughput_ips,
+)
 
 ESTIMATE_KEYS = ("naive", "roofline", "calibrated")
 PER_LAYER_RUNS = 10   # profiled runs per row for --per-layer (median per node)
@@ -39,15 +65,11 @@ def make_input(channels: int, size: int, batch: int, seed: int = INPUT_SEED) -> 
     return np.random.default_rng(seed).standard_normal((batch, channels, size, size), dtype=np.float32)
 
 
-def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg}" if not isinstance(e, FoptError) else msg or type(e).__name__
 
 
 @dataclass
 class BenchRow:
     """One artifact x batch size. ``to_dict`` gives the JSON keys scripts rely on first."""
-
     artifact: str
     batch_size: int
     backend: str | None = None
@@ -58,7 +80,7 @@ class BenchRow:
     error: str | None = None
     stats: Any = None                      # LatencyStats
     h2d_ms: float | None = None            # CUDA: host-to-device copy of the batch, timed apart
-    page_faults: float | None = None       # CPU: minor page faults per call (median; `fopt.bench.faults`)
+    page_faults: float | None = None       # CPU: minor page faults per call (median; `fopt.bench.measure.faults`)
     timer: str = "wall"
     processes: int = 1
     estimate_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ESTIMATE_KEYS))
@@ -71,13 +93,11 @@ class BenchRow:
         return self.stats.p50 if self.stats is not None else None
 
     def error_pct(self) -> dict[str, float | None]:
-        from fopt.bench.estimate import error_pct
-
         return {k: error_pct(self.estimate_ms.get(k), self.p50) for k in ESTIMATE_KEYS}
 
     def fail(self, e: BaseException | str) -> "BenchRow":
         self.status = "error"
-        self.error = e if isinstance(e, str) else _one_line(e)
+        self.error = e if isinstance(e, str) else one_line(e)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,7 +153,6 @@ def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int
     Each dict has ``batch_size``, ``status``, ``error`` and, when it worked, ``samples_s``,
     ``stop_reason``, ``warmup_iters``, ``timer``, ``h2d_ms``, ``backend``, ``precision``.
     """
-    from fopt.runtime.base import open_runner
 
     clock_label = clock if isinstance(clock, str) else "custom-clock"
     clock = get_clock(clock)
@@ -143,7 +162,7 @@ def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int
         meta = {"backend": runner.backend, "precision": runner.precision}
         runner.load()
     except Exception as e:  # recorded in every row of this artifact; the run goes on
-        return [{"batch_size": b, "status": "error", "error": _one_line(e), **meta} for b in batch_sizes]
+        return [{"batch_size": b, "status": "error", "error": one_line(e), **meta} for b in batch_sizes]
     out = []
     try:
         spec = runner.input_spec
@@ -165,7 +184,7 @@ def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int
                 row.update(status="ok", error=None, samples_s=loop.samples_s, stop_reason=loop.stop_reason,
                            warmup_iters=loop.warmup_iters, timer=timer_name, h2d_ms=h2d_ms, page_faults=faults)
             except Exception as e:  # one failing row is recorded; the others still run
-                row.update(status="error", error=_one_line(e))
+                row.update(status="error", error=one_line(e))
             out.append(row)
     finally:
         runner.close()
@@ -243,9 +262,8 @@ def _device_spec_for(device: str, cal: dict[str, Any] | None, machine: dict[str,
         if cal is None:
             return None, "no CPU calibration for these threads: run `fopt bench --calibrate`"
         return cal.to_device_spec(), None
-    from fopt.bench.devices import DEVICES
-
     import re
+
 
     gpu = (machine.get("gpu") or {}).get("name", "")
     for name, spec in DEVICES.items():
@@ -259,8 +277,6 @@ def _device_spec_for(device: str, cal: dict[str, Any] | None, machine: dict[str,
 def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine: dict[str, Any],
                    per_layer: bool, threads: int, clock: str = "wall",
                    on_row: Callable[[BenchRow], None] | None = None) -> None:
-    from fopt.runtime.base import open_runner
-
     by_artifact: dict[str, list[BenchRow]] = {}
     for r in rows:
         if r.status == "ok":
@@ -271,34 +287,30 @@ def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine:
         analysis = None
         if spec is not None:
             try:
-                from fopt.bench.analyze import analyze
-
                 target, via = _analysis_target(path)
                 analysis = analyze(target, batch=arows[0].batch_size, precision=_analyze_precision(arows[0].precision),
                                    device_spec=spec)
                 if via:
                     note = via
             except Exception as e:  # analysis cannot read every artifact: say why
-                note = f"analyze: {_one_line(e)}"
+                note = f"analyze: {one_line(e)}"
         runner = None
         try:
             runner = open_runner(path, device=device, threads=threads)
             runner.load()
         except Exception as e:
             for r in arows:
-                r.estimate_notes.append(f"calibrated: cannot open artifact ({_one_line(e)})")
+                r.estimate_notes.append(f"calibrated: cannot open artifact ({one_line(e)})")
         for r in arows:
             if note:
                 r.estimate_notes.append(note)
             if analysis is not None:
                 try:
-                    from fopt.bench.roofline import estimate_latency
-
                     le = estimate_latency(analysis, spec, precision=_analyze_precision(r.precision),
                                           batch=r.batch_size)
                     r.estimate_ms["naive"], r.estimate_ms["roofline"] = le.naive_ms, le.roofline_ms
                 except Exception as e:
-                    r.estimate_notes.append(f"roofline: {_one_line(e)}")
+                    r.estimate_notes.append(f"roofline: {one_line(e)}")
             if device == "cuda":
                 _cuda_calibrated(r, analysis, cal)
             if runner is not None and (device == "cpu" or per_layer):
@@ -313,7 +325,6 @@ def _estimate_rows(rows: list[BenchRow], *, cal: dict[str, Any] | None, machine:
 def _analysis_target(path: str) -> tuple[str, str | None]:
     """What `analyze` counts for an artifact: itself, or for TorchScript files and TensorRT
     engines (not ONNX graphs) the checkpoint/ONNX parent their card names."""
-    from fopt.artifacts import read_card
 
     card = read_card(path, required=False) or {}
     if card.get("format") in ("torchscript", "tensorrt"):
@@ -329,14 +340,13 @@ def _cuda_calibrated(row: BenchRow, analysis: Any, cal: dict[str, Any] | None) -
         row.estimate_notes.append("calibrated: run `fopt bench --calibrate --device cuda` first"
                                   if cal is None else "calibrated: needs the analysis (see above)")
         return
-    from fopt.bench.roofline import estimate_latency
 
     try:
         le = estimate_latency(analysis, cal.to_device_spec(), precision=_analyze_precision(row.precision),
                               batch=row.batch_size)
         row.estimate_ms["calibrated"] = le.roofline_ms
     except Exception as e:
-        row.estimate_notes.append(f"calibrated: {_one_line(e)}")
+        row.estimate_notes.append(f"calibrated: {one_line(e)}")
 
 
 def _analyze_precision(precision: str | None) -> str:
@@ -345,8 +355,6 @@ def _analyze_precision(precision: str | None) -> str:
 
 def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, per_layer: bool,
                         cpu_clock: Any = None) -> None:
-    from fopt.bench import estimate as est
-
     key = est.fit_key(runner.backend, runner.precision)
     want_estimate = cal is not None and key is not None and key in cal.get("backends", {})
     if not want_estimate and not per_layer:
@@ -361,7 +369,7 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: dict[str, Any] | None, 
         graph = est.exec_graph_for(runner, batch, profile_runs=PER_LAYER_RUNS if per_layer else 1,
                                    cpu_clock=cpu_clock)
     except Exception as e:
-        row.estimate_notes.append(f"calibrated: executed graph unavailable ({_one_line(e)})")
+        row.estimate_notes.append(f"calibrated: executed graph unavailable ({one_line(e)})")
         return
     if graph is None:
         row.estimate_notes.append(f"calibrated: executed graph not visible for {runner.backend} on {row.device}")
@@ -385,7 +393,7 @@ def _price_page_faults(row: BenchRow, cal: dict[str, Any]) -> None:
     """Add the page faults counted in the measured run, at the calibrated cost per fault.
 
     The count comes from the measuring processes (getrusage), not from a timing: which pages
-    fault depends on the allocator's state over the whole forward pass (`fopt.bench.faults`)."""
+    fault depends on the allocator's state over the whole forward pass (`fopt.bench.measure.faults`)."""
     per_fault = ((cal.get("probes") or {}).get("page_faults") or {}).get("seconds_per_fault")
     if row.page_faults is None or row.estimate_ms.get("calibrated") is None:
         return
@@ -408,14 +416,11 @@ def _price_page_faults(row: BenchRow, cal: dict[str, Any]) -> None:
 
 def _layers(row: BenchRow, runner: Any, graph: Any, ce: Any, batch: np.ndarray,
             clock: Any = time.perf_counter) -> list[dict[str, Any]]:
-    from fopt.bench.kernels import classify
-
     measured = [n.measured_ms for n in graph.nodes]
     source = "onnxruntime profiling" if runner.backend == "onnxruntime" else "timed ATen calls"
     if runner.backend in ("torch-eager", "torchscript"):
         import torch
 
-        from fopt.bench.profile import torch_op_times
 
         measured = torch_op_times(runner.model, torch.from_numpy(batch).to(runner.device), len(graph.nodes),
                                   runs=PER_LAYER_RUNS, clock=clock)
@@ -448,9 +453,6 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     ``"thread-cpu"`` (one thread only: CPU time of the calling thread, immune to other processes
     on a shared machine), or any callable for tests.
     """
-    from fopt.bench.calibrate import load_calibration
-    from fopt.bench.machine import busy_warning, cpus_busy, default_threads, machine_record
-    from fopt.runtime.base import resolve_device
 
     if not paths:
         raise UsageError("give at least one artifact to benchmark")
@@ -494,7 +496,7 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
 
     cal = None
     if estimate or per_layer:
-        cal = load_calibration(device, threads if device == "cpu" else None,
+        cal = load_machine_calibration(device, threads if device == "cpu" else None,
                                clock_name if clock_name in ("wall", "thread-cpu") else "wall")
         say("estimating")
         _estimate_rows(rows, cal=cal if estimate else None, machine=machine, per_layer=per_layer, threads=threads,

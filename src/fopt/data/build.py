@@ -4,7 +4,6 @@ Reads one of three layouts (``fmt``: auto, deepfashion, imagefolder, fashion-mni
 categories with fewer than ``sampling_threshold`` usable images, caps each category at
 ``max_per_class`` (a deterministic sample for ``seed``), keeps the official partition when there
 is one (else a stratified 80/10/10 split) and writes::
-
     OUT/dataset.csv    path,label,label_name,split   (path relative to mapping["root"])
     OUT/mapping.json   root, classes, counts per class and split, format, source label ids, ...
 
@@ -33,7 +32,12 @@ import numpy as np
 import pandas as pd
 
 from fopt import __version__
-from fopt.artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
+from fopt.artifacts import (
+    replace_dir,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fopt.data import annotations as ann
 from fopt.errors import DataError, InputError, UsageError
 
@@ -53,7 +57,6 @@ FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 @dataclass
 class Candidate:
     """One image before filtering. `path` is relative to the layout's root (POSIX)."""
-
     path: str
     source_label: Any          # DeepFashion 1-based label, folder name, or Fashion-MNIST digit
     split: str | None          # official split, None when the layout has none
@@ -64,7 +67,6 @@ class Candidate:
 @dataclass
 class Source:
     """What a layout reader found: candidates and how to name/resolve them."""
-
     format: str
     root: Path                              # images resolve as root / path
     candidates: list[Candidate]
@@ -459,7 +461,6 @@ def _write_fmnist_pngs(out: Path, cands: list[Candidate]) -> None:
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(save, cands))
-        from fopt.artifacts import replace_dir
 
         replace_dir(tmp, out / "images")
     finally:

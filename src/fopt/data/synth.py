@@ -2,7 +2,6 @@
 
 The full DeepFashion benchmark cannot be downloaded here, so the demo and the tests use procedural
 clothing images written exactly like the official Category and Attribute Prediction download::
-
     OUT/Img/img/<item folder>/img_00000001.jpg
     OUT/Anno/list_category_cloth.txt     all 50 real categories (count line, header, rows)
     OUT/Anno/list_category_img.txt       img/<item folder>/img_*.jpg  <1-based label>
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from fopt.artifacts import atomic_path, replace_dir
 from fopt.data.categories import CATEGORIES, label_of, synth_category_order
 from fopt.errors import OutputExistsError, UsageError
 
@@ -190,7 +190,6 @@ def _sample(spec: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
 
 class _Canvas:
     """Garment mask + detail layer in unit coordinates on a square canvas of `px` pixels."""
-
     def __init__(self, px: int):
         self.px = px
         self.mask = Image.new("L", (px, px), 0)
@@ -556,7 +555,6 @@ def synthesize(out_dir: str | os.PathLike, classes: int = 22, per_class: int = D
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         _write_tree(tmp, params, progress)
-        from fopt.artifacts import replace_dir
 
         replace_dir(tmp, out)
     finally:
@@ -616,8 +614,6 @@ def _write_annotations(root: Path, img_rows: list[tuple[str, int]], part_rows: l
 
 def write_preview(root: str | os.PathLike, path: str | os.PathLike, per_row: int = 8, thumb: int = 64) -> Path:
     """Contact sheet of a DeepFashion-layout tree: one row per category, its first images."""
-    from fopt.artifacts import atomic_path
-
     root = Path(root)
     rows: dict[int, list[str]] = {}
     lines = (root / "Anno" / "list_category_img.txt").read_text().splitlines()[2:]

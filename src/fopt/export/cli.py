@@ -61,7 +61,7 @@ def export(checkpoint, want_onnx, want_ts, out_dir, json_path, opset, batch, img
 
     Example: fopt export artifacts/run1/best.pt --onnx --out artifacts/run1
     """
-    from fopt.export.steps import export_checkpoint
+    from fopt.export.run import export_checkpoint
 
     formats = [f for f, on in (("torchscript", want_ts), ("onnx", want_onnx)) if on] or ["torchscript", "onnx"]
     results = export_checkpoint(checkpoint, formats, out_dir, img_size=img_size,

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fopt.artifacts import set_onnx_card
-from fopt.errors import ExportError, UsageError
+from fopt.errors import ExportError, UsageError, first_line
 from fopt.export.steps import Built, export_step
+from fopt.export.validate import ShapeMismatch, compare_outputs
+from fopt.runtime.onnxrt import ort_session
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -54,7 +56,6 @@ def check_opset(opset: int) -> int:
 
 class _PoolMatrix:
     """Adaptive average pooling as two constant matrices (same bins as PyTorch's kernel)."""
-
     @staticmethod
     def matrix(n_in: int, n_out: int):
         import torch
@@ -73,7 +74,6 @@ def _matrix_pool_module(in_hw: tuple[int, int], out_hw: tuple[int, int]):
 
     class MatrixAdaptiveAvgPool2d(nn.Module):
         """out = Ph @ x @ Pw^T: exportable for any in/out size, exact for a fixed input size."""
-
         def __init__(self):
             super().__init__()
             self.register_buffer("ph", _PoolMatrix.matrix(in_hw[0], out_hw[0]))
@@ -183,7 +183,7 @@ def model_to_onnx(model, img_size: int, *, channels: int = 3, opset: int = DEFAU
                               output_names=[OUTPUT_NAME], opset_version=opset,
                               dynamic_axes=dyn, do_constant_folding=True, dynamo=False)
     except Exception as e:  # exporter failures come in many types; report one line, keep the cause
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {first}") from e
     if notes is not None:
         notes.extend(rewrites)
@@ -201,7 +201,7 @@ def check_and_infer(proto) -> Any:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True,
                                                      data_prop=True)
     except Exception as e:  # checker/inference errors have several types; one line, keep the cause
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ExportError(f"the exported ONNX graph fails onnx.checker: {first}") from e
     return inferred
 
@@ -211,13 +211,7 @@ def graph_stats(proto) -> dict[str, int]:
 
 
 def _ort_outputs(proto, inputs: list) -> list:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), sess_options=so,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(proto.SerializeToString(), threads=1)
     return [sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for x in inputs]
 
 
@@ -265,7 +259,7 @@ def simplify_onnx(proto, inputs: list, *, atol: float, rtol: float) -> tuple[Any
             simplified, ok = onnxsim.simplify(proto, check_n=1, test_input_shapes={INPUT_NAME: shape},
                                               check_atol=atol, check_rtol=rtol)
     except Exception as e:  # onnxsim raises many types; a failed simplification is not fatal
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         return proto, SimplifyReport(False, before, reason=f"onnxsim failed: {first[:160]}")
     if not ok:
         return proto, SimplifyReport(False, before, reason="onnxsim's own check failed")
@@ -273,9 +267,8 @@ def simplify_onnx(proto, inputs: list, *, atol: float, rtol: float) -> tuple[Any
         check_and_infer(simplified)
         ref, got = _ort_outputs(proto, inputs), _ort_outputs(simplified, inputs)
     except Exception as e:  # a simplified graph ORT cannot load is a failed simplification
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         return proto, SimplifyReport(False, before, reason=f"simplified graph is invalid: {first[:160]}")
-    from fopt.export.validate import ShapeMismatch, compare_outputs
 
     try:
         checks = [compare_outputs(a, b, atol=atol, rtol=rtol, label="simplified graph") for a, b in zip(got, ref)]

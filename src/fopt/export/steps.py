@@ -28,8 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fopt.artifacts import InputSpec, make_card, write_card
+from fopt.checkpoint import load_checkpoint
 from fopt.errors import ExportError, OutputExistsError, UsageError
+from fopt.export import validate as V
+from fopt.models import count_params
 from fopt.registry import Registry
+from fopt.runtime import resolve_device
 
 Log = Callable[[str], None]
 
@@ -37,7 +42,6 @@ Log = Callable[[str], None]
 @dataclass
 class Built:
     """What a format function hands back: a saver and what it adds to the card."""
-
     save: Callable[[Path, dict[str, Any]], None]   # save(path, card): write the file, card embedded
     card_extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -103,7 +107,7 @@ def check_output(out_path: Path, *, force: bool, checkpoint: Path) -> None:
         raise UsageError(f"cannot write to {folder}: {e.strerror or type(e).__name__}") from None
 
 
-def _check_options(*, img_size: int | None, batch: int, parity_batch: int, atol: float, rtol: float) -> None:
+def check_options(*, img_size: int | None, batch: int, parity_batch: int, atol: float, rtol: float) -> None:
     if img_size is not None and img_size < 8:
         raise UsageError(f"--img-size must be at least 8, got {img_size}")
     if batch < 1:
@@ -138,13 +142,11 @@ def export_step(fmt: str, *, suffix: str) -> Callable[[Callable[..., Built]], Ca
                     atol: float | None = None, rtol: float | None = None, device: str = "cpu",
                     force: bool = False, parity_batch: int | None = None, parity=None,
                     log: Log | None = None, **options: Any) -> ExportResult:
-            from fopt.export import validate as V
-
             log = log or _note
             atol = V.DEFAULT_ATOL if atol is None else float(atol)
             rtol = V.DEFAULT_RTOL if rtol is None else float(rtol)
             parity_batch = V.PARITY_BATCH if parity_batch is None else int(parity_batch)
-            _check_options(img_size=img_size, batch=batch, parity_batch=parity_batch, atol=atol, rtol=rtol)
+            check_options(img_size=img_size, batch=batch, parity_batch=parity_batch, atol=atol, rtol=rtol)
             checkpoint = Path(checkpoint)
             out = Path(out_path) if out_path is not None else default_output(checkpoint, fmt)
             t0 = time.perf_counter()
@@ -178,12 +180,6 @@ def _note(message: str) -> None:
 def _run_step(fn, fmt: str, checkpoint: Path, out: Path, *, t0: float, img_size: int | None,
               dynamic_batch: bool, batch: int, atol: float, rtol: float, device: str, force: bool,
               parity_batch: int, parity, log: Log, options: dict[str, Any]) -> ExportResult:
-    from fopt.artifacts import InputSpec, make_card, write_card
-    from fopt.export import validate as V
-    from fopt.models import count_params
-    from fopt.runtime.base import resolve_device
-    from fopt.train.checkpoint import load_checkpoint
-
     resolve_device(device)  # --device cuda without a GPU fails before any work
     ckpt = load_checkpoint(checkpoint, device="cpu")  # export on CPU; parity runs on `device`
     check_output(out, force=force, checkpoint=checkpoint)
@@ -239,67 +235,3 @@ def _save(built: Built, path: Path, card: dict[str, Any]) -> None:
         raise ExportError(f"cannot write {path.parent.parent / path.name}: {e.strerror or e}") from e
     if not path.is_file() or path.stat().st_size == 0:
         raise ExportError(f"the exporter wrote nothing for {path.name}")
-
-
-def export_checkpoint(checkpoint: str | os.PathLike, formats: list[str] | tuple[str, ...] = ("torchscript", "onnx"),
-                      out_dir: str | os.PathLike | None = None, *, img_size: int | None = None,
-                      dynamic_batch: bool = True, batch: int = 1, atol: float | None = None,
-                      rtol: float | None = None, device: str = "cpu", force: bool = False,
-                      opset: int | None = None, simplify: bool = True, freeze: bool | None = None,
-                      parity_batch: int | None = None, log: Log | None = None) -> list[ExportResult]:
-    """Export `checkpoint` to each of `formats` into `out_dir` (default: the checkpoint's folder).
-
-    Output names: ``<stem>.onnx`` and ``<stem>.torchscript.pt``, each with ``<name>.json`` beside
-    it. Stops at the first failing format (earlier ones stay: they passed parity).
-    """
-    _import_formats()
-    formats = list(dict.fromkeys(formats))
-    if not formats:
-        raise UsageError("choose at least one format (--onnx, --torchscript)")
-    for f in formats:
-        EXPORTS.get(f)  # unknown format: one line listing the valid ones
-    checkpoint = Path(checkpoint)
-    outs = {f: default_output(checkpoint, f, out_dir) for f in formats}
-    from fopt.train.checkpoint import read_checkpoint
-
-    raw = read_checkpoint(checkpoint)  # a bad checkpoint fails before any output check
-    _check_model_name(checkpoint, raw["card"])
-    for f in formats:  # refuse every existing output before writing the first one
-        check_output(outs[f], force=force, checkpoint=checkpoint)
-    per_format: dict[str, dict[str, Any]] = {
-        "onnx": {"simplify": simplify, **({"opset": opset} if opset is not None else {})},
-        "torchscript": {"freeze": freeze},
-    }
-    if "onnx" in formats and opset is not None:
-        from fopt.export.onnx import check_opset
-
-        check_opset(opset)
-    from fopt.artifacts import InputSpec
-    from fopt.export import validate as V
-
-    pb = V.PARITY_BATCH if parity_batch is None else int(parity_batch)
-    _check_options(img_size=img_size, batch=batch, parity_batch=pb,
-                   atol=V.DEFAULT_ATOL if atol is None else atol, rtol=V.DEFAULT_RTOL if rtol is None else rtol)
-    spec = InputSpec.from_dict(raw["card"]["input_spec"])
-    spec = InputSpec(size=int(img_size or spec.size), channels=spec.channels, mean=spec.mean, std=spec.std)
-    # one set of images and one run of the checkpoint serve every format's parity check
-    shared = V.parity_inputs(raw["card"], spec, (1, pb) if dynamic_batch else (batch,))
-    del raw
-    return [EXPORTS.get(f)(checkpoint, outs[f], img_size=img_size, dynamic_batch=dynamic_batch,
-                           batch=batch, atol=atol, rtol=rtol, device=device, force=force,
-                           parity_batch=pb, parity=shared, log=log, **per_format.get(f, {}))
-            for f in formats]
-
-
-def _check_model_name(checkpoint: Path, card: dict[str, Any]) -> None:
-    from fopt.errors import CheckpointError
-    from fopt.models import MODELS
-
-    name = (card.get("model") or {}).get("name")
-    if name not in MODELS:
-        raise CheckpointError(f"{checkpoint}: checkpoint names model {name!r}, which is not in the "
-                              f"registry (known: {', '.join(MODELS.names())})")
-
-
-def _import_formats() -> None:
-    from fopt.export import onnx, torchscript  # noqa: F401  (importing registers them)

@@ -27,8 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fopt.errors import ExportError
+from fopt.artifacts import _json_default
+from fopt.errors import ExportError, first_line
 from fopt.export.steps import Built, export_step
+from fopt.export.validate import ShapeMismatch, compare_outputs
 
 CARD_FILE = "fopt_card.json"  # the _extra_files key TorchScriptRunner reads
 FREEZE_TIE = 1.05             # frozen is kept unless it is more than 5% slower
@@ -44,7 +46,6 @@ def _max_diff(module, model, inputs: list[np.ndarray], atol: float, rtol: float)
     """
     import torch
 
-    from fopt.export.validate import ShapeMismatch, compare_outputs
 
     worst = 0.0
     with torch.no_grad():
@@ -53,7 +54,7 @@ def _max_diff(module, model, inputs: list[np.ndarray], atol: float, rtol: float)
             try:
                 got = module(t)
             except Exception as e:  # a traced graph that cannot run another batch is a wrong trace
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                first = first_line(e)
                 return False, float("inf"), f"fails at batch {len(x)}: {first[:160]}"
             ref = model(t)
             try:
@@ -86,14 +87,14 @@ def trace_or_script(model, example, inputs: list[np.ndarray], *, atol: float, rt
             notes.extend(f"tracer warning (output checked, equal): {w}" for w in tracer_warnings)
             return traced, "trace", notes
     except Exception as e:  # tracing failures have many types; scripting is the fallback
-        problem = f"tracing failed: {(str(e).strip().splitlines() or [type(e).__name__])[0][:160]}"
+        problem = f"tracing failed: {first_line(e)[:160]}"
     log(f"torchscript: trace is wrong ({problem}); trying torch.jit.script")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             scripted = torch.jit.script(model)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ExportError(f"TorchScript: the trace is wrong ({problem}) and scripting failed: {first}") from e
     ok, _, script_problem = _max_diff(scripted, model, inputs, atol, rtol)
     if not ok:
@@ -134,7 +135,7 @@ def choose_freeze(module, model, inputs: list[np.ndarray], *, freeze: bool | Non
             warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates jit; it still works
             frozen = torch.jit.freeze(module.eval())
     except Exception as e:  # scripted modules with unusual attributes can refuse to freeze
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         record["decided_by"] = "freeze failed"
         return module, record, [f"not frozen: torch.jit.freeze failed ({first[:160]})"]
     ok, diff, problem = _max_diff(frozen, model, inputs, atol, rtol)
@@ -156,7 +157,6 @@ def choose_freeze(module, model, inputs: list[np.ndarray], *, freeze: bool | Non
 def _saver(module) -> Callable[[Path, dict[str, Any]], None]:
     import torch
 
-    from fopt.artifacts import _json_default  # one JSON encoding for cards everywhere
 
     def save(path: Path, card: dict[str, Any]) -> None:
         with warnings.catch_warnings():

@@ -28,7 +28,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from fopt.data.calibration import iter_batches
+from fopt.data.datasets import DatasetTable
 from fopt.errors import DataError, InputError, ValidationError
+from fopt.runtime import open_runner
 
 DEFAULT_ATOL = 1e-4   # fp32 CPU exports differ by ~1e-6 on O(1) logits; 1e-4 leaves room for other kernels
 DEFAULT_RTOL = 1e-3
@@ -42,7 +45,6 @@ class ShapeMismatch(ValidationError):
 
 class ToleranceExceeded(ValidationError):
     """The artifact's outputs differ from the checkpoint's by more than the tolerances."""
-
     def __init__(self, message: str, report: "ParityReport"):
         super().__init__(message)
         self.report = report
@@ -53,7 +55,6 @@ class ToleranceExceeded(ValidationError):
 @dataclass
 class ParityInputs:
     """The batches parity runs on, where they came from, and the reference outputs once computed."""
-
     batches: list[np.ndarray]
     batch_sizes: tuple[int, ...]
     img_size: int
@@ -103,9 +104,6 @@ def parity_inputs(card: dict[str, Any], spec, batch_sizes: Sequence[int], seed: 
 
 
 def _real_images(data: str, spec, n: int) -> tuple[np.ndarray, str] | None:
-    from fopt.data.calibration import iter_batches
-    from fopt.data.datasets import DatasetTable
-
     table = DatasetTable.load(data)
     for split in SPLITS:
         if len(table.split(split)) >= n:
@@ -160,7 +158,6 @@ def compare_outputs(actual: np.ndarray, reference: np.ndarray, *, atol: float, r
 @dataclass
 class ParityReport:
     """Truthy when every batch is within tolerance."""
-
     artifact: str
     reference: str
     atol: float
@@ -225,8 +222,6 @@ def _strict_fp32() -> Iterator[None]:
 
 
 def _run(path: str | os.PathLike, batches: list[np.ndarray], device: str) -> list[np.ndarray]:
-    from fopt.runtime.base import open_runner
-
     with _strict_fp32(), open_runner(path, device=device) as runner:
         return [runner.infer(b) for b in batches]
 
@@ -249,7 +244,6 @@ def validate_artifact(artifact: str | os.PathLike, reference: str | os.PathLike,
     Raises `ShapeMismatch` on a shape difference and, when `check`, `ToleranceExceeded` when
     over tolerance (the report is attached); otherwise returns the report (truthy = pass).
     """
-    from fopt.runtime.base import open_runner
 
     artifact = Path(artifact)
     if inputs is None:

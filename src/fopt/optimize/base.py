@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.artifacts import atomic_path, card_path, make_card, write_card
-from fopt.errors import FoptError, OutputExistsError
+from fopt.artifacts import atomic_path, card_path, make_card, set_onnx_card, write_card
+from fopt.errors import FoptError, OutputExistsError, first_line
+from fopt.onnxgraph import check_onnx
 from fopt.registry import Registry
 
 
@@ -94,7 +95,7 @@ def produce(method: Method, source: Path, target: Path, parent_card: dict[str, A
     except FoptError:
         raise
     except Exception as e:  # a library failure: one line here, the traceback with --debug
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise OptimizeError(f"{method.name} failed on {source.name}: {type(e).__name__}: {first}") from e
     try:
         write_card(target, card)
@@ -125,8 +126,6 @@ def _check_and_embed(tmp: Path, fmt: str, card: dict[str, Any]) -> None:
         return
     import onnx
 
-    from fopt.artifacts import set_onnx_card
-    from fopt.optimize.graph import check_onnx
 
     model = onnx.load(str(tmp))
     set_onnx_card(model, card)

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 
 from fopt.artifacts import InputSpec
+from fopt.data.calibration import calibration_batch
+from fopt.data.datasets import DatasetTable, load_image
+from fopt.data.transforms import build_transform
 from fopt.errors import DataError, InputError, UsageError
 
 MIN_CALIB = 32          # fewer images give unstable activation ranges; refuse them
@@ -36,7 +39,7 @@ def validate_calib_size(n: int | None) -> None:
                          f"real images for stable activation ranges")
 
 
-def load_calibration(source: str | os.PathLike, spec: InputSpec, n: int | None = None,
+def load_calibration_set(source: str | os.PathLike, spec: InputSpec, n: int | None = None,
                      seed: int = 0, split: str = "train") -> CalibrationSet:
     """`n` real images (default: `DEFAULT_CALIB`, or all if fewer but >= MIN_CALIB exist)."""
     validate_calib_size(n)
@@ -63,9 +66,6 @@ def _resolve_count(available: int, n: int | None, where: str) -> int:
 
 
 def _from_dataset(src: Path, spec: InputSpec, n: int | None, seed: int, split: str) -> CalibrationSet:
-    from fopt.data.calibration import calibration_batch
-    from fopt.data.datasets import DatasetTable
-
     table = DatasetTable.load(src)
     available = len(table.split(split))
     count = _resolve_count(available, n, f"the {split} split of {src}")
@@ -76,9 +76,6 @@ def _from_dataset(src: Path, spec: InputSpec, n: int | None, seed: int, split: s
 
 
 def _from_image_folder(src: Path, spec: InputSpec, n: int | None, seed: int) -> CalibrationSet:
-    from fopt.data.datasets import load_image
-    from fopt.data.transforms import build_transform
-
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     count = _resolve_count(len(files), n, f"calibration folder {src}")
     rng = np.random.default_rng(seed)

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import click
 
-from fopt.console import csv_option, force_option, json_option, note, print_table, write_csv, write_json
+from fopt.console import (
+    csv_option,
+    force_option,
+    json_option,
+    note,
+    print_table,
+    write_csv,
+    write_json,
+)
 
 
 def _csv_list(value: str | None) -> tuple[str, ...]:

@@ -11,17 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fopt.artifacts import read_card
+from fopt.artifacts import onnx_card_from_proto, read_card
+from fopt.checkpoint import read_checkpoint
 from fopt.errors import InputError
+from fopt.onnxgraph import load_onnx
 
 MAX_DEPTH = 6  # checkpoint -> onnx -> int8 -> engine is 3 hops; more means a cycle or junk
 
 
 def onnx_card(path: str | Path, model=None) -> dict[str, Any]:
     """The card of an ONNX file: the sidecar if present, else the embedded copy."""
-    from fopt.artifacts import onnx_card_from_proto
-    from fopt.optimize.graph import load_onnx
-
     card = read_card(path, required=False)
     if card is not None:
         return card
@@ -50,7 +49,6 @@ def parent_card(card: dict[str, Any]) -> dict[str, Any] | None:
         except InputError:
             return None
     try:  # a checkpoint keeps its card inside
-        from fopt.train.checkpoint import read_checkpoint
 
         return read_checkpoint(p)["card"]
     except Exception:  # not a checkpoint either: the lineage simply ends here

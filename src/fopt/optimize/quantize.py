@@ -13,7 +13,6 @@ Two pure functions, each ``(src, dst, **settings) -> settings record``:
     inference, ONNX Runtime graph fusions) first, then ``quantize_static`` with per-channel
     symmetric INT8 weights. Two QDQ encodings of the same calibration, because the runtimes
     want different things:
-
     * ``target="ort"`` (ONNX Runtime on CPU): uint8 asymmetric activations (U8S8). On x86,
       ONNX Runtime fuses DQ->Conv->Q into QLinearConv only for uint8 activations (int8 is
       converted to uint8 only where a QuantizeLinear has a single consumer), and an
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fopt.errors import UsageError
+from fopt.onnxgraph import compute_nodes, input_shape
 from fopt.optimize.calib import ArrayCalibrationReader, CalibrationSet
 
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
@@ -186,8 +186,6 @@ def float_outputs(model) -> int:
 
 def resolve_exclusions(model, exclude: Sequence[str] = (), keep_fp32: Sequence[str] = ()) -> dict[str, list[str]]:
     """Node names to keep FP32: `exclude` (checked to exist) plus the first/last Conv/Gemm/MatMul."""
-    from fopt.optimize.graph import compute_nodes
-
     names = [n.name for n in model.graph.node]
     known = set(names)
     missing = [e for e in exclude if e not in known]
@@ -212,8 +210,6 @@ def resolve_exclusions(model, exclude: Sequence[str] = (), keep_fp32: Sequence[s
 
 
 def _input_name(model) -> str:
-    from fopt.optimize.graph import input_shape
-
     return input_shape(model)[0]
 
 
@@ -223,10 +219,9 @@ def onnx_to_int8_dynamic(src: str | Path, dst: str | Path, *,
                          op_types: Sequence[str] = DYNAMIC_DEFAULT_OPS,
                          per_channel: bool = False) -> dict[str, Any]:
     """Dynamic INT8 (weights INT8, activations quantized per batch at run time)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.registry import IntegerOpsRegistry
-
-    import onnx
 
     op_types = list(dict.fromkeys(op_types))
     valid = sorted({*IntegerOpsRegistry, "Gemm"})
@@ -263,7 +258,12 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
                         percentile: float = 99.999) -> dict[str, Any]:
     """Static QDQ INT8 calibrated on `calibration` (see the module docstring for `target`)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if target not in STATIC_TARGETS:
         raise UsageError(f"INT8 target must be one of {', '.join(STATIC_TARGETS)}, got {target!r}")

@@ -1,6 +1,6 @@
 """What each optimized artifact costs and gains: accuracy, macro-F1, size, a quick latency.
 
-Accuracy goes through `fopt.train.evaluate.evaluate_artifact` (the artifact's own runner, the
+Accuracy goes through `fopt.evaluation.evaluate_artifact` (the artifact's own runner, the
 validation split). Latency here is a *quick check*: batch 1, a few warm-up runs, then the median
 of at most ~1 s of runs in this process. It is labelled as such everywhere; `fopt bench` is the
 measurement harness (several processes, spread, stop rules). On a shared machine a quick check
@@ -12,20 +12,22 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fopt.evaluation import evaluate_artifact
+from fopt.runtime import open_runner
+from fopt.runtime.onnxrt import ort_session
+from fopt.runtime.timing import StopRule, WallTimer, measure
+
 QUICK_LATENCY_LABEL = ("quick check: batch 1, median of <= 1 s of runs in one process "
                        "(use `fopt bench` for real numbers)")
 
 
 def evaluate(path: Path, dataset: Path, device: str, threads: int | None, batch_size: int) -> dict[str, Any]:
-    from fopt.train.evaluate import evaluate_artifact
-
     r = evaluate_artifact(path, dataset, split="val", device=device, batch_size=batch_size, threads=threads)
     return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n": r["n"], "split": "val",
             "dataset": str(Path(dataset).resolve()), "device": device, "backend": r.get("backend")}
@@ -34,23 +36,14 @@ def evaluate(path: Path, dataset: Path, device: str, threads: int | None, batch_
 def quick_latency_ms(path: Path, device: str = "cpu", threads: int | None = None, budget_s: float = 1.0,
                      warmup: int = 3, min_iters: int = 5, max_iters: int = 200) -> dict[str, Any]:
     """Median batch-1 latency of `path` through its runner (see the module docstring)."""
-    from fopt.runtime.base import open_runner
-
     with open_runner(path, device=device, threads=threads) as runner:
         spec = runner.input_spec
         x = np.random.default_rng(0).standard_normal((1, spec.channels, spec.size, spec.size),
                                                      dtype=np.float32)
         prepared = runner.prepare(x)
-        for _ in range(warmup):
-            runner.run_prepared(prepared)
-            runner.synchronize()
-        times: list[float] = []
-        deadline = time.perf_counter() + budget_s
-        while len(times) < min_iters or (time.perf_counter() < deadline and len(times) < max_iters):
-            t0 = time.perf_counter()
-            runner.run_prepared(prepared)
-            runner.synchronize()
-            times.append(time.perf_counter() - t0)
+        rule = StopRule(min_time_s=budget_s, warmup_iters=warmup, warmup_s=0.0, min_iters=min_iters,
+                        max_iters=max_iters)
+        times = measure(WallTimer(lambda: runner.run_prepared(prepared), runner.synchronize), rule).samples_s
     return {"p50_ms": round(1000 * statistics.median(times), 3), "n": len(times), "batch": 1,
             "threads": threads, "device": device, "label": "quick"}
 
@@ -62,16 +55,10 @@ def ort_executed_ops(path: Path, threads: int | None = None) -> dict[str, int]:
     (DequantizeLinear -> float op -> QuantizeLinear) become visible.
     """
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="fopt-ortopt-") as tmp:
         out = Path(tmp) / "executed.onnx"
-        so = ort.SessionOptions()
-        so.optimized_model_filepath = str(out)
-        so.log_severity_level = 3  # the NCHWc "hardware specific" warning is expected here
-        if threads:
-            so.intra_op_num_threads = int(threads)
-        ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        ort_session(path, threads=threads, optimized_model_path=out)
         model = onnx.load(str(out), load_external_data=False)
     return dict(Counter(n.op_type for n in model.graph.node).most_common())
 

@@ -22,10 +22,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fopt.artifacts import InputSpec, update_card_metrics
-from fopt.errors import FoptError, InputError, OutputExistsError, UsageError
+from fopt.data.datasets import DatasetTable
+from fopt.errors import DataError, InputError, OutputExistsError, UsageError, one_line
+from fopt.onnxgraph import (
+    check_onnx,
+    graph_summary,
+    load_onnx,
+    param_count,
+    precision_of,
+)
+from fopt.optimize import report
 from fopt.optimize.base import METHODS, Produced, output_path, produce
-from fopt.optimize.calib import DEFAULT_CALIB, validate_calib_size
-from fopt.optimize.quantize import CALIB_METHODS, DEFAULT_CALIB_METHOD, DYNAMIC_DEFAULT_OPS
+from fopt.optimize.calib import DEFAULT_CALIB, load_calibration_set, validate_calib_size
+from fopt.optimize.fp16 import CPU_NOTE
+from fopt.optimize.lineage import lineage_dataset, onnx_card
+from fopt.optimize.quantize import (
+    CALIB_METHODS,
+    DEFAULT_CALIB_METHOD,
+    DYNAMIC_DEFAULT_OPS,
+)
+from fopt.runtime.tensorrt import require_tensorrt, tensorrt_unavailable_reason
 
 USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt")
 INT8_TARGETS = ("auto", "ort", "tensorrt", "both")
@@ -102,9 +118,6 @@ def _quiet(_: str) -> None:
 
 def inspect_input(path: Path) -> dict[str, Any]:
     """Load/check the ONNX file; returns its card, graph summary and precision."""
-    from fopt.optimize.graph import check_onnx, graph_summary, load_onnx, precision_of
-    from fopt.optimize.lineage import onnx_card
-
     model = load_onnx(path)
     check_onnx(path)
     card = onnx_card(path, model)
@@ -189,8 +202,6 @@ def _plan(path: Path, info: dict[str, Any], methods: list[str], opts: OptimizeOp
 
 
 def _resolve_dataset(explicit: str | None, card: dict[str, Any], what: str, log: Log) -> tuple[Path | None, str]:
-    from fopt.optimize.lineage import lineage_dataset
-
     if explicit:
         p = Path(explicit)
         if not p.is_dir():
@@ -221,8 +232,6 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
 
     methods = [m for m in USER_METHODS if m in opts.methods or opts.all_methods]
     if "tensorrt" in methods:
-        from fopt.optimize.tensorrt import require_tensorrt, tensorrt_unavailable_reason
-
         if opts.all_methods and "tensorrt" not in opts.methods:
             reason = tensorrt_unavailable_reason()
             if reason:
@@ -244,19 +253,15 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
     spec = InputSpec.from_dict(card["input_spec"])
     calibration = None
     if any(s.method.startswith("int8-static") for s in steps):
-        from fopt.optimize.calib import load_calibration
-
         calib_dir, calib_from = _resolve_dataset(opts.calib_data, card, "--calib-data", log)
         if calib_dir is None:
             raise UsageError(f"static INT8 needs real calibration images: pass --calib-data DIR "
                              f"(no usable dataset is recorded in the lineage of {path.name})")
-        calibration = load_calibration(calib_dir, spec, opts.calib_size, seed=opts.seed)
+        calibration = load_calibration_set(calib_dir, spec, opts.calib_size, seed=opts.seed)
         calibration.info["from"] = calib_from
         if opts.calib_size is None and calibration.info["n"] < DEFAULT_CALIB:
             say(f"calibrating on all {calibration.info['n']} images available (fewer than the default 256)")
     if "fp16" in methods:
-        from fopt.optimize.fp16 import CPU_NOTE
-
         say(f"note: {CPU_NOTE}")
     if "int8-dynamic" in methods and "Conv" in opts.op_types:
         say("note: dynamic INT8 of Conv runs as ConvInteger, which is usually slower than FP32 on CPU; "
@@ -291,9 +296,6 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
 
 def _check_eval_classes(dataset: Path, card: dict[str, Any]) -> None:
     """Refuse a dataset with other classes before anything is written (not after the artifacts)."""
-    from fopt.data.datasets import DatasetTable
-    from fopt.errors import DataError
-
     names = DatasetTable.load(dataset).class_names
     if names != list(card["class_names"]):
         raise DataError(f"--eval {dataset}: its {len(names)} classes differ from the "
@@ -309,9 +311,6 @@ def _source_card(step: _Step, input_card: dict[str, Any], produced: list[Produce
 
 def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_dir: Path | None,
              eval_from: str, opts: OptimizeOptions, notes: list[str], log: Log) -> dict[str, Any]:
-    from fopt.optimize import report
-    from fopt.optimize.graph import graph_summary, load_onnx, param_count
-
     def params_of(p: Path) -> int | None:
         return param_count(load_onnx(p, load_weights=False)) if p.suffix == ".onnx" else None
 
@@ -340,12 +339,12 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
             try:
                 metrics = report.evaluate(p.path, eval_dir, device, opts.threads, batch_size)
             except Exception as e:  # recorded in the row and the JSON, not swallowed
-                note_parts.append(f"eval failed: {_one_line(e)}")
+                note_parts.append(f"eval failed: {one_line(e)}")
         if opts.latency:
             try:
                 latency = report.quick_latency_ms(p.path, device, opts.threads)
             except Exception as e:
-                note_parts.append(f"latency failed: {_one_line(e)}")
+                note_parts.append(f"latency failed: {one_line(e)}")
         entry: dict[str, Any] = {"method": p.method, "path": str(p.path), "seconds": p.seconds,
                                  "precision": p.card["precision"]}
         if not is_engine:
@@ -355,7 +354,7 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
                 entry["ort_executed_ops"] = report.ort_executed_ops(p.path, opts.threads)
                 entry["ort_executed"] = report.executed_summary(entry["ort_executed_ops"])
             except Exception as e:
-                note_parts.append(f"onnxruntime cannot load it: {_one_line(e)}")
+                note_parts.append(f"onnxruntime cannot load it: {one_line(e)}")
         source_params = params_of(Path(p.card["parent"]["path"])) if is_engine else None
         row = report.make_row(artifact=p.path, method=p.method, precision=p.card["precision"],
                               runs_on="tensorrt cuda" if is_engine else "onnxruntime cpu",
@@ -399,9 +398,3 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
     }
 
 
-def _one_line(e: BaseException) -> str:
-    """A FoptError's own message; other exceptions prefixed with their type."""
-    text = str(e).strip().splitlines()
-    if not text:
-        return type(e).__name__
-    return text[0] if isinstance(e, FoptError) else f"{type(e).__name__}: {text[0]}"

@@ -17,57 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fopt.errors import DeviceUnavailable, InputError, MissingDependency, UsageError
+from fopt.artifacts import write_bytes_atomic
+from fopt.errors import MissingDependency, UsageError
+from fopt.optimize.base import OptimizeError
+from fopt.runtime.tensorrt import (
+    INSTALL_HINT,
+    require_tensorrt,
+    runtime_record,
+    trt_major,
+)
 
-INSTALL_HINT = "pip install fopt[gpu]"
 DEFAULT_WORKSPACE_MB = 2048   # enough for every tactic of the registry CNNs at batch <= 64
-MIN_TRT_MAJOR = 10
-
-
-def require_cuda() -> None:
-    """A CUDA GPU visible to torch, else DeviceUnavailable (one line)."""
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependency(f"TensorRT needs torch with CUDA ({INSTALL_HINT})") from None
-    if not torch.cuda.is_available():
-        raise DeviceUnavailable("TensorRT needs a CUDA GPU and none is available here "
-                                "(torch.cuda.is_available() is False)")
-
-
-def import_tensorrt():
-    """The tensorrt module (>= 10), else MissingDependency with the install hint."""
-    try:
-        import tensorrt as trt
-    except (ImportError, OSError) as e:  # OSError: the wheel is there but its CUDA libs are not
-        raise MissingDependency(f"TensorRT is not installed or not loadable ({type(e).__name__}); "
-                                f"{INSTALL_HINT}") from None
-    if trt_major(getattr(trt, "__version__", "0")) < MIN_TRT_MAJOR:
-        raise MissingDependency(f"TensorRT {trt.__version__} is too old: fopt needs TensorRT >= "
-                                f"{MIN_TRT_MAJOR} (strongly typed networks); {INSTALL_HINT}")
-    return trt
-
-
-def require_tensorrt():
-    """CUDA first (installing TensorRT does not help without a GPU), then the tensorrt module."""
-    require_cuda()
-    return import_tensorrt()
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """None if engines can be built here, else the one-line reason (for --all)."""
-    try:
-        require_tensorrt()
-    except (DeviceUnavailable, MissingDependency) as e:
-        return str(e)
-    return None
-
-
-def trt_major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return 0
 
 
 def network_flags(trt) -> tuple[int, bool]:
@@ -103,45 +63,6 @@ def profile_shapes(chw: tuple[int, ...], min_batch: int = 1, opt_batch: int = 1,
     return {"min": (min_batch, *chw), "opt": (opt_batch, *chw), "max": (max_batch, *chw)}
 
 
-def gpu_record(device: int = 0) -> dict[str, Any]:
-    """Name, compute capability and memory of a CUDA device (what an engine is tied to)."""
-    import torch
-
-    props = torch.cuda.get_device_properties(device)
-    return {"gpu_name": torch.cuda.get_device_name(device),
-            "compute_capability": f"{props.major}.{props.minor}",
-            "gpu_memory_gb": round(props.total_memory / 1024 ** 3, 1),
-            "cuda": torch.version.cuda}
-
-
-def runtime_record(trt, device: int = 0) -> dict[str, Any]:
-    return {"tensorrt_version": trt.__version__, **gpu_record(device)}
-
-
-def engine_compat_problems(built: dict[str, Any], here: dict[str, Any]) -> list[str]:
-    """Why an engine built under `built` (its card's ``tensorrt`` record) cannot run `here`."""
-    problems = []
-    if not built:
-        return ["its card has no 'tensorrt' record (GPU and TensorRT version unknown)"]
-    if built.get("tensorrt_version") != here.get("tensorrt_version"):
-        problems.append(f"built with TensorRT {built.get('tensorrt_version')}, this machine has "
-                        f"TensorRT {here.get('tensorrt_version')}")
-    if built.get("compute_capability") != here.get("compute_capability") or \
-            built.get("gpu_name") != here.get("gpu_name"):
-        problems.append(f"built on {built.get('gpu_name')} (compute capability "
-                        f"{built.get('compute_capability')}), this GPU is {here.get('gpu_name')} "
-                        f"(compute capability {here.get('compute_capability')})")
-    return problems
-
-
-def check_engine_compat(path: str | Path, built: dict[str, Any], here: dict[str, Any]) -> None:
-    problems = engine_compat_problems(built, here)
-    if problems:
-        source = (built or {}).get("source_onnx") or "MODEL.onnx"
-        raise InputError(f"{path}: engine cannot run here: {'; '.join(problems)}; rebuild it on this "
-                         f"machine with `fopt optimize {source} --tensorrt`")
-
-
 def _parse_errors(parser) -> list[str]:
     out = []
     for i in range(parser.num_errors):
@@ -154,9 +75,6 @@ def onnx_to_engine(src: str | Path, dst: str | Path, *, min_batch: int = 1, opt_
                    max_batch: int = 64, workspace_mb: int = DEFAULT_WORKSPACE_MB,
                    timing_cache: str | Path | None = None, verbose: bool = False) -> dict[str, Any]:
     """Build a serialized TensorRT engine for `src` (precision from the file) into `dst`."""
-    from fopt.artifacts import write_bytes_atomic
-    from fopt.optimize.base import OptimizeError
-
     if workspace_mb < 1:
         raise UsageError(f"--workspace must be at least 1 MiB, got {workspace_mb}")
     trt = require_tensorrt()

@@ -62,7 +62,7 @@ def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed,
     Example: fopt pipeline --model resnet18 --model mobilenet_v3_large --out artifacts/cmp
     """
     from fopt.pipeline.run import PipelineConfig, run_pipeline
-    from fopt.runtime.base import resolve_device
+    from fopt.runtime import resolve_device
 
     cfg = PipelineConfig(out=out, models=tuple(models), data=data, synth_per_class=synth_per_class,
                          epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,

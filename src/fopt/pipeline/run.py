@@ -1,7 +1,6 @@
 """`fopt pipeline`: data -> train -> export -> optimize -> eval -> analyze -> bench -> report.
 
 Layout of a run folder::
-
     RUN/stages.json                 the ledger (what ran, on which input hashes, with which options)
     RUN/data/raw, RUN/data/table    synthetic dataset and its table (when --data is not given)
     RUN/<model>/train/              best.pt, last.pt, history, curves, reports
@@ -26,10 +25,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fopt.analyze.roofline import plot_roofline
+from fopt.analyze.run import analyze
 from fopt.artifacts import read_card, write_json_atomic
-from fopt.errors import UsageError
+from fopt.bench.costmodel.cache import load_machine_calibration
+from fopt.bench.costmodel.calibrate import calibrate
+from fopt.bench.plots import plot_all
+from fopt.bench.run import bench_artifacts
+from fopt.data.build import build_dataset
+from fopt.data.datasets import DatasetTable
+from fopt.data.synth import synthesize
+from fopt.errors import UsageError, one_line
+from fopt.evaluation import evaluate_artifact
+from fopt.export.run import export_checkpoint
+from fopt.models import MODELS
+from fopt.optimize.run import OptimizeOptions, optimize_onnx
 from fopt.pipeline.report import SUMMARY_NAME, build_report, load_summaries
 from fopt.pipeline.stages import Stage, StageLedger
+from fopt.train.config import TrainConfig
+from fopt.train.engine import fit
 
 # What the original study used to turn FLOPs into T4 latency: the T4's FP64 rate (wrong),
 # applied to a "FLOPs" column that actually held MACs. Kept only to show the difference.
@@ -62,8 +76,6 @@ class PipelineConfig:
     force: bool = False                  # redo every stage
 
     def validate(self) -> "PipelineConfig":
-        from fopt.models import MODELS
-
         if not self.models:
             raise UsageError("give at least one --model")
         for m in self.models:
@@ -101,9 +113,6 @@ def supported_methods(device: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- stages
 
 def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log) -> Path:
-    from fopt.data.build import build_dataset
-    from fopt.data.synth import synthesize
-
     table = run / "data" / "table"
     if cfg.data is not None and (Path(cfg.data) / "dataset.csv").exists():
         return Path(cfg.data)                      # already a dataset table
@@ -133,9 +142,6 @@ def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log) ->
 
 def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger: StageLedger,
                 log: Log) -> dict[str, Any]:
-    from fopt.train.config import TrainConfig
-    from fopt.train.engine import fit
-
     tdir = mdir / "train"
     out = mdir / "train.json"
     tcfg = TrainConfig(data=str(table), model=model, out=str(tdir), epochs=cfg.epochs,
@@ -163,8 +169,6 @@ def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger
 
 def stage_export(cfg: PipelineConfig, model: str, ckpt: Path, mdir: Path, ledger: StageLedger,
                  log: Log) -> dict[str, Path]:
-    from fopt.export import export_checkpoint
-
     edir = mdir / "export"
     targets = {"onnx": edir / f"{ckpt.stem}.onnx", "torchscript": edir / f"{ckpt.stem}.torchscript.pt"}
 
@@ -179,8 +183,6 @@ def stage_export(cfg: PipelineConfig, model: str, ckpt: Path, mdir: Path, ledger
 
 def stage_optimize(cfg: PipelineConfig, model: str, onnx_path: Path, table: Path, mdir: Path,
                    ledger: StageLedger, log: Log) -> list[Path]:
-    from fopt.optimize.run import OptimizeOptions, optimize_onnx
-
     odir = mdir / "optimize"
     out = odir / "optimize.json"
     methods = tuple(cfg.methods or supported_methods(cfg.device))
@@ -216,8 +218,6 @@ def _method(path: Path, card: dict[str, Any]) -> str:
 
 def stage_eval(cfg: PipelineConfig, model: str, artifacts: list[Path], table: Path, mdir: Path,
                ledger: StageLedger, log: Log) -> dict[str, Any]:
-    from fopt.train.evaluate import evaluate_artifact
-
     out = mdir / "eval.json"
 
     def make() -> None:
@@ -229,7 +229,7 @@ def stage_eval(cfg: PipelineConfig, model: str, artifacts: list[Path], table: Pa
                 m = evaluate_artifact(p, table, split="val", device=device, threads=cfg.threads)
                 results[str(p)] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
             except Exception as e:  # recorded in the row, not swallowed: the report shows it
-                results[str(p)] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                results[str(p)] = {"error": one_line(e)}
             log(f"[{model}] eval {p.name}: {results[str(p)]}")
         write_json_atomic(out, results)
 
@@ -241,9 +241,6 @@ def stage_eval(cfg: PipelineConfig, model: str, artifacts: list[Path], table: Pa
 
 def stage_analyze(cfg: PipelineConfig, model: str, onnx_path: Path, mdir: Path, ledger: StageLedger,
                   log: Log) -> dict[str, Any]:
-    from fopt.bench.analyze import analyze
-    from fopt.bench.roofline import plot_roofline
-
     out = mdir / "analysis.json"
 
     def make() -> None:
@@ -268,9 +265,7 @@ def stage_analyze(cfg: PipelineConfig, model: str, onnx_path: Path, mdir: Path, 
 
 
 def stage_calibrate(cfg: PipelineConfig, log: Log) -> None:
-    from fopt.bench.calibrate import calibrate, load_calibration
-
-    if cfg.force or load_calibration(cfg.device, cfg.threads) is None:
+    if cfg.force or load_machine_calibration(cfg.device, cfg.threads) is None:
         log(f"[calibrate] measuring this machine's {cfg.device} rates (cached for later runs)")
         calibrate(cfg.device, cfg.threads, on_step=lambda s: log(f"[calibrate] {s}"))
     else:
@@ -279,9 +274,6 @@ def stage_calibrate(cfg: PipelineConfig, log: Log) -> None:
 
 def stage_bench(cfg: PipelineConfig, model: str, artifacts: list[Path], mdir: Path,
                 ledger: StageLedger, log: Log) -> dict[str, Any]:
-    from fopt.bench.plots import plot_all
-    from fopt.bench.run import bench_artifacts
-
     out = mdir / "bench.json"
 
     def make() -> None:
@@ -364,7 +356,6 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> dict[str, Any]:
     run.mkdir(parents=True, exist_ok=True)
     ledger = StageLedger(run / "stages.json")
     table = stage_data(cfg, run, ledger, log)
-    from fopt.data.datasets import DatasetTable
 
     DatasetTable.load(table)  # fail early on a bad table
     calibrated = False

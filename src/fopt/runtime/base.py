@@ -13,13 +13,14 @@ host-side conversion is not inside the timed region unless they want it to be.
 from __future__ import annotations
 
 import abc
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fopt.artifacts import InputSpec, detect_format, read_card
+from fopt.artifacts import InputSpec, read_card
 from fopt.errors import DeviceUnavailable, InputError, ValidationError
 from fopt.registry import Registry
 
@@ -157,18 +158,27 @@ class Runner(abc.ABC):
 RUNNERS: Registry[type[Runner]] = Registry("runner format")
 
 
-def _import_backends() -> None:
-    # Importing a backend module registers it; each import is cheap (heavy libs load in _load_impl).
-    from fopt.runtime import onnxrt, pytorch  # noqa: F401
+def gpu_record(device: int = 0, load_torch: bool = True) -> dict[str, Any] | None:
+    """Name, compute capability, memory and driver of a CUDA device, or None without a GPU.
+
+    With ``load_torch=False`` it answers None unless torch is already imported (a CPU-only
+    record must not pay for importing torch)."""
+    if not load_torch and "torch" not in sys.modules:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(device)
+    rec: dict[str, Any] = {"name": props.name, "memory_bytes": int(props.total_memory),
+                           "capability": f"{props.major}.{props.minor}",
+                           "count": torch.cuda.device_count(), "cuda_runtime": torch.version.cuda}
+    rec["driver"] = _nvidia_driver()
+    return rec
+
+
+def _nvidia_driver() -> str | None:
     try:
-        from fopt.runtime import tensorrt  # noqa: F401
-    except ImportError:
-        pass
-
-
-def open_runner(path: str | Path, device: str = "cpu", threads: int | None = None,
-                **options: Any) -> Runner:
-    """The runner for any artifact, chosen by its card's format (or its content)."""
-    _import_backends()
-    fmt = detect_format(path)
-    return RUNNERS.get(fmt)(path, device=device, threads=threads, **options)
+        return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None

@@ -1,14 +1,55 @@
-"""ONNX Runtime runner (CPU provider; CUDA/TensorRT providers for --device cuda)."""
+"""ONNX Runtime: the one place sessions are made (`ort_session`), and its runner.
+
+The runner uses the CPU provider, or the CUDA/TensorRT providers for --device cuda. Everything
+else that needs a session (export's simplification check, the executed-graph view of optimize,
+profiling and the calibration probes of bench) calls `ort_session`, so thread settings, logging
+and profiling are set one way.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import numpy as np
 
-from fopt.artifacts import ONNX_CARD_KEY, onnx_card_from_proto
-from fopt.errors import DeviceUnavailable, InputError, MissingDependency
+from fopt.artifacts import ONNX_CARD_KEY, onnx_card_from_proto, read_card
+from fopt.errors import DeviceUnavailable, InputError, MissingDependency, first_line
 from fopt.runtime.base import RUNNERS, Runner
+
+CPU = ("CPUExecutionProvider",)
+
+
+def session_options(*, threads: int | None = None, profile_prefix: str | None = None,
+                    optimized_model_path: str | None = None, **settings: Any):
+    """SessionOptions: `threads` intra-op threads (and one inter-op thread), optional profiling
+    into files starting with `profile_prefix`, the optimized graph saved to
+    `optimized_model_path`, then any further `SessionOptions` attribute from `settings`."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    # Errors only: ORT's graph-cleanup notices (unused initializers, the NCHWc "hardware
+    # specific" model warning) are not actionable for users and drown the progress output.
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
+    if optimized_model_path:
+        so.optimized_model_filepath = str(optimized_model_path)
+    for key, value in settings.items():
+        setattr(so, key, value)
+    return so
+
+
+def ort_session(model: "str | os.PathLike | bytes", *, providers: Sequence[str] = CPU, **options: Any):
+    """An InferenceSession on a model path or serialized model; `options` go to `session_options`."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=session_options(**options), providers=list(providers))
 
 
 def embedded_card(path) -> dict[str, Any] | None:
@@ -28,8 +69,6 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def _read_card(self) -> dict[str, Any]:
-        from fopt.artifacts import read_card
-
         card = read_card(self.path, required=False) or embedded_card(self.path)
         if card is None:
             raise InputError(f"{self.path}: ONNX file has no fopt card (neither {self.path.name}.json "
@@ -53,34 +92,15 @@ class OnnxRuntimeRunner(Runner):
         return wanted
 
     def session_options(self):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        # Warnings only on error: ORT's graph-cleanup notices (e.g. unused initializers) are not
-        # actionable for users and drown the progress output.
-        so.log_severity_level = 3
-        if self.threads:
-            so.intra_op_num_threads = int(self.threads)
-            so.inter_op_num_threads = 1
-        if self.options.get("profile"):
-            so.enable_profiling = True
-            so.profile_file_prefix = str(self.options.get("profile_prefix", "ort_profile"))
-        if self.options.get("optimized_model_path"):
-            so.optimized_model_filepath = str(self.options["optimized_model_path"])
-        return so
+        return session_options(threads=self.threads)
 
     def _load_impl(self) -> None:
         try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingDependency("onnxruntime is not installed (pip install onnxruntime)") from None
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=self.session_options(),
-                                                providers=self.providers())
+            self.session = ort_session(self.path, threads=self.threads, providers=self.providers())
         except (DeviceUnavailable, MissingDependency):
             raise
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise InputError(f"{self.path}: onnxruntime cannot load it: {first}") from None
         active = self.session.get_providers()
         if self.device == "cuda" and "CUDAExecutionProvider" not in active:

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from fopt.errors import InputError
+from fopt.artifacts import read_card
+from fopt.checkpoint import load_checkpoint, read_checkpoint
+from fopt.errors import InputError, one_line
 from fopt.runtime.base import RUNNERS, Runner
 
 CARD_FILE = "fopt_card.json"  # the _extra_files key `fopt export` writes the card under
@@ -68,19 +70,14 @@ class _TorchRunner(Runner):
 @RUNNERS.register("checkpoint")
 class CheckpointRunner(_TorchRunner):
     """A fopt checkpoint (.pt) rebuilt from the model registry, run in eager mode."""
-
     format = "checkpoint"
     backend = "torch-eager"
 
     def _read_card(self) -> dict[str, Any]:
-        from fopt.train.checkpoint import read_checkpoint
-
         self._raw = read_checkpoint(self.path)  # the card lives inside the checkpoint
         return self._raw["card"]
 
     def _load_impl(self) -> None:
-        from fopt.train.checkpoint import load_checkpoint
-
         self._apply_threads()
         self.model = load_checkpoint(self.path, device=self.device).model
         self._raw = None
@@ -89,7 +86,6 @@ class CheckpointRunner(_TorchRunner):
 @RUNNERS.register("torchscript")
 class TorchScriptRunner(_TorchRunner):
     """A TorchScript archive; its card is embedded (_extra_files) and beside it."""
-
     format = "torchscript"
     backend = "torchscript"
 
@@ -102,8 +98,6 @@ class TorchScriptRunner(_TorchRunner):
             return self.model(prepared)
 
     def _read_card(self) -> dict[str, Any]:
-        from fopt.artifacts import read_card
-
         card = read_card(self.path, required=False)
         if card is None:
             card = embedded_torchscript_card(self.path)
@@ -122,5 +116,4 @@ class TorchScriptRunner(_TorchRunner):
                 warnings.simplefilter("ignore", FutureWarning)
                 self.model = torch.jit.load(str(self.path), map_location=self.device).eval()
         except Exception as e:
-            raise InputError(f"{self.path}: not a loadable TorchScript file ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise InputError(f"{self.path}: not a loadable TorchScript file ({one_line(e)})") from None

@@ -14,17 +14,110 @@ deserialising, the runner compares its card's ``tensorrt`` record (written by
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fopt.errors import InputError, UsageError, ValidationError
-from fopt.runtime.base import RUNNERS, Runner
+from fopt.errors import (
+    DeviceUnavailable,
+    InputError,
+    MissingDependency,
+    UsageError,
+    ValidationError,
+)
+from fopt.runtime.base import RUNNERS, Runner, gpu_record
+
+INSTALL_HINT = "pip install fopt[gpu]"
+MIN_TRT_MAJOR = 10
 
 # TensorRT DataType names -> torch dtype names (by name, so no enum differs across versions).
 TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
                 "INT32": "int32", "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
 
+
+# ----------------------------------------------------------------------------- environment
+
+def require_cuda() -> None:
+    """A CUDA GPU visible to torch, else DeviceUnavailable (one line)."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependency(f"TensorRT needs torch with CUDA ({INSTALL_HINT})") from None
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable("TensorRT needs a CUDA GPU and none is available here "
+                                "(torch.cuda.is_available() is False)")
+
+
+def import_tensorrt():
+    """The tensorrt module (>= 10), else MissingDependency with the install hint."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as e:  # OSError: the wheel is there but its CUDA libs are not
+        raise MissingDependency(f"TensorRT is not installed or not loadable ({type(e).__name__}); "
+                                f"{INSTALL_HINT}") from None
+    if trt_major(getattr(trt, "__version__", "0")) < MIN_TRT_MAJOR:
+        raise MissingDependency(f"TensorRT {trt.__version__} is too old: fopt needs TensorRT >= "
+                                f"{MIN_TRT_MAJOR} (strongly typed networks); {INSTALL_HINT}")
+    return trt
+
+
+def require_tensorrt():
+    """CUDA first (installing TensorRT does not help without a GPU), then the tensorrt module."""
+    require_cuda()
+    return import_tensorrt()
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None if engines can be built here, else the one-line reason (for --all)."""
+    try:
+        require_tensorrt()
+    except (DeviceUnavailable, MissingDependency) as e:
+        return str(e)
+    return None
+
+
+def trt_major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def runtime_record(trt, device: int = 0) -> dict[str, Any]:
+    """What an engine is tied to: the TensorRT version and the GPU (model, compute capability)."""
+    gpu = gpu_record(device) or {}
+    return {"tensorrt_version": trt.__version__, "gpu_name": gpu.get("name"),
+            "compute_capability": gpu.get("capability"),
+            "gpu_memory_gb": round(gpu.get("memory_bytes", 0) / 1024 ** 3, 1),
+            "cuda": gpu.get("cuda_runtime")}
+
+
+def engine_compat_problems(built: dict[str, Any], here: dict[str, Any]) -> list[str]:
+    """Why an engine built under `built` (its card's ``tensorrt`` record) cannot run `here`."""
+    problems = []
+    if not built:
+        return ["its card has no 'tensorrt' record (GPU and TensorRT version unknown)"]
+    if built.get("tensorrt_version") != here.get("tensorrt_version"):
+        problems.append(f"built with TensorRT {built.get('tensorrt_version')}, this machine has "
+                        f"TensorRT {here.get('tensorrt_version')}")
+    if built.get("compute_capability") != here.get("compute_capability") or \
+            built.get("gpu_name") != here.get("gpu_name"):
+        problems.append(f"built on {built.get('gpu_name')} (compute capability "
+                        f"{built.get('compute_capability')}), this GPU is {here.get('gpu_name')} "
+                        f"(compute capability {here.get('compute_capability')})")
+    return problems
+
+
+def check_engine_compat(path: str | Path, built: dict[str, Any], here: dict[str, Any]) -> None:
+    problems = engine_compat_problems(built, here)
+    if problems:
+        source = (built or {}).get("source_onnx") or "MODEL.onnx"
+        raise InputError(f"{path}: engine cannot run here: {'; '.join(problems)}; rebuild it on this "
+                         f"machine with `fopt optimize {source} --tensorrt`")
+
+
+# ----------------------------------------------------------------------------- runner
 
 @RUNNERS.register("tensorrt")
 class TensorRTRunner(Runner):
@@ -50,8 +143,6 @@ class TensorRTRunner(Runner):
 
     def _load_impl(self) -> None:
         import torch
-
-        from fopt.optimize.tensorrt import check_engine_compat, import_tensorrt, runtime_record
 
         trt = import_tensorrt()
         device_index = torch.cuda.current_device()

@@ -9,8 +9,15 @@ import dataclasses
 
 import click
 
-from fopt.console import (console, csv_option, device_option, json_option, print_table,
-                          write_csv, write_json)
+from fopt.console import (
+    console,
+    csv_option,
+    device_option,
+    json_option,
+    print_table,
+    write_csv,
+    write_json,
+)
 from fopt.errors import UsageError
 from fopt.train.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 
@@ -147,7 +154,7 @@ def eval_cmd(artifact: str, data: str, split: str, batch_size: int, threads: int
 
     Example: fopt eval artifacts/runs/tiny/best.pt --data data/synth --split test --json eval.json
     """
-    from fopt.train.evaluate import evaluate_artifact
+    from fopt.evaluation import evaluate_artifact
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")

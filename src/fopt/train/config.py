@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from fopt.checkpoint import read_checkpoint
 from fopt.errors import InputError, UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -93,7 +94,6 @@ def resume_config(run_dir: str | Path, **given: Any) -> TrainConfig:
     `given` holds the options the user passed explicitly. A weight-shaping option that differs
     from the stored run is rejected rather than silently applied or ignored.
     """
-    from fopt.train.checkpoint import read_checkpoint
 
     last = Path(run_dir) / "last.pt"
     if not last.exists():

@@ -20,13 +20,26 @@ from typing import Any
 
 import numpy as np
 
+from fopt import models
 from fopt.artifacts import InputSpec, write_json_atomic, write_text_atomic
-from fopt.console import err_console, progress
-from fopt.errors import DataError, OutputExistsError, UsageError
+from fopt.checkpoint import read_checkpoint, save_checkpoint
+from fopt.console import NoBar, epoch_bar, err_console
+from fopt.data.datasets import DatasetTable, ImageTableDataset
+from fopt.data.transforms import DEFAULT_MEAN, DEFAULT_STD, build_transform
+from fopt.errors import DataError, OutputExistsError, UsageError, first_line
+from fopt.evaluation import classification_metrics, classification_report_text
+from fopt.models import IMAGENET_MEAN, IMAGENET_STD, count_params, frozen_norm_eval
+from fopt.runtime import resolve_device
 from fopt.train import metrics as M
 from fopt.train.config import TrainConfig
-from fopt.train.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, cleanup,
-                                    gather_arrays, init_from_env)
+from fopt.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    broadcast_buffers,
+    cleanup,
+    gather_arrays,
+    init_from_env,
+)
 
 
 @dataclass
@@ -46,29 +59,6 @@ class FitResult:
 def note(message: str) -> None:
     """One unwrapped log line on stderr (greppable, whatever the terminal width)."""
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-class _NoBar:
-    """Stands in for the progress bar off a terminal (logs, CI) and on ranks other than 0."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def advance(self, *a, **k):
-        pass
-
-    def update(self, *a, **k):
-        pass
-
-
-def epoch_bar(enabled: bool):
-    return progress() if enabled and err_console.is_terminal else _NoBar()
 
 
 # ----------------------------------------------------------------------------- seeds, devices
@@ -115,7 +105,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def resolve_train_device(cfg: TrainConfig, dist: DistInfo | None = None):
     import torch
 
-    from fopt.runtime.base import resolve_device
 
     kind = resolve_device(cfg.device)
     if kind == "cuda" and dist is not None and dist.enabled:
@@ -126,9 +115,6 @@ def resolve_train_device(cfg: TrainConfig, dist: DistInfo | None = None):
 # ----------------------------------------------------------------------------- builders
 
 def build_input_spec(cfg: TrainConfig) -> InputSpec:
-    from fopt.data.transforms import DEFAULT_MEAN, DEFAULT_STD
-    from fopt.models import IMAGENET_MEAN, IMAGENET_STD
-
     if cfg.pretrained == "imagenet":  # the weights were learned on ImageNet-normalised inputs
         return InputSpec(size=cfg.img_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     return InputSpec(size=cfg.img_size, mean=tuple(DEFAULT_MEAN), std=tuple(DEFAULT_STD))
@@ -136,8 +122,6 @@ def build_input_spec(cfg: TrainConfig) -> InputSpec:
 
 def build_model(cfg: TrainConfig, num_classes: int):
     """The registry model with pretrained weights and freezing applied; returns (model, kwargs)."""
-    from fopt import models
-
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     if cfg.dropout is not None:
         kwargs["dropout"] = cfg.dropout
@@ -152,8 +136,6 @@ def build_model(cfg: TrainConfig, num_classes: int):
 def build_datasets(cfg: TrainConfig, spec: InputSpec, table) -> dict[str, Any]:
     """train (training transform), train_plain (train split, eval transform: it feeds
     top_losses.csv, the hardest training images judged without augmentation), val, test|None."""
-    from fopt.data.datasets import ImageTableDataset
-    from fopt.data.transforms import build_transform
 
     eval_tf = build_transform(spec.size, spec.mean, spec.std, train=False)
     train_tf = build_transform(spec.size, spec.mean, spec.std, train=True) if cfg.augment else eval_tf
@@ -280,7 +262,6 @@ def train_one_epoch(model, loader, optimizer, scaler, device, *, amp: bool, dist
     import torch
     import torch.nn.functional as F
 
-    from fopt.models import frozen_norm_eval
 
     model.train()
     frozen_norm_eval(model)
@@ -306,7 +287,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, *, amp: bool, dist
             seen += labels.numel()
             bar.advance(task)
             now = time.perf_counter()
-            if show_progress and now - last_refresh > 0.5 and not isinstance(bar, _NoBar):
+            if show_progress and now - last_refresh > 0.5 and not isinstance(bar, NoBar):
                 last_refresh = now
                 bar.update(task, info=f"loss {loss_sum.item() / seen:.4f}  acc {correct.item() / seen:.3f}"
                                       f"  {seen * dist.world_size / (now - t0):.0f} img/s")
@@ -348,7 +329,6 @@ def evaluate(model, loader, device, *, amp: bool, dist: DistInfo) -> dict[str, n
 def load_train_state(run_dir: Path, model, optimizer, scheduler, scaler, dist: DistInfo, log):
     """Restore everything last.pt holds; returns (history, start_epoch, best_f1, best_epoch,
     best_state). Every rank reads the files, so multi-node resume needs RUN_DIR on shared storage."""
-    from fopt.train.checkpoint import read_checkpoint
 
     if dist.is_main:  # temporaries of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
         for stale in run_dir.glob(".*.tmp"):
@@ -394,7 +374,7 @@ def fit(cfg: TrainConfig, resume: bool = False, force: bool = False) -> FitResul
         return _fit(cfg, resume, force, dist)
     except BaseException as e:
         if dist.enabled:  # name the rank: torchrun's summary otherwise only shows exit codes
-            first = (str(e).strip().splitlines() or [""])[0]
+            first = first_line(e, "")
             hint = (f" (no answer from another rank within --dist-timeout {cfg.dist_timeout_s} s: "
                     f"it died or hung; its own log says why)" if "timed out" in first.lower() else "")
             note(f"rank {dist.rank}/{dist.world_size} failed: {type(e).__name__}: {first}{hint}")
@@ -407,9 +387,6 @@ def fit(cfg: TrainConfig, resume: bool = False, force: bool = False) -> FitResul
 def _fit(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResult:
     import torch
 
-    from fopt.data.datasets import DatasetTable
-    from fopt.models import count_params
-    from fopt.train.checkpoint import save_checkpoint
 
     device = resolve_train_device(cfg, dist)
     amp = (device.type == "cuda") if cfg.amp is None else cfg.amp
@@ -483,7 +460,7 @@ def _fit(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResu
             recompute_bn_stats(model, loaders["precise_bn"], device, amp=amp)
         broadcast_buffers(model, dist)  # rank 0's statistics (its share of the precise-BN images)
         ev = evaluate(model, loaders["val"], device, amp=amp, dist=dist)
-        m = M.classification_metrics(ev["label"], ev["pred"], class_names)
+        m = classification_metrics(ev["label"], ev["pred"], class_names)
         val_loss = float(ev["loss"].mean())
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(m["macro_f1"])
@@ -521,7 +498,7 @@ def _fit(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResu
              for name in ("val", "test") if loaders[name] is not None}
     if cfg.top_losses:
         final["train_plain"] = evaluate(model, loaders["train_plain"], device, amp=amp, dist=dist)
-    scores = {name: M.classification_metrics(final[name]["label"], final[name]["pred"], class_names)
+    scores = {name: classification_metrics(final[name]["label"], final[name]["pred"], class_names)
               for name in ("val", "test") if name in final}
     files = {name: run_dir / name for name in
              ("best.pt", "last.pt", "history.csv", "curves.png", "report.json",
@@ -543,9 +520,9 @@ def _write_reports(cfg: TrainConfig, files: dict[str, Path], history, final, sco
         "params": params, "trainable_params": trainable, "world_size": dist.world_size,
         "class_names": class_names, "val_split": cfg.val_split, "val": val_m, "test": test_m})
     text = f"{cfg.model}, best epoch {best_epoch}, split {cfg.val_split}\n\n" + \
-        M.classification_report_text(final["val"]["label"], final["val"]["pred"], class_names)
+        classification_report_text(final["val"]["label"], final["val"]["pred"], class_names)
     if test_m is not None:
-        text += "\nsplit test\n\n" + M.classification_report_text(final["test"]["label"],
+        text += "\nsplit test\n\n" + classification_report_text(final["test"]["label"],
                                                                    final["test"]["pred"], class_names)
     write_text_atomic(files["classification_report.txt"], text)
     M.plot_confusion_matrix(val_m["confusion_matrix"], class_names, files["confusion_matrix.png"],

@@ -1,9 +1,4 @@
-"""Classification metrics and the plots/tables a training run writes.
-
-Metrics come from scikit-learn. ``macro_f1`` averages F1 over the classes that occur in the
-labels or the predictions (scikit-learn's default), so a class absent from a small validation
-split does not count as a zero; ``per_class`` still lists every class (support 0 where absent).
-"""
+"""The plots and tables a training run writes (the metrics themselves: `fopt.evaluation`)."""
 
 from __future__ import annotations
 
@@ -15,39 +10,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from fopt.artifacts import atomic_path, write_text_atomic
-
-
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
-                           class_names: Sequence[str]) -> dict[str, Any]:
-    """accuracy, macro_f1 (both in [0, 1]), n, per_class {name: precision, recall, f1, support},
-    confusion_matrix (rows = true class, columns = predicted)."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    n = int(y_true.size)
-    if n == 0:
-        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0,
-                "per_class": {}, "confusion_matrix": []}
-    labels = list(range(len(class_names)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                        "support": int(s[i])} for i, name in enumerate(class_names)}
-    return {
-        "accuracy": float((y_true == y_pred).mean()),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "n": n,
-        "per_class": per_class,
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-def classification_report_text(y_true: Sequence[int], y_pred: Sequence[int],
-                               class_names: Sequence[str]) -> str:
-    from sklearn.metrics import classification_report
-
-    return classification_report(y_true, y_pred, labels=list(range(len(class_names))),
-                                 target_names=list(class_names), digits=4, zero_division=0)
 
 
 def _save_figure(fig, path: str | Path) -> Path:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from analyze_helpers import GraphBuilder, export_preserving_bn
-from fopt.bench.flops import count_graph, prepare_graph
-from fopt.bench.receptive import RF, receptive_field
+
+from fopt.analyze.counting import count_graph, prepare_graph
+from fopt.analyze.receptive import RF, receptive_field
 
 
 def rf_of(model, **kw):

@@ -16,6 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fopt.artifacts import library_versions
+from fopt.runtime.base import gpu_record
+
 # Flags that change which kernels the runtimes pick (INT8 dot products, bf16, wide vectors).
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
                      "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
@@ -95,35 +98,8 @@ def cpu_record() -> dict[str, Any]:
     }
 
 
-def gpu_record(load_torch: bool = False) -> dict[str, Any] | None:
-    """Name, memory and driver of CUDA device 0, or None when there is no GPU."""
-    import sys
-
-    if not load_torch and "torch" not in sys.modules:
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    props = torch.cuda.get_device_properties(0)
-    rec: dict[str, Any] = {"name": props.name, "memory_bytes": int(props.total_memory),
-                           "capability": f"{props.major}.{props.minor}",
-                           "count": torch.cuda.device_count(), "cuda_runtime": torch.version.cuda}
-    rec["driver"] = _nvidia_driver()
-    return rec
-
-
-def _nvidia_driver() -> str | None:
-    try:
-        return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
 def machine_record(*, gpu: bool = False) -> dict[str, Any]:
     """Everything a reader needs to know where a number was measured."""
-    from fopt.artifacts import library_versions
-
     return {
         "cpu": cpu_record(),
         "gpu": gpu_record(load_torch=gpu),

@@ -76,7 +76,7 @@ class GraphBuilder:
 
 def export_preserving_bn(module, img_size: int):
     """Export like analyze does for modules (BatchNorm kept)."""
-    from fopt.bench.analyze import module_to_analysis_onnx
+    from fopt.analyze.run import module_to_analysis_onnx
 
     return module_to_analysis_onnx(module, img_size)
 

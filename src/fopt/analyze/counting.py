@@ -54,7 +54,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from fopt.errors import InputError, UsageError
+from fopt.errors import InputError, UsageError, first_line
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FLOAT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
@@ -595,7 +595,7 @@ def concretize(stripped, consts: frozenset[str], *, batch: int | None = None,
         inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
                                                      data_prop=True)
     except Exception as e:  # onnx raises several types for malformed graphs
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise InputError(f"ONNX shape inference failed: {first}") from e
     inferred = _contrib_shape_pass(inferred)
     real_batch = first_shape[0]

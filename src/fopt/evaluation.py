@@ -1,5 +1,9 @@
 """Accuracy, macro-F1 and the per-class report of any artifact, through its runtime runner.
 
+Metrics come from scikit-learn. ``macro_f1`` averages F1 over the classes that occur in the
+labels or the predictions (scikit-learn's default), so a class absent from a small validation
+split does not count as a zero; ``per_class`` still lists every class (support 0 where absent).
+
 The loop only knows the `Runner` interface: checkpoints today, and TorchScript, ONNX and
 TensorRT artifacts through the same call as soon as their runners are registered. The runner's
 card says how to feed the model (input size, mean, std), so no training flag is needed.
@@ -9,20 +13,57 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from fopt.console import epoch_bar
+from fopt.data.calibration import iter_batches
+from fopt.data.datasets import DatasetTable
 from fopt.errors import DataError
-from fopt.train.metrics import classification_metrics
+from fopt.runtime import open_runner
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int],
+                           class_names: Sequence[str]) -> dict[str, Any]:
+    """accuracy, macro_f1 (both in [0, 1]), n, per_class {name: precision, recall, f1, support},
+    confusion_matrix (rows = true class, columns = predicted)."""
+    from sklearn.metrics import (
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    n = int(y_true.size)
+    if n == 0:
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0,
+                "per_class": {}, "confusion_matrix": []}
+    labels = list(range(len(class_names)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                        "support": int(s[i])} for i, name in enumerate(class_names)}
+    return {
+        "accuracy": float((y_true == y_pred).mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "n": n,
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def classification_report_text(y_true: Sequence[int], y_pred: Sequence[int],
+                               class_names: Sequence[str]) -> str:
+    from sklearn.metrics import classification_report
+
+    return classification_report(y_true, y_pred, labels=list(range(len(class_names))),
+                                 target_names=list(class_names), digits=4, zero_division=0)
 
 
 def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_size: int = 64,
                     show_progress: bool = False) -> dict[str, Any]:
     """Run `runner` over a dataset split; returns accuracy, macro_f1, n, per_class and more."""
-    from fopt.data.calibration import iter_batches
-    from fopt.data.datasets import DatasetTable
-
     table = DatasetTable.load(dataset_dir)
     names = list(table.class_names)
     if names != runner.class_names:
@@ -36,8 +77,6 @@ def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_s
     infer_s = 0.0
     t0 = time.perf_counter()
     runner.load()
-    from fopt.train.engine import epoch_bar
-
     with epoch_bar(show_progress) as bar:
         task = bar.add_task(f"eval {runner.path.name} [{split}]", total=n_total, info="")
         for batch, y in iter_batches(dataset_dir, split, spec.size, spec.mean, spec.std, batch_size):
@@ -60,8 +99,6 @@ def evaluate_artifact(path: str | Path, dataset_dir: str | Path, split: str = "v
                       device: str = "cpu", batch_size: int = 64, threads: int | None = None,
                       show_progress: bool = False) -> dict[str, Any]:
     """Open any artifact with its runner and evaluate it on `split` of `dataset_dir`."""
-    from fopt.runtime.base import open_runner
-
     with open_runner(path, device=device, threads=threads) as runner:
         return evaluate_runner(runner, dataset_dir, split, batch_size, show_progress=show_progress)
 

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fopt.errors import InputError
+from fopt.errors import InputError, first_line
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Operator-format and dynamic-quantization ops: their presence means "already quantized".
@@ -50,7 +50,7 @@ def check_onnx(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise InputError(f"{path}: invalid ONNX model ({first})") from None
 
 

@@ -1,6 +1,6 @@
 """`fopt bench --calibrate`: measure this machine's effective rates once, fit, and cache them.
 
-What is measured (`fopt.bench.probes`, synthetic networks only) and what is derived:
+What is measured (`fopt.bench.costmodel.probes`, synthetic networks only) and what is derived:
 
 - ``summary``: GEMM rate per precision (the ``peak_flops`` a device spec needs), DRAM and
   cache-sized memory bandwidth, and the per-node dispatch overhead. This is what turns the
@@ -15,10 +15,10 @@ What is measured (`fopt.bench.probes`, synthetic networks only) and what is deri
   fit per kernel class (``overhead_s + work * sec_per_work``) plus a shared cost per byte beyond
   the cache (``dram``); probes far slower than the fit predicts are timed once more
   (`fit_with_retiming`). ``rate_points``: the achieved rate of every probe convolution/GEMM with
-  its shape features, which the estimate looks up by similarity (`fopt.bench.estimate.knn_rate`).
+  its shape features, which the estimate looks up by similarity (`fopt.bench.costmodel.predict.knn_rate`).
   ``run_fixed_s``: one ``session.run``'s fixed cost; ``gap`` (eager): what a forward costs beyond
   its ATen calls, per op and per byte the ops allocate.
-- ``probes.page_faults``: the cost of one page fault (`fopt.bench.faults.page_fault_probe`). The
+- ``probes.page_faults``: the cost of one page fault (`fopt.bench.measure.faults.page_fault_probe`). The
   bench counts the faults of each measured row in its measuring processes and adds them at this
   price to the calibrated estimate: a count from the measured run, never a timing of it.
 
@@ -27,7 +27,7 @@ is later used to estimate. Its probe shapes are ordinary CNN layer shapes (some 
 torchvision models or of the tiny model), chosen on a grid; none is measured inside a registry
 model.
 
-The cache is one JSON file per machine (`fopt.bench.machine.machine_key`: CPU model, CPU count,
+The cache is one JSON file per machine (`fopt.bench.measure.machine.machine_key`: CPU model, CPU count,
 torch/onnxruntime/numpy versions) under ``$FOPT_CACHE_DIR/calibration/`` (default
 ``~/.cache/fopt/calibration/``), holding one entry per device, thread count and clock.
 """
@@ -35,123 +35,53 @@ torch/onnxruntime/numpy versions) under ``$FOPT_CACHE_DIR/calibration/`` (defaul
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
+from fopt.bench.costmodel import probes
+from fopt.bench.costmodel.cache import SCHEMA, save_calibration
+from fopt.bench.costmodel.fit import (
+    DEFAULT_CACHE_BYTES,
+    fit_gap,
+    fit_with_retiming,
+    rate_points,
+)
+from fopt.bench.costmodel.kernels import classify, output_bytes
+from fopt.bench.costmodel.probes import (
+    FULL_BRANCHES,
+    QUICK_BRANCHES,
+    current_clock,
+    probe_clock,
+    probe_inputs,
+    time_callable,
+)
+from fopt.bench.measure.faults import faults_per_run, page_fault_probe
+from fopt.bench.measure.machine import default_threads, machine_key, machine_record
+from fopt.bench.measure.profile import (
+    ort_exec_graph,
+    record_torch_calls,
+    torch_op_times,
+)
+from fopt.errors import UsageError
+from fopt.runtime import resolve_device
+from fopt.runtime.onnxrt import ort_session
+from fopt.runtime.timing import (
+    CudaEventTimer,
+    StopRule,
+    check_clock,
+    get_clock,
+    measure,
+)
 
-from fopt.errors import InputError, UsageError
-
-SCHEMA = 3   # 3: integer element-wise class, fused activations in the equations (older: recalibrate)
-DEFAULT_CACHE_BYTES = 16 * 2 ** 20   # half of a 32 MiB L3, when the machine does not say
 UNSTABLE_PCT = 10.0                  # GEMM rate at the end vs the start: more than this -> suspect
 BACKEND_KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
 
-# If a class has no probe points, borrow the fit of a similar class (recorded in the estimate).
-CLASS_FALLBACK = {
-    "conv_stem": "conv_dense", "conv_grouped": "conv_dw", "conv_se": "gemv",
-    "conv_dw": "conv_dense", "conv_pw": "conv_dense", "gemm": "conv_pw", "gemv": "gemm",
-    "eltwise_transcendental": "eltwise", "eltwise_hard": "eltwise", "eltwise_q": "eltwise", "norm": "eltwise", "pool": "eltwise",
-    "global_pool": "eltwise", "layout": "eltwise", "quant": "eltwise", "noop": "eltwise",
-}
-
 
 # ----------------------------------------------------------------------------- cache
-
-def cache_dir() -> Path:
-    """Where calibrations live: $FOPT_CACHE_DIR, else $XDG_CACHE_HOME/fopt, else ~/.cache/fopt."""
-    root = os.environ.get("FOPT_CACHE_DIR")
-    if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg) if xdg else Path.home() / ".cache") / "fopt"
-    return base / "calibration"
-
-
-def cache_path(key: str | None = None) -> Path:
-    from fopt.bench.machine import machine_key
-
-    return cache_dir() / f"{key or machine_key()}.json"
-
-
-def _entry_key(device: str, threads: int, clock: str = "wall") -> str:
-    return f"{device}:threads={threads}" + ("" if clock == "wall" else f":clock={clock}")
-
-
-def save_calibration(cal: dict[str, Any]) -> Path:
-    from fopt.artifacts import write_json_atomic
-
-    path = cache_path(cal["machine_key"])
-    doc = _read_cache_file(path) or {"schema": SCHEMA, "machine_key": cal["machine_key"], "entries": {}}
-    doc["entries"][_entry_key(cal["device"], cal["threads"], cal.get("clock", "wall"))] = cal
-    write_json_atomic(path, doc)
-    return path
-
-
-def _read_cache_file(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable calibration cache ({e}); delete it and run "
-                         f"`fopt bench --calibrate` again") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or "entries" not in doc:
-        return None  # an older format: treated as absent, overwritten by the next calibration
-    return doc
-
-
-class Calibration(dict):
-    """A cached calibration (a plain dict) that can also act as a `DeviceSpec` for `analyze`."""
-
-    def to_device_spec(self):
-        from fopt.bench.devices import DeviceSpec
-
-        s = self["summary"]
-        return DeviceSpec(name=s.get("name", self.get("device", "cpu")),
-                          peak_flops={k: float(v) for k, v in s["peak_flops"].items() if v},
-                          bandwidth_bytes_per_s=float(s["mem_bandwidth"]),
-                          node_overhead_s=float(s["per_node_overhead_s"]), source=s.get("source", ""),
-                          description=f"calibrated, {self.get('threads')} threads")
-
-
-def load_calibration(device: str = "cpu", threads: int | None = None, clock: str = "wall") -> Calibration | None:
-    """This machine's cached calibration for `device` (and `threads`, else the newest), or None.
-
-    The dict has ``summary`` {``peak_flops`` {fp32, fp16, int8} in FLOP/s, ``mem_bandwidth``
-    and ``cache_bandwidth`` in bytes/s, ``per_node_overhead_s``, ``source``} for device specs,
-    and ``backends`` with the per-kernel-class fits for the calibrated estimate.
-    """
-    doc = _read_cache_file(cache_path())
-    if not doc:
-        return None
-    entries = [e for e in doc["entries"].values()
-               if e.get("device") == device and e.get("clock", "wall") == clock]
-    if threads is not None:
-        entries = [e for e in entries if e.get("threads") == threads]
-    if not entries:
-        return None
-    cal = Calibration(max(entries, key=lambda e: e.get("created", "")))
-    cal["path"] = str(cache_path())
-    return cal
-
-
-def require_calibration(device: str = "cpu", threads: int | None = None, clock: str = "wall") -> Calibration:
-    cal = load_calibration(device, threads, clock)
-    if cal is None:
-        where = f" for {threads} threads" if threads is not None else ""
-        raise UsageError(f"no calibration for device {device}{where} on this machine; run "
-                         f"`fopt bench --calibrate --device {device}"
-                         f"{f' --threads {threads}' if threads else ''}"
-                         f"{f' --clock {clock}' if clock != 'wall' else ''}` first")
-    return cal
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -169,9 +99,6 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
     import onnx
     from onnx.utils import Extractor
 
-    from fopt.bench.kernels import classify
-    from fopt.bench.probes import probe_inputs
-    from fopt.bench.profile import ort_exec_graph
 
     model = onnx.load(model_path)
     extractor = Extractor(model)
@@ -195,14 +122,12 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
 
 def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, budget_s: float) -> None:
     """Time (again) each branch equation; keeps the fastest of all its timings."""
-    from fopt.bench.probes import ort_session, probe_inputs, time_callable
-
     by_model: dict[str, list[dict[str, Any]]] = {}
     for e in equations:
         if "model" in e:
             by_model.setdefault(e["model"], []).append(e)
     for path, eqs in by_model.items():
-        sess = ort_session(path, threads)
+        sess = ort_session(path, threads=threads)
         for e in eqs:
             i = e["branch"]
             x = probe_inputs([branches[i]], e["batch"], seed=i)[0]
@@ -212,75 +137,14 @@ def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, 
         del sess
 
 
-def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
-              cache_bytes: float | None = None) -> dict[str, Any]:
-    """Fit every equation (a probe's executed nodes and its measured time) at once.
-
-    Model, per node of class c: ``overhead_s[c] + work * sec_per_work[c]
-    + max(0, bytes - cache_bytes) * dram_sec_per_byte``; an equation's prediction is the sum
-    over its nodes plus ``run_fixed_s``. The last term is shared by all classes: what a node
-    pays once its tensors no longer fit in the cache (``cache_bytes``, half the L3 by default).
-    Relative (1/t) weights, non-negative least squares (scipy's NNLS).
-
-    Returns ``{"classes": {c: fit}, "dram": {...}, "residuals": [prediction / measured - 1]}``.
-    """
-    from scipy.optimize import nnls
-
-    from fopt.bench.kernels import NodeWork
-
-    thr = float(cache_bytes if cache_bytes is not None else DEFAULT_CACHE_BYTES)
-    works = {id(e): [NodeWork.from_equation_node(n) for n in e["nodes"]] for e in equations}
-    classes = sorted({nw.kernel_class for ws in works.values() for nw in ws}
-                     | {nw.fused_act[0] for ws in works.values() for nw in ws if nw.fused_act})
-    cols: list[tuple[str, str]] = []
-    for c in classes:
-        cols.append((c, "o"))
-        if c != "noop":
-            cols.append((c, "s"))
-    cols.append(("dram", "s"))
-    index = {col: j for j, col in enumerate(cols)}
-    usable = [e for e in equations if e["seconds"] - run_fixed_s > 0 and e["nodes"]]
-    if not usable:
-        raise ValueError("no usable probe measurements to fit")
-    a = np.zeros((len(usable), len(cols)))
-    for r, e in enumerate(usable):
-        t = e["seconds"]
-        for nw in works[id(e)]:
-            a[r, index[(nw.kernel_class, "o")]] += 1.0 / t
-            if (nw.kernel_class, "s") in index:
-                a[r, index[(nw.kernel_class, "s")]] += nw.work / t
-            if nw.fused_act:   # the fused activation's elements, at its own class's rate
-                a[r, index[(nw.fused_act[0], "s")]] += nw.fused_act[1] / t
-            a[r, index[("dram", "s")]] += max(0.0, nw.bytes_moved - thr) / t
-    y = np.array([1.0 - run_fixed_s / e["seconds"] for e in usable])
-    scale = np.linalg.norm(a, axis=0)
-    scale[scale == 0] = 1.0
-    x, _ = nnls(a / scale, y)
-    x = x / scale
-    resid = list((a @ x - y) / np.maximum(y, 1e-12))
-    fits: dict[str, dict] = {}
-    for c in classes:
-        rows = [r for r, e in enumerate(usable) if any(n[0] == c for n in e["nodes"])]
-        fits[c] = {"overhead_s": float(x[index[(c, "o")]]),
-                   "sec_per_work": float(x[index[(c, "s")]]) if (c, "s") in index else 0.0,
-                   "n": int(sum(1 for e in usable for n in e["nodes"] if n[0] == c)),
-                   "rel_rmse": float(np.sqrt(np.mean([resid[r] ** 2 for r in rows]))) if rows else 0.0}
-    return {"classes": fits, "dram": {"cache_bytes": thr, "sec_per_byte": float(x[index[("dram", "s")]])},
-            "residuals": resid, "used": usable}
-
-
 def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_every: int = 2,
                    fault_price_s: float | None = None) -> dict[str, Any]:
     """Time every ATen call of every probe block inside real forward passes of that block
-    (`fopt.bench.profile.torch_op_times`, median of `runs`). Every `overhead_every`-th block is
+    (`fopt.bench.measure.profile.torch_op_times`, median of `runs`). Every `overhead_every`-th block is
     also timed whole: what a forward costs beyond its ATen calls - nn.Module calls, and freeing
     the tensors the calls made - is fitted as ``gap``: a cost per op plus a cost per output byte."""
     import torch
 
-    from fopt.bench.faults import faults_per_run
-    from fopt.bench.kernels import classify, output_bytes
-    from fopt.bench.probes import current_clock, probe_inputs, time_callable
-    from fopt.bench.profile import record_torch_calls, torch_op_times
 
     equations: list[dict[str, Any]] = []
     gaps = []   # (ops, output bytes, seconds beyond the ATen calls)
@@ -289,7 +153,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
         for b in batches:
             for i, block in enumerate(net.blocks):
                 # One input at a time, as a model holds only its live activations. Each call's
-                # page faults are taken off its time at `fault_price_s` (`fopt.bench.faults`).
+                # page faults are taken off its time at `fault_price_s` (`fopt.bench.measure.faults`).
                 x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
                 calls = record_torch_calls(block, x)
                 times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock, fault_price_s=fault_price_s)
@@ -309,28 +173,11 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
     return {"equations": equations, "gap": fit_gap(gaps), "gap_samples": gaps}
 
 
-def fit_gap(samples: list[tuple[int, float, float]]) -> dict[str, float]:
-    """Non-negative least squares of seconds = ops * per_op_s + bytes * per_byte_s."""
-    from scipy.optimize import nnls
-
-    if not samples:
-        return {"per_op_s": 0.0, "per_byte_s": 0.0}
-    a = np.array([[n, nbytes] for n, nbytes, _ in samples], dtype=float)
-    y = np.array([max(0.0, sec) for _, _, sec in samples])
-    scale = np.linalg.norm(a, axis=0)
-    scale[scale == 0] = 1.0
-    x, _ = nnls(a / scale, y)
-    x = x / scale
-    return {"per_op_s": float(x[0]), "per_byte_s": float(x[1])}
-
-
 def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
                   fault_price_s: float | None = None) -> None:
     """Time the blocks of these equations again in situ; keeps each call's fastest timing."""
     import torch
 
-    from fopt.bench.probes import current_clock, probe_inputs
-    from fopt.bench.profile import record_torch_calls, torch_op_times
 
     groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for e in equations:
@@ -348,69 +195,9 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
                 e["timings"] = e.get("timings", 1) + 1
 
 
-RETIME_BELOW = -0.5      # a probe twice as slow as the fit predicts is timed again...
-RETIME_ROUNDS = 1        # ...once, keeping its fastest timing
-RETIME_SHARE = 0.1       # and at most this share of the probes
-
-
-def fit_with_retiming(equations: list[dict[str, Any]], run_fixed_s: float, cache_bytes: float,
-                      retime: Callable[[list[dict[str, Any]]], None] | None) -> dict[str, Any]:
-    """`fit_joint`, then time again the probes the fit says are much slower than their peers.
-
-    Another process on the machine only ever makes a probe slower, and one slow probe skews its
-    class; a second timing of the outliers, keeping the fastest, removes most of that."""
-    fit = fit_joint(equations, run_fixed_s, cache_bytes)
-    for _ in range(RETIME_ROUNDS if retime else 0):
-        worst = sorted((r, k) for k, r in enumerate(fit["residuals"]) if r < RETIME_BELOW)
-        suspects = [fit["used"][k] for _, k in worst[: max(1, int(RETIME_SHARE * len(fit["used"])))]]
-        if not suspects:
-            break
-        retime(suspects)
-        fit = fit_joint(equations, run_fixed_s, cache_bytes)
-    return fit
-
-
-def rate_points(equations: list[dict[str, Any]], fit: dict[str, Any], run_fixed_s: float = 0.0) -> dict[str, list]:
-    """Achieved rate of every compute node in the probes, with its shape features.
-
-    An equation's time beyond the linear prediction of all its nodes is attributed to its
-    compute nodes (convolutions, GEMMs) in proportion to their predicted share; the rest of its
-    nodes (element-wise, layout, Q/DQ) keep their linear prediction. The estimate later looks up
-    the rate of the most similar probe layers (`fopt.bench.estimate.knn_rate`)."""
-    from fopt.bench.estimate import fused_act_s, predict_node
-    from fopt.bench.kernels import COMPUTE_CLASSES, NodeWork
-
-    out: dict[str, list] = {}
-    for e in equations:
-        nodes = e["nodes"]
-        works = [NodeWork.from_equation_node(n) for n in nodes]
-        preds = [predict_node(nw, fit["classes"], fit["dram"])[0] for nw in works]
-        compute = [i for i, nw in enumerate(works) if nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and nw.features]
-        if not compute:
-            continue
-        # shares by predicted time; by work where the linear fit gave the class nothing
-        weight = {i: preds[i] for i in compute} if sum(preds[i] for i in compute) > 0 else \
-            {i: works[i].work for i in compute}
-        total = sum(weight.values())
-        rest = (e["seconds"] - run_fixed_s) - sum(preds)
-        same: dict[tuple, list[float]] = {}   # the repeated layers of a branch make one point
-        for i in compute:
-            t = max(0.2 * preds[i], preds[i] + rest * weight[i] / total)
-            t -= min(0.8 * t, fused_act_s(works[i], fit["classes"]))   # the convolution's own time
-            if t > 0:
-                acc = same.setdefault((works[i].kernel_class, works[i].features), [0.0, 0.0])
-                acc[0] += works[i].work
-                acc[1] += t
-        for (cls, feats), (work, t) in same.items():
-            out.setdefault(cls, []).append([*feats, work / t])
-    return out
-
-
 # ----------------------------------------------------------------------------- orchestration
 
 def _steps(quick: bool) -> dict[str, Any]:
-    from fopt.bench.probes import FULL_BRANCHES, QUICK_BRANCHES
-
     if quick:
         return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50, "passes": 1,
                 "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 3, "chain_sizes": (20_000, 80_000)}
@@ -425,8 +212,6 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     `quick` runs a reduced probe set (seconds; for tests); the full set takes under about a
     minute on an idle 2-core machine.
     """
-    from fopt.bench.machine import default_threads
-    from fopt.runtime.base import resolve_device
 
     device = resolve_device(device)
     if device == "cuda":
@@ -436,14 +221,12 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
         return cal
     import torch
 
-    from fopt.bench.latency import check_clock, get_clock
 
     threads = int(threads or default_threads())
     if threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
     check_clock(clock, threads, device)
     torch.set_num_threads(threads)
-    from fopt.bench.probes import probe_clock
 
     with probe_clock(get_clock(clock)):
         return _calibrate_cpu(threads, quick=quick, clock=clock, save=save, on_step=on_step)
@@ -451,14 +234,11 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
 
 def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
                    on_step: Callable[[str], None] | None) -> dict[str, Any]:
-    from fopt.bench.machine import machine_key, machine_record
-
     step = on_step or (lambda msg: None)
     cfg = _steps(quick)
     t_start = time.perf_counter()
     rec = machine_record()
 
-    from fopt.bench import probes
 
     step("GEMM rates")
     gemms = probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
@@ -469,7 +249,6 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     over = probes.overhead_probes(threads, cfg["budget_s"] * 2, sizes=cfg["chain_sizes"])
     over["profiler"] = probes.profiler_delta_probe(threads, runs=cfg["delta_runs"])
     step("page fault cost")
-    from fopt.bench.faults import page_fault_probe
 
     page_faults = page_fault_probe(threads, clock=probes.current_clock())
 
@@ -580,8 +359,6 @@ def calibrate_cuda(*, quick: bool = False, on_step: Callable[[str], None] | None
     """
     import torch
 
-    from fopt.bench.latency import CudaEventTimer
-    from fopt.bench.machine import machine_key, machine_record
 
     step = on_step or (lambda msg: None)
     t_start = time.perf_counter()
@@ -590,8 +367,6 @@ def calibrate_cuda(*, quick: bool = False, on_step: Callable[[str], None] | None
     budget = 0.1 if quick else 0.5
 
     def timed(fn: Callable[[], Any]) -> float:
-        from fopt.bench.latency import StopRule, measure
-
         res = measure(CudaEventTimer(fn), StopRule(min_time_s=budget, warmup_iters=3, warmup_s=0.05,
                                                    min_iters=5, first_check=10))
         return statistics.median(res.samples_s)

@@ -11,22 +11,25 @@
   16, k3/k5, stride 1/2), grouped convolutions, squeeze-and-excitation blocks, SiLU/Hardswish/ReLU
   activations, residual adds, pooling and classifier GEMMs at the sizes CNN classifiers use;
   shape-keeping blocks are stacked `REPEAT` deep. It is exported to ONNX (and quantized to QDQ
-  INT8 the way `fopt optimize` does); `fopt.bench.calibrate` times each branch alone.
+  INT8 the way `fopt optimize` does); `fopt.bench.costmodel.calibrate` times each branch alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from fopt.bench.latency import StopRule, WallTimer, measure
+from fopt.bench.measure.profile import parse_ort_profile
+from fopt.optimize.quantize import fuse_silu, preprocess
+from fopt.runtime.onnxrt import ort_session
+from fopt.runtime.timing import StopRule, WallTimer, measure, percentile
 
 # (kind, cin, cout, size, kernel, stride, groups) - sizes are the input's H = W.
 REPEAT = 3   # shape-keeping conv blocks are stacked this deep (see `_branch`)
@@ -204,7 +207,12 @@ def quantize_probe(fp32_path: str, int8_path: str, branches: list[BranchSpec], s
     """QDQ INT8 the way `fopt optimize --int8 static` (target ort) makes it: pre-processing, SiLU as
     QuickGelu, per-channel symmetric s8 weights, asymmetric u8 activations."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -214,19 +222,12 @@ def quantize_probe(fp32_path: str, int8_path: str, branches: list[BranchSpec], s
         def get_next(self):
             return next(self.it, None)
 
-    src = fp32_path
-    try:
-        from fopt.optimize.quantize import fuse_silu, preprocess
-    except ImportError:  # optimize not installed: plain QDQ of the same graph
-        fuse_silu = preprocess = None
-    if preprocess is not None:
-        pre = str(Path(int8_path).with_suffix(".pre.onnx"))
-        preprocess(fp32_path, pre)
-        model = onnx.load(pre)
-        if fuse_silu(model):
-            onnx.save(model, pre)
-        src = pre
-    quantize_static(src, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    pre = str(Path(int8_path).with_suffix(".pre.onnx"))
+    preprocess(fp32_path, pre)
+    model = onnx.load(pre)
+    if fuse_silu(model):
+        onnx.save(model, pre)
+    quantize_static(pre, int8_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
@@ -266,22 +267,8 @@ def time_callable(fn: Callable[[], Any], budget_s: float, min_iters: int = 3, q:
     Probes use the 25th percentile rather than the median: on a shared machine another process
     only ever adds time, and a probe that caught it would miscalibrate every later estimate. On a
     quiet machine the two differ by a percent or two."""
-    from fopt.bench.latency import percentile
 
     return percentile(sorted(time_samples(fn, budget_s, min_iters)), q)
-
-
-def ort_session(model: bytes | str, threads: int | None, **opts: Any):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    for k, v in opts.items():
-        setattr(so, k, v)
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 # ----------------------------------------------------------------------------- GEMM, bandwidth
@@ -319,7 +306,7 @@ def gemm_probes(n: int, threads: int | None, budget_s: float) -> list[GemmResult
 
     out = []
     for int8 in (False, True):
-        sess = ort_session(_matmul_model(n, int8), threads)
+        sess = ort_session(_matmul_model(n, int8), threads=threads)
         a = (np.random.default_rng(1).integers(0, 255, (n, n), dtype=np.uint8) if int8
              else np.random.default_rng(1).standard_normal((n, n)).astype(np.float32))
         out.append(GemmResult("onnxruntime/int8" if int8 else "onnxruntime/fp32", n,
@@ -370,7 +357,7 @@ def overhead_probes(threads: int | None, budget_s: float, sizes: tuple[int, ...]
     for e in (16, *sizes):
         t = {}
         for length_ in (1, length):
-            sess = ort_session(_relu_chain(length_, e), threads)
+            sess = ort_session(_relu_chain(length_, e), threads=threads)
             x = np.random.default_rng(0).standard_normal((1, e)).astype(np.float32)
             t[length_] = time_callable(lambda: sess.run(None, {"x": x}), budget_s)
             del sess
@@ -400,12 +387,10 @@ def profiler_delta_probe(threads: int | None, *, elements: int = 100_000, length
     import json as _json
     import tempfile
 
-    from fopt.bench.latency import percentile
-    from fopt.bench.profile import parse_ort_profile
 
     model = _relu_chain(length, elements)
     x = np.random.default_rng(0).standard_normal((1, elements)).astype(np.float32)
-    plain = ort_session(model, threads)
+    plain = ort_session(model, threads=threads)
     unprof: list[float] = []
     for _ in range(20):
         plain.run(None, {"x": x})
@@ -415,7 +400,7 @@ def profiler_delta_probe(threads: int | None, *, elements: int = 100_000, length
         unprof.append(time.perf_counter() - t0)
     del plain
     with tempfile.TemporaryDirectory(prefix="fopt-delta-") as tmp:
-        prof = ort_session(model, threads, enable_profiling=True, profile_file_prefix=str(Path(tmp) / "p"))
+        prof = ort_session(model, threads=threads, profile_prefix=str(Path(tmp) / "p"))
         for _ in range(runs + 1):
             prof.run(None, {"x": x})
         events = _json.loads(Path(prof.end_profiling()).read_text())

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from analyze_helpers import GraphBuilder
-from fopt.bench.devices import DeviceSpec
-from fopt.bench.flops import Layer
-from fopt.bench.roofline import estimate_latency, estimate_layers, plot_roofline
+
+from fopt.analyze.counting import Layer
+from fopt.analyze.devices import DeviceSpec
+from fopt.analyze.roofline import estimate_latency, estimate_layers, plot_roofline
 
 DEV = DeviceSpec("test", {"fp32": 1e12, "fp16": 4e12, "int8": 8e12}, bandwidth_bytes_per_s=1e11,
                  node_overhead_s=2e-6, source="made up for tests")
@@ -46,7 +46,7 @@ def test_elementwise_uses_the_fp32_rate_even_in_int8():
 
 @pytest.fixture(scope="module")
 def small_analysis():
-    from fopt.bench.analyze import analyze
+    from fopt.analyze.run import analyze
 
     g = GraphBuilder(("batch", 3, 32, 32))
     g.conv(16, 3, stride=2)
@@ -60,7 +60,7 @@ def small_analysis():
 
 
 def test_estimate_latency_recounts_other_batches_and_precisions(small_analysis):
-    from fopt.bench.analyze import analyze
+    from fopt.analyze.run import analyze
 
     b8 = estimate_latency(small_analysis, "t4", precision="fp16", batch=8)
     fresh = analyze(small_analysis.model, batch=8, precision="fp16", device_spec="t4")

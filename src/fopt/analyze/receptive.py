@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from fopt.bench.flops import GraphIndex, Layer
+from fopt.analyze.counting import GraphIndex, Layer, _attrs, _node_name
 
 CONV_LIKE = frozenset({"Conv", "ConvInteger", "QLinearConv", "FusedConv", "MaxPool", "AveragePool",
                        "LpPool", "QLinearAveragePool"})
@@ -46,7 +46,6 @@ NO_RULE = frozenset({"ConvTranspose", "Resize", "Upsample", "DepthToSpace", "Spa
 @dataclass(frozen=True)
 class RF:
     """Per spatial axis: size, effective stride and effective padding, in input pixels."""
-
     size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
@@ -180,8 +179,6 @@ def _spatial_preserved(in_shape, out_shape) -> bool:
 
 def propagate(idx: GraphIndex, layers: list[Layer] | None = None) -> tuple[dict[str, TensorRF], dict[str, int]]:
     """Receptive field of every activation tensor; fills ``layer.rf`` when `layers` is given."""
-    from fopt.bench.flops import _attrs
-
     states: dict[str, TensorRF] = {}
     for name in idx.act_inputs:
         shape = idx.shapes.get(name)
@@ -234,8 +231,6 @@ def propagate(idx: GraphIndex, layers: list[Layer] | None = None) -> tuple[dict[
             if o and o not in idx.const:
                 states[o] = out
         if layers:
-            from fopt.bench.flops import _node_name
-
             layer = by_name.get(_node_name(node, i))
             if layer is not None:
                 layer.rf = _tensor_rf_dict(out)
@@ -251,7 +246,6 @@ def final_feature_map(idx: GraphIndex, states: dict[str, TensorRF]) -> str | Non
     """
     from collections import deque
 
-    from fopt.bench.flops import _attrs
 
     queue = deque(o for o in idx.graph_outputs)
     seen: set[str] = set()

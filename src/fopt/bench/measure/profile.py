@@ -10,7 +10,7 @@ calibrated estimate and ``--per-layer`` both start from the executed graph:
   pre-packed weights, which the profile leaves out. Node times come from the profile's
   ``*_kernel_time`` events (median over the profiled runs after the first). Profiling inflates
   small nodes by several microseconds each, which the calibration measures and corrects
-  (`fopt.bench.calibrate`); profiled times are shown as measured per-layer times, not used for
+  (`fopt.bench.costmodel.calibrate`); profiled times are shown as measured per-layer times, not used for
   the estimate.
 - PyTorch eager / TorchScript: a ``TorchDispatchMode`` records each top-level ATen call
   (``conv2d``, ``batch_norm``, ``relu_`` ...) with its argument shapes, which is what eager runs
@@ -29,6 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fopt.bench.measure.faults import minor_faults
+from fopt.runtime.onnxrt import CPU, ort_session
+from fopt.runtime.timing import percentile
+
 # ONNX/ORT element type names (profile) and torch dtypes -> bytes per element.
 DTYPE_BYTES = {"float": 4, "float32": 4, "float16": 2, "bfloat16": 2, "double": 8, "float64": 8,
                "uint8": 1, "int8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
@@ -38,7 +42,6 @@ DTYPE_BYTES = {"float": 4, "float32": 4, "float16": 2, "bfloat16": 2, "double": 
 @dataclass
 class ExecNode:
     """One executed node/kernel call with the shapes it ran on."""
-
     name: str
     op: str                                    # "Conv", "QLinearConv", "ReorderInput", "conv2d", ...
     domain: str = ""                           # ONNX domain ("com.microsoft.nchwc") or "aten"
@@ -117,7 +120,6 @@ def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1, quantile
 
     `run_scale` (one factor per run, first included) multiplies every node time of that run:
     CPU time / wall time of the run spreads time stolen by other processes back out of it."""
-    from fopt.bench.latency import percentile
 
     runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
                   key=lambda e: e["ts"])
@@ -150,7 +152,6 @@ def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1, quantile
 
 def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None = None,
                    runs: int = 3, providers: list[str] | None = None,
-                   session_options: Callable[[Any], None] | None = None,
                    input_name: str | None = None, feeds: dict[str, np.ndarray] | None = None,
                    node_quantile: float = 50.0, cpu_clock: Callable[[], float] | None = None) -> ExecGraph:
     """Run `path` `runs`+1 times with profiling; return its executed nodes (first run dropped).
@@ -160,22 +161,11 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
     thread's CPU time; one intra-op thread only) each run's node times are scaled by the run's
     CPU time over its wall time, which removes time the CPU spent on other processes."""
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="fopt-ortprof-") as tmp:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3  # the NCHWc "hardware specific" warning is expected here
-        if threads:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "prof")
-        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        if session_options:
-            session_options(so)
-        so.log_severity_level = 3  # ORT cleanup notices are not actionable here
-        sess = ort.InferenceSession(str(path), sess_options=so,
-                                    providers=providers or ["CPUExecutionProvider"])
+        optimized_path = Path(tmp) / "optimized.onnx"
+        sess = ort_session(path, threads=threads, providers=providers or CPU,
+                           profile_prefix=str(Path(tmp) / "prof"), optimized_model_path=optimized_path)
         if feeds is None:
             name = input_name or sess.get_inputs()[0].name
             feeds = {name: batch}
@@ -189,7 +179,7 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
                 scales.append(min(1.0, (c1 - c0) / (w1 - w0)) if w1 > w0 else 1.0)
         prof_file = sess.end_profiling()
         events = json.loads(Path(prof_file).read_text())
-        optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+        optimized = onnx.load(str(optimized_path), load_external_data=False)
         del sess
     # Scaled runs: the mean, whose sum over nodes is the runs' mean CPU time (a low quantile
     # would pick the nodes that the uniform scaling deflated).
@@ -240,7 +230,6 @@ def _tensors(obj: Any) -> list[Any]:
 @dataclass
 class TorchCall:
     """A recorded top-level ATen call; `func`/`args` let calibration replay it."""
-
     node: ExecNode
     func: Any
     args: tuple
@@ -312,11 +301,10 @@ def torch_op_times(model: Any, batch: Any, n_calls: int, runs: int = 3,
     cache state as in the model); its own bookkeeping happens outside the timed call. Returns
     `n_calls` values (None where a pass recorded a different number of calls). With
     `fault_price_s`, each call's page faults (counted around it) are taken off at that price:
-    the compute time alone (`fopt.bench.faults`)."""
+    the compute time alone (`fopt.bench.measure.faults`)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from fopt.bench.faults import minor_faults
 
     count = fault_price_s is not None and minor_faults() is not None
 

@@ -1,7 +1,6 @@
 """The checkpoint contract between training and every later stage.
 
 A checkpoint is a dict saved with torch.save and loaded with ``weights_only=True``:
-
     {"fopt_checkpoint": 1,
      "card": {...artifact card: model {name, kwargs}, class_names, input_spec, config, metrics...},
      "state_dict": {...},
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fopt.artifacts import InputSpec, atomic_path, make_card, write_card
-from fopt.errors import CheckpointError, UsageError
+from fopt.errors import CheckpointError, UsageError, first_line
+from fopt.models import MODELS, build_model
 
 CHECKPOINT_SCHEMA = 1
 
@@ -85,10 +85,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unpickling refused"
+        first = first_line(e, "unpickling refused")
         raise CheckpointError(f"{path}: not a fopt checkpoint (weights-only load refused it: {first})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first})") from None
     if not isinstance(raw, dict) or raw.get("fopt_checkpoint") is None:
         raise CheckpointError(f"{path}: not a fopt checkpoint (missing 'fopt_checkpoint' key; a bare "
@@ -101,8 +101,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     """Rebuild the model from a checkpoint's card and load its weights (eval mode)."""
-    from fopt.models import MODELS, build_model
-
     raw = read_checkpoint(path)
     card = raw["card"]
     model_info = card.get("model") or {}
@@ -118,7 +116,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     try:
         model.load_state_dict(raw["state_dict"])
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        first = first_line(e)
         raise CheckpointError(f"{path}: weights do not fit {name}: {first}") from None
     model.to(device).eval()
     return Checkpoint(Path(path), model, card, raw.get("train_state"))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-import types
 
 import pytest
 
-from fopt.bench.devices import DEVICES, CalibrationMissing, DeviceSpec, device_rows, get_device_spec
+from fopt.analyze.devices import DEVICES, DeviceSpec, device_rows, get_device_spec
 from fopt.errors import FoptError, UsageError
 
-SOURCE_FILE = sys.modules["fopt.bench.devices"].__file__
+SOURCE_FILE = sys.modules["fopt.analyze.devices"].__file__
 
 
 def test_table_has_the_issue_devices_with_sources():
@@ -45,30 +44,30 @@ def test_peak_falls_back_to_a_wider_precision():
         DeviceSpec.from_dict({"name": "x"})
 
 
-def _fake_calibrate(monkeypatch, value):
-    mod = types.ModuleType("fopt.bench.calibrate")
-    mod.load_calibration = lambda *a, **k: value
-    monkeypatch.setitem(sys.modules, "fopt.bench.calibrate", mod)
+def _fake_calibration(monkeypatch, value):
+    from fopt.bench.costmodel import cache
+
+    monkeypatch.setattr(cache, "load_machine_calibration", lambda *a, **k: value)
 
 
 def test_cpu_without_calibration_says_what_to_run(monkeypatch):
-    _fake_calibrate(monkeypatch, None)
+    from fopt.bench.costmodel.cache import CalibrationMissing, cpu_device_spec
+
+    _fake_calibration(monkeypatch, None)
     with pytest.raises(CalibrationMissing, match=r"no CPU calibration yet: run `fopt bench --calibrate`"):
-        get_device_spec("cpu")
+        cpu_device_spec()
     assert "cpu" not in {r["name"] for r in device_rows()}
+    with pytest.raises(UsageError, match="cpu_device_spec"):
+        get_device_spec("cpu")   # not a table entry: callers pass the calibrated spec
 
 
 def test_cpu_with_calibration(monkeypatch):
-    _fake_calibrate(monkeypatch, {"peak_flops": {"fp32": 2e11, "int8": 8e11},
-                                  "bandwidth_bytes_per_s": 2.7e10, "node_overhead_s": 5e-6,
-                                  "source": "fopt bench --calibrate"})
-    cpu = get_device_spec("cpu")
+    from fopt.bench.costmodel.cache import Calibration, cpu_device_spec
+
+    _fake_calibration(monkeypatch, Calibration(
+        threads=2, summary={"peak_flops": {"fp32": 2e11, "int8": 8e11}, "mem_bandwidth": 2.7e10,
+                            "per_node_overhead_s": 5e-6, "source": "fopt bench --calibrate", "name": "cpu"}))
+    cpu = cpu_device_spec()
     assert cpu.name == "cpu" and cpu.peak("int8") == 8e11 and cpu.bandwidth_bytes_per_s == 2.7e10
-    assert "cpu" in {r["name"] for r in device_rows()}
-
-    class Cal(dict):
-        def to_device_spec(self):
-            return DeviceSpec("cpu", {"fp32": 1e11}, 1e10, 1e-5, "calibration object")
-
-    _fake_calibrate(monkeypatch, Cal())
-    assert get_device_spec("cpu").source == "calibration object"
+    assert "cpu" in {r["name"] for r in device_rows([cpu])}
+    assert get_device_spec(cpu) is cpu

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fopt.bench.profile import DTYPE_BYTES, ExecNode
+from fopt.bench.measure.profile import DTYPE_BYTES, ExecNode
 
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv", "NhwcConv",
             "conv2d", "convolution", "_convolution", "mkldnn_convolution", "conv1d", "conv3d"}
@@ -203,3 +203,12 @@ def output_bytes(node: ExecNode) -> float:
     if node.domain == "aten" and node.op.endswith("_"):
         return 0.0
     return float(sum(math.prod(sh) * DTYPE_BYTES.get(dt, 4) for sh, dt in zip(node.output_shapes, node.output_dtypes)))
+
+
+# If a class has no probe points, borrow the fit of a similar class (recorded in the estimate).
+CLASS_FALLBACK = {
+    "conv_stem": "conv_dense", "conv_grouped": "conv_dw", "conv_se": "gemv",
+    "conv_dw": "conv_dense", "conv_pw": "conv_dense", "gemm": "conv_pw", "gemv": "gemm",
+    "eltwise_transcendental": "eltwise", "eltwise_hard": "eltwise", "eltwise_q": "eltwise", "norm": "eltwise", "pool": "eltwise",
+    "global_pool": "eltwise", "layout": "eltwise", "quant": "eltwise", "noop": "eltwise",
+}

@@ -15,10 +15,10 @@ from fopt.cli import cli
 
 def test_evaluate_artifact_matches_a_direct_forward_pass(tiny_checkpoint, synth_dataset):
     """Ground truth computed here by hand: the checkpoint's model on the eval transform."""
+    from fopt.checkpoint import load_checkpoint
     from fopt.data.datasets import ImageTableDataset
     from fopt.data.transforms import build_transform
-    from fopt.train.checkpoint import load_checkpoint
-    from fopt.train.evaluate import evaluate_artifact
+    from fopt.evaluation import evaluate_artifact
 
     result = evaluate_artifact(tiny_checkpoint, synth_dataset, split="val", batch_size=7)
     ckpt = load_checkpoint(tiny_checkpoint)
@@ -71,8 +71,8 @@ class Custom:  # a pickled custom class: weights-only loading must refuse it
 
 def _bad_files(tiny_checkpoint, tmp_path):
     from fopt.artifacts import InputSpec
+    from fopt.checkpoint import save_checkpoint
     from fopt.models import build_model
-    from fopt.train.checkpoint import save_checkpoint
 
     rng = np.random.default_rng(0)
     files = {}
@@ -137,8 +137,8 @@ def test_evaluate_artifact_runs_onnx_through_its_runner(tiny_checkpoint, synth_d
     here with plain torch.onnx + a card) scores the same as the checkpoint."""
     pytest.importorskip("onnxruntime")
     from fopt.artifacts import make_card, write_card
-    from fopt.train.checkpoint import load_checkpoint
-    from fopt.train.evaluate import evaluate_artifact
+    from fopt.checkpoint import load_checkpoint
+    from fopt.evaluation import evaluate_artifact
 
     ckpt = load_checkpoint(tiny_checkpoint)
     onnx_path = tmp_path / "tiny.onnx"

@@ -1,7 +1,6 @@
 """Latency estimates from counts and a device: the naive FLOPs/peak figure and a per-node roofline.
 
 Per executed node::
-
     time = max(flops / peak, bytes_moved / bandwidth) + node_overhead
 
 ``peak`` is the device's rate at the node's precision for MAC ops (Conv, Gemm, MatMul: tensor
@@ -22,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from fopt.bench.devices import DeviceSpec, get_device_spec
-from fopt.bench.flops import MAC_KINDS, Layer
+from fopt.analyze.counting import MAC_KINDS, Layer
+from fopt.analyze.devices import DeviceSpec, get_device_spec
+from fopt.artifacts import atomic_path
 
 
 @dataclass
@@ -150,7 +150,6 @@ def plot_roofline(estimate: LatencyEstimate, device: DeviceSpec | str, path, *, 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from fopt.artifacts import atomic_path
 
     device = get_device_spec(device)
     bw = device.bandwidth_bytes_per_s

@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from fopt.errors import UsageError
+
 Clock = Callable[[], float]          # seconds, monotonic
 TimedStep = Callable[[], float]      # runs one iteration, returns its duration in seconds
 
@@ -46,8 +48,6 @@ CLOCKS: dict[str, Clock] = {"wall": time.perf_counter, "thread-cpu": time.thread
 
 
 def get_clock(clock: str | Clock) -> Clock:
-    from fopt.errors import UsageError
-
     if callable(clock):
         return clock
     if clock not in CLOCKS:
@@ -57,8 +57,6 @@ def get_clock(clock: str | Clock) -> Clock:
 
 def check_clock(clock: str, threads: int, device: str) -> None:
     """thread-cpu needs every kernel on the calling thread: one thread, CPU only."""
-    from fopt.errors import UsageError
-
     if clock == "thread-cpu" and (threads != 1 or device != "cpu"):
         raise UsageError("--clock thread-cpu measures the calling thread's CPU time, so it needs "
                          "--threads 1 and --device cpu")
@@ -67,7 +65,6 @@ def check_clock(clock: str, threads: int, device: str) -> None:
 @dataclass(frozen=True)
 class StopRule:
     """When to stop measuring one row (see the module docstring)."""
-
     min_time_s: float = 1.0     # time budget of the timed loop (CLI --min-time)
     warmup_iters: int = 3       # at least this many warm-up iterations...
     warmup_s: float = 0.2       # ...and at least this long
@@ -78,8 +75,6 @@ class StopRule:
     checks_needed: int = 2      # consecutive stable checks before stopping early
 
     def __post_init__(self) -> None:
-        from fopt.errors import UsageError
-
         if self.min_time_s <= 0:
             raise UsageError(f"--min-time must be > 0 seconds, got {self.min_time_s}")
         if self.min_iters < 1 or self.max_iters < self.min_iters:
@@ -91,7 +86,6 @@ class StopRule:
 @dataclass
 class LatencyStats:
     """Summary of one row's samples (all times in milliseconds)."""
-
     p50: float
     p90: float
     p99: float
@@ -193,7 +187,6 @@ def throughput_ips(batch_size: int, p50_ms: float) -> float:
 
 class WallTimer:
     """Times fn() + sync() with a monotonic clock (the CPU path, and CUDA without events)."""
-
     def __init__(self, fn: Callable[[], Any], sync: Callable[[], None] | None = None,
                  clock: Clock = time.perf_counter):
         self.fn, self.sync, self.clock = fn, sync, clock
@@ -209,7 +202,6 @@ class WallTimer:
 
 class CudaEventTimer:
     """CUDA events around fn() on the current stream; waits for the end event."""
-
     def __init__(self, fn: Callable[[], Any]):
         import torch
 

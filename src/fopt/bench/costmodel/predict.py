@@ -4,15 +4,14 @@
 - ``roofline``: analyze's per-node ``max(flops / peak, bytes / bandwidth) + overhead`` on the
   exported graph. For ``cpu`` both use this machine's calibrated summary (GEMM rate, DRAM
   bandwidth, dispatch overhead); without a calibration they are absent, with a note.
-- ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.profile`). A
+- ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.measure.profile`). A
   convolution or GEMM costs ``work / rate``, with the rate achieved by the most similar probe
   layers of its class (nearest neighbours in log shape space: spatial size, channels, kernel,
   stride, batch, channel alignment; `knn_rate`): depthwise convolutions, for one, run 1 to 90
   GMAC/s on the same CPU depending on their shape. Every other node costs::
-
       time = overhead[class] + work / rate[class] + max(0, bytes - cache) / dram_rate
 
-  with ``class`` the kernel class (`fopt.bench.kernels`: dense/stem/pointwise/depthwise/grouped/
+  with ``class`` the kernel class (`fopt.bench.costmodel.kernels`: dense/stem/pointwise/depthwise/grouped/
   SE convs, GEMM, element-wise, transcendental, pooling, layout, Q/DQ ...) and ``rate`` and
   ``overhead`` fitted for this backend and precision by ``fopt bench --calibrate`` on synthetic
   probes (never on the model being estimated); the last term, shared by all classes, is what a
@@ -34,7 +33,7 @@
   its precision (`GEMM_PEAK_MARGIN`), and in an INT8 graph the convolutions that compute in float
   use the FP32 fits.
   `fopt.bench.run` then adds the page faults counted in the measured run at the calibrated
-  price per fault (`fopt.bench.faults`).
+  price per fault (`fopt.bench.measure.faults`).
 
 Error is ``(estimate / measured_p50 - 1) * 100``: positive means the estimate is too high.
 `benchmarks/bench_quality.py` measures how often it lands within 25% (75-86% of 36 points at
@@ -46,13 +45,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fopt.bench.kernels import NodeWork, classify
-from fopt.bench.profile import ExecGraph
+from fopt.bench.costmodel.kernels import (
+    CLASS_FALLBACK,
+    COMPUTE_CLASSES,
+    NodeWork,
+    classify,
+    output_bytes,
+)
+from fopt.bench.measure.profile import ExecGraph, ort_exec_graph, torch_exec_graph
+from fopt.errors import UsageError
 
 # Which calibrated backend a runner's rows use.
 _BACKEND_FITS = {"torch-eager": "torch-eager", "torchscript": "torch-eager", "onnxruntime": "onnxruntime"}
@@ -113,8 +118,6 @@ class CalibratedEstimate:
 
 
 def _resolve_fit(fits: dict[str, dict], cls: str) -> tuple[str, dict | None]:
-    from fopt.bench.calibrate import CLASS_FALLBACK
-
     seen = set()
     cur = cls
     while cur not in fits and cur in CLASS_FALLBACK and cur not in seen:
@@ -131,7 +134,7 @@ def knn_rate(points: list[list[float]], features: tuple[float, ...], k: int = KN
     """Achieved rate (work/s) of the `k` probe layers most similar to `features`.
 
     Points are ``[*features, rate]``; similarity is Euclidean in the log2 feature space of
-    `fopt.bench.kernels.shape_features`; the rates are averaged in log space with 1/distance
+    `fopt.bench.costmodel.kernels.shape_features`; the rates are averaged in log space with 1/distance
     weights (an exact match dominates). None when no probe layer is within `KNN_MAX_DIST`."""
     if not points or not features:
         return None
@@ -174,8 +177,7 @@ def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | N
     most similar probe layers (`knn_rate`), never above `max_rate` (the machine's GEMM peak at
     this precision, with a margin: a probe layer timed far faster is a profiling artefact, such as a
     small node whose time the profiler gave to its neighbours). Everything else: overhead +
-    work/rate + bytes beyond the cache at the fitted DRAM cost (`fopt.bench.calibrate.fit_joint`)."""
-    from fopt.bench.kernels import COMPUTE_CLASSES
+    work/rate + bytes beyond the cache at the fitted DRAM cost (`fopt.bench.costmodel.calibrate.fit_joint`)."""
 
     far = False
     if points and nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and len(points.get(nw.kernel_class) or []) >= 2:
@@ -222,13 +224,10 @@ def cold_weights_s(nw: NodeWork, warm_s: float, dram_bps: float | None, cache_bp
 
 def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> CalibratedEstimate:
     """The calibrated estimate of one executed graph with the fits of backend `key`."""
-    from fopt.errors import UsageError
-
     backend = cal.get("backends", {}).get(key)
     if backend is None:
         raise UsageError(f"the calibration has no fits for {key} (it has "
                          f"{', '.join(cal.get('backends', {})) or 'none'}); rerun `fopt bench --calibrate`")
-    from fopt.bench.kernels import COMPUTE_CLASSES, output_bytes
 
     base, precision = key.rsplit("/", 1)
     # Float convolutions/GEMMs of an INT8 graph cost what they cost in FP32.
@@ -290,7 +289,6 @@ def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1,
 
     For ONNX Runtime this is a profiled session: `profile_runs` runs after a first one (their
     per-node median is kept as ``measured_ms``; the estimate itself never reads it)."""
-    from fopt.bench.profile import ort_exec_graph, torch_exec_graph
 
     if runner.backend == "onnxruntime":
         if runner.device != "cpu":
@@ -311,18 +309,6 @@ def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1,
         return None
     g.precision = runner.precision
     return g
-
-
-# ----------------------------------------------------------------------------- analyze's estimates
-
-def analytic_estimates(path: str | Path, *, batch: int, precision: str, device_spec: Any) -> dict[str, Any]:
-    """naive and roofline ms from `fopt analyze` for `device_spec` (a name or DeviceSpec)."""
-    from fopt.bench.analyze import analyze
-    from fopt.bench.roofline import estimate_latency
-
-    result = analyze(str(path), batch=batch, precision=precision, device_spec=device_spec)
-    est = estimate_latency(result, device_spec, precision=precision, batch=batch)
-    return {"naive": est.naive_ms, "roofline": est.roofline_ms}
 
 
 def error_pct(estimate_ms: float | None, measured_ms: float | None) -> float | None:

@@ -1,4 +1,8 @@
-"""`fopt analyze`: parse options, call `fopt.bench.analyze.analyze`, print. No torch/onnx at import."""
+"""`fopt analyze`: parse options, call `fopt.analyze.run.analyze`, print. No torch/onnx at import.
+
+An entry point, not a layer: ``--device-spec cpu`` reads the bench's calibration of this machine
+(`fopt.bench.costmodel.cache`), the one import here from a package above `fopt.analyze`.
+"""
 
 from __future__ import annotations
 
@@ -117,10 +121,15 @@ def _print_layers(rows: list[dict], top: int) -> None:
 
 
 def _list_devices(json_path: str | None) -> None:
-    from fopt.bench.devices import device_rows
+    from fopt.analyze.devices import device_rows
+    from fopt.bench.costmodel.cache import CalibrationMissing, cpu_device_spec
     from fopt.console import note, print_table, write_json
 
-    rows = device_rows()
+    try:
+        extra = [cpu_device_spec()]
+    except CalibrationMissing:
+        extra = []
+    rows = device_rows(extra)
     print_table(rows, title="devices (dense peaks; cpu appears after `fopt bench --calibrate`)")
     if not any(r["name"] == "cpu" for r in rows):
         note("cpu: no calibration yet (run `fopt bench --calibrate`)")
@@ -166,9 +175,14 @@ def analyze(target, img_size, num_classes, batch, precision, device_spec, per_la
                          "or pass --list-devices")
     if top < 1:
         raise UsageError(f"--top must be >= 1, got {top}")
-    from fopt.bench.analyze import analyze as run_analysis
+    from fopt.analyze.run import analyze as run_analysis
     from fopt.console import write_csv, write_json
 
+    if device_spec.strip().lower() == "cpu":
+        # the one device that is measured, not tabled: the bench's calibration of this machine
+        from fopt.bench.costmodel.cache import cpu_device_spec
+
+        device_spec = cpu_device_spec()
     result = run_analysis(target, img_size=img_size, num_classes=num_classes, batch=batch,
                           precision=None if precision == "auto" else precision,
                           device_spec=device_spec, strict=strict)
@@ -179,7 +193,7 @@ def analyze(target, img_size, num_classes, batch, precision, device_spec, per_la
     write_json(json_path, d)
     write_csv(csv_path, d["layers"])
     if plot_path:
-        from fopt.bench.roofline import plot_roofline
+        from fopt.analyze.roofline import plot_roofline
         from fopt.console import note
 
         plot_roofline(result.estimate, result.device, plot_path,

@@ -7,10 +7,25 @@ import math
 
 import numpy as np
 import pytest
+from analyze_helpers import (
+    GraphBuilder,
+    calibration_reader,
+    export_preserving_bn,
+    quiet_torch_export,
+    save_onnx,
+)
 
-from analyze_helpers import GraphBuilder, calibration_reader, export_preserving_bn, quiet_torch_export, save_onnx
-from fopt.bench.flops import (ELEMENTWISE_FLOPS, HANDLERS, IGNORED_OPS, MAC_KINDS, concretize, count_graph,
-                              element_bytes, prepare_graph, strip_weights)
+from fopt.analyze.counting import (
+    ELEMENTWISE_FLOPS,
+    HANDLERS,
+    IGNORED_OPS,
+    MAC_KINDS,
+    concretize,
+    count_graph,
+    element_bytes,
+    prepare_graph,
+    strip_weights,
+)
 from fopt.errors import AnalysisIncomplete, UsageError
 
 
@@ -142,7 +157,7 @@ def test_no_silent_zeros_unsupported_and_missing_shapes():
     assert c.status == "partial"
     assert c.unsupported == {"FooBar": 2}
     assert c.missing_shapes == {"Relu": 1}       # after an op of unknown shape nothing is guessed
-    from fopt.bench.analyze import analyze
+    from fopt.analyze.run import analyze
     with pytest.raises(AnalysisIncomplete, match="FooBar x2"):
         analyze(model, strict=True)
     assert analyze(model).status == "partial"
@@ -335,7 +350,12 @@ def tiny_onnx_files(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     import onnx
     from onnxconverter_common import float16
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from fopt.models import build_model
 
@@ -370,7 +390,7 @@ def test_qdq_int8_file_counts_at_int8(tiny_onnx_files):
     with pytest.raises(UsageError, match="INT8"):
         count(_load(tiny_onnx_files["qdq"]), "fp32")
     # Q/DQ pass positions through: same receptive field (Flatten after Q/DQ after pooling is skipped)
-    from fopt.bench.receptive import receptive_field
+    from fopt.analyze.receptive import receptive_field
     keys = ("size", "stride", "padding", "global", "conv_path_size", "feature_shape")
     q_rf, ref_rf = receptive_field(q.index).to_dict(), receptive_field(ref.index).to_dict()
     assert [q_rf[k] for k in keys] == [ref_rf[k] for k in keys] and q_rf["size"] == 31

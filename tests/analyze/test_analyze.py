@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 
 import pytest
+from analyze_helpers import GraphBuilder, save_onnx
 from click.testing import CliRunner
 
-from analyze_helpers import GraphBuilder, save_onnx
-from fopt.bench.analyze import analyze
+from fopt.analyze.run import analyze
 from fopt.cli import cli
 from fopt.errors import InputError, UsageError
 
@@ -27,8 +25,8 @@ def tiny_ckpt(tmp_path_factory):
     import torch
 
     from fopt.artifacts import InputSpec
+    from fopt.checkpoint import save_checkpoint
     from fopt.models import build_model
-    from fopt.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("tiny", 6)
@@ -82,9 +80,9 @@ def test_efficientnet_b0_at_256_reproduces_the_corrected_seed_figures():
 def test_checkpoint_target_equals_its_module_and_its_onnx_export(tiny_ckpt, tmp_path):
     import onnx
 
+    from fopt.checkpoint import load_checkpoint
     from fopt.export.onnx import model_to_onnx
     from fopt.models import count_params
-    from fopt.train.checkpoint import load_checkpoint
 
     r = analyze(str(tiny_ckpt))
     ckpt = load_checkpoint(tiny_ckpt)
@@ -167,9 +165,9 @@ def test_cli_errors_are_one_line(monkeypatch, tmp_path):
     res = invoke("nosuchmodel")
     assert res.exit_code == 2 and res.output.count("error:") == 1
 
-    mod = types.ModuleType("fopt.bench.calibrate")
-    mod.load_calibration = lambda *a, **k: None
-    monkeypatch.setitem(sys.modules, "fopt.bench.calibrate", mod)
+    from fopt.bench.costmodel import cache
+
+    monkeypatch.setattr(cache, "load_machine_calibration", lambda *a, **k: None)
     res = invoke("tiny", "--device-spec", "cpu")
     assert res.exit_code == 2 and "no CPU calibration yet: run `fopt bench --calibrate`" in res.output
 

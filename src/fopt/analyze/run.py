@@ -9,9 +9,9 @@ folding, so MACs, FLOPs, bytes and the estimate equal those of the exported file
 counted as it is: a deployment export has its BNs folded, so its ``params`` are the folded count
 (a BN-followed Conv keeps C bias values where PyTorch had 2C BN parameters).
 
-The counting convention is in `fopt.bench.flops`, the receptive-field rules in
-`fopt.bench.receptive`, the estimate in `fopt.bench.roofline`, device ceilings in
-`fopt.bench.devices`.
+The counting convention is in `fopt.analyze.counting`, the receptive-field rules in
+`fopt.analyze.receptive`, the estimate in `fopt.analyze.roofline`, device ceilings in
+`fopt.analyze.devices`.
 """
 
 from __future__ import annotations
@@ -22,22 +22,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fopt.bench.devices import DeviceSpec, get_device_spec
-from fopt.bench.flops import (IGNORED_OPS, CONSTANT_FOLDABLE, CONSTANT_FOLDABLE_REASON, GraphCount,
-                              Layer, PRECISIONS, concretize, count_graph, strip_weights)
-from fopt.bench.receptive import ReceptiveField, receptive_field
-from fopt.bench.roofline import LatencyEstimate, estimate_layers
-from fopt.errors import AnalysisIncomplete, ExportError, InputError, UsageError
+from fopt.analyze.counting import (
+    CONSTANT_FOLDABLE,
+    CONSTANT_FOLDABLE_REASON,
+    IGNORED_OPS,
+    PRECISIONS,
+    GraphCount,
+    Layer,
+    concretize,
+    count_graph,
+    strip_weights,
+)
+from fopt.analyze.devices import DeviceSpec, get_device_spec
+from fopt.analyze.receptive import ReceptiveField, receptive_field
+from fopt.analyze.roofline import LatencyEstimate, estimate_layers
+from fopt.artifacts import detect_format
+from fopt.checkpoint import load_checkpoint
+from fopt.errors import (
+    AnalysisIncomplete,
+    ExportError,
+    InputError,
+    UsageError,
+    first_line,
+)
+from fopt.export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
+from fopt.models import MODELS, build_model
 
 CONVENTION = ("macs = multiply-accumulates of Conv/Gemm/MatMul; flops = 2*macs + per-element counts "
               "of element-wise/activation/norm/pool ops; bytes at the node's precision "
-              "(fp32 4, fp16 2, int8 1, int8 biases 4); see fopt.bench.flops")
+              "(fp32 4, fp16 2, int8 1, int8 biases 4); see fopt.analyze.counting")
 
 
 @dataclass
 class Source:
     """Where the analysed graph came from."""
-
     target: str
     kind: str                 # model | checkpoint | onnx | module | graph
     model_name: str | None
@@ -154,7 +172,6 @@ def module_to_analysis_onnx(model, img_size: int, channels: int = 3):
     import onnx
     import torch
 
-    from fopt.export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 
     model = model.eval().cpu()
     dummy = torch.zeros(1, channels, img_size, img_size)
@@ -168,7 +185,7 @@ def module_to_analysis_onnx(model, img_size: int, channels: int = 3):
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                                   training=torch.onnx.TrainingMode.PRESERVE)
     except Exception as e:  # exporter failures come in many types; one line, cause kept
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         if "adaptive_avg_pool2d" in first:
             first = (f"AdaptiveAvgPool2d cannot be exported at {img_size} px: its output grid must "
                      f"divide the feature map (e.g. vgg16 needs a multiple of 224); pass another --img-size")
@@ -200,15 +217,11 @@ def load_target(target: Any, *, img_size: int | None = None,
     text = str(target)
     path = Path(text)
     if path.exists():
-        from fopt.artifacts import detect_format
-
         fmt = detect_format(path)
         if fmt == "onnx":
             _no_num_classes(num_classes, "an ONNX file")
             return _load_onnx(path), Source(text, "onnx", None, img_size)
         if fmt == "checkpoint":
-            from fopt.train.checkpoint import load_checkpoint
-
             ckpt = load_checkpoint(path)
             n_classes = len(ckpt.class_names)
             if num_classes is not None and num_classes != n_classes:
@@ -219,7 +232,6 @@ def load_target(target: Any, *, img_size: int | None = None,
                     Source(text, "checkpoint", ckpt.model_name, size, spec.channels))
         raise UsageError(f"{path} is a {fmt} artifact; analyze works on ONNX graphs: pass the "
                          f"checkpoint it came from or its .onnx export")
-    from fopt.models import MODELS, build_model
 
     if text not in MODELS and ("/" in text or "." in text):
         raise InputError(f"{text}: no such file (and not a registry model)")

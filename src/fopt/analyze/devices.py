@@ -12,13 +12,14 @@ reaches; the roofline uses them as such.
 stack before trusting small-batch estimates.
 
 ``cpu`` is this machine: its figures come from ``fopt bench --calibrate`` (micro-benchmarks of the
-GEMM rate and memory bandwidth, cached per machine) and do not exist until that has run.
+GEMM rate and memory bandwidth, cached per machine, `fopt.bench.costmodel.cache`), so it is not
+in this table; callers that offer it pass its `DeviceSpec`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from fopt.errors import FoptError, UsageError
 from fopt.registry import Registry
@@ -28,14 +29,9 @@ GBPS = 1e9
 GPU_NODE_OVERHEAD_S = 5e-6   # typical kernel launch + scheduling gap without CUDA graphs
 
 
-class CalibrationMissing(FoptError):
-    """`cpu` was asked for before `fopt bench --calibrate` measured this machine."""
-
-
 @dataclass(frozen=True)
 class DeviceSpec:
     """One device's ceilings. Units: FLOP/s (OP/s for int8), bytes/s, seconds."""
-
     name: str
     peak_flops: Mapping[str, float]   # precision (fp32 | fp16 | int8) -> FLOP/s
     bandwidth_bytes_per_s: float
@@ -130,47 +126,24 @@ _add(DeviceSpec(
     source="NVIDIA H200 Tensor Core GPU datasheet (SXM)", description="Hopper, 141 GB HBM3e"))
 
 
-def device_names() -> list[str]:
-    return [*DEVICES.names(), "cpu"]
-
-
 def get_device_spec(name: "str | DeviceSpec") -> DeviceSpec:
-    """A device by table name (case-insensitive), or ``cpu`` for this machine's calibration."""
+    """A device by table name (case-insensitive); a `DeviceSpec` is returned as it is.
+
+    ``cpu`` is not in the table: it is this machine as measured by `fopt bench --calibrate`
+    (`fopt.bench.costmodel.cache.cpu_device_spec`), passed in as a `DeviceSpec`."""
     if isinstance(name, DeviceSpec):
         return name
     key = str(name).strip().lower()
     if key == "cpu":
-        return _cpu_spec()
+        raise UsageError("device 'cpu' is this machine's calibration: pass its DeviceSpec "
+                         "(fopt.bench.costmodel.cache.cpu_device_spec())")
     return DEVICES.get(key)
 
 
-def _cpu_spec() -> DeviceSpec:
-    hint = "no CPU calibration yet: run `fopt bench --calibrate`"
-    try:
-        from fopt.bench.calibrate import load_calibration
-    except ImportError:
-        raise CalibrationMissing(hint) from None
-    cal = load_calibration()
-    if cal is None:
-        raise CalibrationMissing(hint)
-    if isinstance(cal, DeviceSpec):
-        return cal
-    if hasattr(cal, "to_device_spec"):
-        return cal.to_device_spec()
-    if isinstance(cal, Mapping):
-        return DeviceSpec.from_dict({"name": "cpu", **cal})
-    raise FoptError(f"unreadable CPU calibration ({type(cal).__name__}); rerun `fopt bench --calibrate`")
-
-
-def device_rows() -> list[dict[str, Any]]:
-    """The device table for `fopt analyze --list-devices` (cpu listed only once calibrated)."""
+def device_rows(extra: Iterable[DeviceSpec] = ()) -> list[dict[str, Any]]:
+    """The device table for `fopt analyze --list-devices`, plus `extra` devices (a calibrated cpu)."""
     rows = []
-    specs = [spec for _, spec in DEVICES.items()]
-    try:
-        specs.append(_cpu_spec())
-    except CalibrationMissing:
-        pass
-    for spec in specs:
+    for spec in [*(spec for _, spec in DEVICES.items()), *extra]:
         rows.append({"name": spec.name,
                      "fp32_tflops": spec.peak_flops.get("fp32", 0) / TFLOPS,
                      "fp16_tflops": spec.peak_flops.get("fp16", 0) / TFLOPS,
