@@ -71,7 +71,7 @@ def main() -> None:
     for image_px in [int(s) for s in args.image_sizes.split(",")]:
         raw = synthesize(work / f"synth{image_px}" / "raw", per_class=args.per_class, size=image_px)
         table = work / f"synth{image_px}" / "table"
-        build_dataset(raw, table)
+        build_dataset(raw, table, force=True)  # this benchmark's own work folder, rebuilt each run
         for tf_px in [int(s) for s in args.transform_sizes.split(",")]:
             for workers in [int(w) for w in args.workers.split(",")]:
                 r = measure(table, tf_px, workers, args.batch_size, args.repeats)

@@ -23,6 +23,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fopt.evaluation",),                    # accuracy of any artifact through its runner
     ("fopt.runtime",),                       # one Runner per format; the timing loop
     ("fopt.data",),                          # dataset tables, synthetic data, transforms
-    ("fopt.checkpoint", "fopt.onnxgraph", "fopt.models", "fopt.console", "fopt.artifacts",
+    ("fopt.checkpoint", "fopt.onnxgraph", "fopt.models", "fopt.console", "fopt.workdir", "fopt.artifacts",
      "fopt.registry", "fopt.errors", "fopt"),  # foundation
 )

@@ -71,3 +71,7 @@ class ValidationError(FoptError):
 
 class AnalysisIncomplete(FoptError):
     """--strict analysis met an op type it cannot count."""
+
+
+class BusyError(FoptError):
+    """Another fopt process is writing the same folder or file."""

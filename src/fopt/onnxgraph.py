@@ -6,27 +6,55 @@ QDQ pairs, quantized Conv/MatMul/Gemm (QDQ format: their activation and weight i
 DequantizeLinear; operator format: QLinearConv, ConvInteger, ...), and the compute nodes that
 stayed FP32. `param_count` counts weights the same way for every precision, so an FP32 model and
 its INT8/FP16 children report the same number.
+
+This module is the one home of what "quantized" means for an ONNX graph: the op-type sets below
+and `precision_of`, the precision a graph was built for. `fopt.analyze.counting` (bytes and
+compute precision per node) and `fopt.optimize` (what an input file already is) both use them.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from fopt.errors import InputError, first_line
 
+# Float compute ops whose quantized forms the sets below name.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Operator-format and dynamic-quantization ops: their presence means "already quantized".
-QUANT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
-             "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearGlobalAveragePool",
-             "QLinearConcat", "MatMulIntegerToFloat", "DynamicQuantizeMatMul")
-INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
+# Quantized op types, by what they do (ONNX standard ops and onnxruntime's com.microsoft ops):
+# QDQ format: float <-> integer at a stored scale and zero point. Between a DequantizeLinear and a
+# QuantizeLinear the graph is float; runtimes fuse the pattern into integer kernels.
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+# Dynamic quantization: float -> uint8 at a scale computed from each input's range at run time.
+DYNAMIC_QUANTIZE_OPS = frozenset({"DynamicQuantizeLinear"})
+# Integer compute kernels of dynamic quantization: integer inputs, int32 (or rescaled float) output.
+INTEGER_OPS = frozenset({"ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+                         "DynamicQuantizeMatMul"})
+# Fused quantized ops (operator format, and what onnxruntime's optimizer makes of QDQ groups):
+# integer inputs, an integer output requantized to its own scale.
+QLINEAR_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul",
+                         "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearAveragePool",
+                         "QLinearGlobalAveragePool", "QLinearConcat"})
+# Convolutions and GEMMs that multiply in integers (the quantized forms of COMPUTE_OPS).
+INTEGER_MAC_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm"}) | INTEGER_OPS
+# Ops whose kernels compute on integer data.
+INTEGER_KERNEL_OPS = QLINEAR_OPS | INTEGER_OPS
+# Operator-format and dynamic-quantization ops: each one is a quantized op by itself (a QDQ
+# compute node is quantized only when its inputs come from DequantizeLinear).
+QUANT_OPS = INTEGER_KERNEL_OPS | DYNAMIC_QUANTIZE_OPS
+# Any one of these makes the whole graph an INT8 graph (`precision_of`).
+INT8_GRAPH_OPS = QUANT_OPS | QDQ_OPS
 
 def load_onnx(path: str | Path, *, load_weights: bool = True):
-    """Load an ONNX file; a missing, non-ONNX or corrupt file is an InputError (one line)."""
+    """Load an ONNX file; a missing, non-ONNX or corrupt file is an InputError (one line).
+
+    External weight files are read only after `check_external_data` has proven that each one
+    lies inside the model's folder."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
     if not path.exists():
@@ -34,13 +62,66 @@ def load_onnx(path: str | Path, *, load_weights: bool = True):
     if not path.is_file():
         raise InputError(f"{path}: not a file (expected an .onnx model)")
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
-    except Exception as e:  # protobuf DecodeError, truncated files, external data missing, ...
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, truncated files, ...
         raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__}); "
                          f"expected a file written by `fopt export`") from None
     if not model.graph.node or not model.graph.input:
         raise InputError(f"{path}: not an ONNX model (empty graph); expected a file written by `fopt export`")
+    check_external_data(path, model)
+    if load_weights and _external_tensors(model.graph):
+        try:
+            load_external_data_for_model(model, str(path.parent))
+        except Exception as e:  # a missing or short external weight file
+            raise InputError(f"{path}: its external weights cannot be read ({first_line(e)})") from None
     return model
+
+
+def _external_tensors(graph) -> list:
+    """Every tensor of `graph` and its subgraphs whose data lives in an external file."""
+    import onnx
+
+    found = []
+
+    def visit(g) -> None:
+        tensors = list(g.initializer)
+        for sparse in g.sparse_initializer:
+            tensors += [sparse.values, sparse.indices]
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    tensors.append(attr.t)
+                tensors.extend(attr.tensors)
+                if attr.HasField("g"):
+                    visit(attr.g)
+                for sub in attr.graphs:
+                    visit(sub)
+        found.extend(t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL)
+
+    visit(graph)
+    return found
+
+
+def check_external_data(path: str | Path, model=None) -> None:
+    """Refuse an ONNX file whose external-data locations leave its folder (absolute paths, ``..``,
+    symlinks out): a model must not make fopt, onnx or onnxruntime read any other file.
+
+    `model` is the file's proto loaded without external data, if the caller has it."""
+    import onnx
+
+    path = Path(path)
+    if model is None:
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:
+            raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+    folder = path.parent.resolve()
+    for tensor in _external_tensors(model.graph):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise InputError(f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside the "
+                             f"model's folder; fopt does not open such files")
 
 
 def check_onnx(path: str | Path) -> None:
@@ -116,7 +197,7 @@ def graph_summary(model) -> dict[str, Any]:
         "quantize_linear": ops.get("QuantizeLinear", 0),
         "dequantize_linear": ops.get("DequantizeLinear", 0),
         "quantized_ops": dict(sorted(quantized.items())),
-        "integer_ops": {k: ops[k] for k in INTEGER_OPS if ops.get(k)},
+        "integer_ops": {k: ops[k] for k in sorted(INTEGER_OPS) if ops.get(k)},
         "float_compute_nodes": float_nodes,
         "fp16_initializers": fp16_inits,
         "int8_initializers": int8_inits,
@@ -135,14 +216,39 @@ def _zero_point_type(model, q_node) -> str | None:
             TensorProto.UINT16: "uint16"}.get(t) if t is not None else None
 
 
-def precision_of(model) -> str:
-    """'int8' if the graph is quantized, 'fp16' if its weights are FP16, else 'fp32'."""
-    s = graph_summary(model)
-    if s["quantize_linear"] or s["dequantize_linear"] or s["quantized_ops"] or s["integer_ops"]:
+def precision_of(model, weight_inputs: Iterable[str] = ()) -> str:
+    """The precision a graph was built for: 'int8', 'fp16' or 'fp32'.
+
+    'int8' if any node is one of `INT8_GRAPH_OPS` (Q/DQ, dynamic quantization, integer or QLinear
+    kernels); otherwise `float_precision_of`. `weight_inputs`: see there.
+    """
+    if any(n.op_type in INT8_GRAPH_OPS for n in model.graph.node):
         return "int8"
-    if s["fp16_initializers"]:
-        return "fp16"
-    return "fp32"
+    return float_precision_of(model, weight_inputs)
+
+
+def float_precision_of(model, weight_inputs: Iterable[str] = ()) -> str:
+    """'fp16' if FLOAT16 holds more weight elements than FLOAT, else 'fp32'.
+
+    Weights are the float initializers, plus the graph inputs named in `weight_inputs`: a copy
+    whose weights were made typed inputs (`fopt.analyze.graph.strip_weights`) passes their names.
+    Activation inputs never count: an FP16 model converted with FP32 inputs and outputs is FP16.
+    In an INT8 graph this is the precision of the float tensors around the quantized ones.
+    """
+    from onnx import TensorProto as T
+
+    elements: Counter[int] = Counter()
+    initializers = set()
+    for init in model.graph.initializer:
+        initializers.add(init.name)
+        if init.data_type in (T.FLOAT, T.FLOAT16):
+            elements[init.data_type] += math.prod(init.dims)
+    stripped = set(weight_inputs) - initializers
+    for vi in model.graph.input:
+        et = vi.type.tensor_type.elem_type
+        if vi.name in stripped and et in (T.FLOAT, T.FLOAT16):
+            elements[et] += math.prod(d.dim_value for d in vi.type.tensor_type.shape.dim)
+    return "fp16" if elements[T.FLOAT16] > elements[T.FLOAT] else "fp32"
 
 
 def param_count(model) -> int:

@@ -20,13 +20,12 @@ from fopt.analyze.counting import (
     HANDLERS,
     IGNORED_OPS,
     MAC_KINDS,
-    concretize,
     count_graph,
     element_bytes,
-    prepare_graph,
-    strip_weights,
 )
+from fopt.analyze.graph import concretize, prepare_graph, strip_weights
 from fopt.errors import AnalysisIncomplete, UsageError
+from fopt.onnxgraph import precision_of
 
 
 def count(model, precision=None, **kw):
@@ -239,6 +238,17 @@ def test_batch_and_image_size_substitution():
         prepare_graph(static, img_size=32)
 
 
+def test_inputs_sharing_a_symbolic_dim_get_the_same_value():
+    g = GraphBuilder(("batch", 3, "h", "w"))
+    g.conv(4, 3)
+    model = g.build()
+    from onnx import TensorProto, helper
+    model.graph.input.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "h"]))
+    prepared = prepare_graph(model, batch=2, img_size=8)
+    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in prepared.model.graph.input}
+    assert dims["x"] == [2, 3, 8, 8] and dims["y"] == [2, 8] and prepared.input_shape == (2, 3, 8, 8)
+
+
 def test_stripped_graph_recounts_at_other_batches():
     g = GraphBuilder(("batch", 3, 16, 16))
     g.conv(8, 3)
@@ -406,6 +416,33 @@ def test_dynamic_int8_and_fp16_files(tiny_onnx_files):
     assert half.weight_bytes == ref.weight_bytes // 2
     # an FP32 graph counted as an FP16 what-if gives the same bytes as the real FP16 graph's weights
     assert count(_load(tiny_onnx_files["fp32"]), "fp16").weight_bytes == half.weight_bytes
+
+
+def test_one_precision_for_analyze_and_optimize(tiny_onnx_files):
+    """`precision_of` is what a graph is counted at and what `fopt optimize` says its input is,
+    on the whole file and on its weight-stripped copy alike."""
+    for key, want in {"fp32": "fp32", "qdq": "int8", "dyn": "int8", "fp16": "fp16"}.items():
+        model = _load(tiny_onnx_files[key])
+        stripped, consts = strip_weights(model)
+        assert precision_of(model) == precision_of(stripped, consts) == count(model).precision == want, key
+
+
+def test_fp16_precision_is_the_weights_not_the_inputs():
+    """An FP16 graph with an FP32 input larger than all its weights is still FP16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.rand(4, 3, 3, 3).astype(np.float16), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["xh"], to=TensorProto.FLOAT16),
+         helper.make_node("Conv", ["xh", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    stripped, consts = strip_weights(model)
+    assert precision_of(model) == precision_of(stripped, consts) == "fp16"
+    c = count(model)
+    assert c.precision == "fp16" and c.layers[1].weight_bytes == w.dims[0] * 27 * 2
 
 
 def test_onnxruntime_optimized_graph_is_counted(tiny_onnx_files, tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from analyze_helpers import GraphBuilder, export_preserving_bn
 
-from fopt.analyze.counting import count_graph, prepare_graph
+from fopt.analyze.counting import count_graph
+from fopt.analyze.graph import prepare_graph
 from fopt.analyze.receptive import RF, receptive_field
 
 

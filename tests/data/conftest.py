@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 
@@ -22,6 +25,25 @@ def raw_copy(tiny_raw, tmp_path) -> Path:
     dst = tmp_path / "raw"
     shutil.copytree(tiny_raw, dst)
     return dst
+
+
+def _write_idx(path, arr, magic):
+    header = struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path):
+    """A tiny Fashion-MNIST in torchvision's layout: 10 train and 3 test images per class."""
+    d = tmp_path / "fm" / "FashionMNIST" / "raw"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 10), ("t10k", 3)):
+        labels = np.repeat(np.arange(10), n)
+        _write_idx(d / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (len(labels), 28, 28)), 2051)
+        _write_idx(d / f"{stem}-labels-idx1-ubyte.gz", labels, 2049)
+    return tmp_path / "fm"
 
 
 @pytest.fixture

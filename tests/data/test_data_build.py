@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import struct
 
 import numpy as np
 import pandas as pd
@@ -119,25 +118,6 @@ def test_image_folder_plain_and_split_layout(tiny_raw, tmp_path):
     assert res.mapping["partition"] == "official"
     assert (res.table.split == res.table.path.str.split("/").str[0]).all()
     assert res.mapping["split_totals"]["val"] == sum(v == "val" for v in part.values())
-
-
-def _write_idx(path, arr, magic):
-    header = struct.pack(">I", magic) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + arr.astype(np.uint8).tobytes())
-
-
-@pytest.fixture
-def fake_fmnist(tmp_path):
-    """A tiny Fashion-MNIST in torchvision's layout: 10 train and 3 test images per class."""
-    d = tmp_path / "fm" / "FashionMNIST" / "raw"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for stem, n in (("train", 10), ("t10k", 3)):
-        labels = np.repeat(np.arange(10), n)
-        _write_idx(d / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (len(labels), 28, 28)), 2051)
-        _write_idx(d / f"{stem}-labels-idx1-ubyte.gz", labels, 2049)
-    return tmp_path / "fm"
 
 
 def test_fashion_mnist_idx_becomes_png_files(fake_fmnist, tmp_path):

@@ -30,6 +30,10 @@ Convention (every figure fopt prints follows it)
     these.
   - a node whose inputs are all constants (e.g. DequantizeLinear of int8 weights, Identity copies
     of initializers) is ``folded``: computed once at load time, not per inference.
+* Precision: a graph is counted at the precision it was built for (`fopt.onnxgraph.precision_of`:
+  int8 if it has any quantized op, else its weights' float type); a float graph may also be
+  counted at another precision as a what-if. In an INT8 graph, integer and QLinear kernels
+  (`fopt.onnxgraph.INTEGER_KERNEL_OPS`) and nodes with int8/uint8 activation inputs run in int8.
 * QDQ INT8 graphs (QuantizeLinear/DequantizeLinear pairs, onnxruntime's default format): a node
   of a type runtimes have integer kernels for (`INT8_CAPABLE`) whose float activation inputs all
   come from DequantizeLinear runs in int8 (its tensors count at
@@ -45,6 +49,8 @@ Convention (every figure fopt prints follows it)
 No silent zeros: an op type is handled (`HANDLERS`), ignored with a reason (`IGNORED_OPS`), or
 reported in ``unsupported`` with its count; a node whose shapes cannot be inferred is reported in
 ``missing_shapes``. Either makes the status ``partial``.
+
+`count_graph` takes a `fopt.analyze.graph.PreparedGraph` (weights stripped, shapes inferred).
 """
 
 from __future__ import annotations
@@ -54,37 +60,32 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from fopt.errors import InputError, UsageError, first_line
+from fopt.analyze.graph import (
+    GraphIndex,
+    MissingShape,
+    NodeView,
+    PreparedGraph,
+    dtype_sizes,
+    float_dtypes,
+    node_name,
+)
+from fopt.errors import UsageError
+from fopt.onnxgraph import (
+    DYNAMIC_QUANTIZE_OPS,
+    INTEGER_KERNEL_OPS,
+    QDQ_OPS,
+    QLINEAR_OPS,
+    float_precision_of,
+    precision_of,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FLOAT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 MAC_KINDS = frozenset({"conv", "conv_pointwise", "conv_depthwise", "conv_grouped", "conv_transpose",
                        "gemm", "matmul"})
 
-# Kept as initializers (not replaced by typed inputs) for shape inference: shape vectors, axes,
-# scalars. Anything larger is a weight whose values analysis never needs.
-_SMALL_INITIALIZER = 64
-
-
-class MissingShape(Exception):
-    """A handler needs a tensor shape that shape inference could not provide."""
-
 
 # ----------------------------------------------------------------------------- tensor bytes
-
-def _onnx_dtype_sizes() -> dict[int, int]:
-    from onnx import TensorProto as T
-
-    return {T.FLOAT: 4, T.FLOAT16: 2, T.BFLOAT16: 2, T.DOUBLE: 8, T.INT8: 1, T.UINT8: 1, T.INT16: 2,
-            T.UINT16: 2, T.INT32: 4, T.UINT32: 4, T.INT64: 8, T.UINT64: 8, T.BOOL: 1,
-            getattr(T, "FLOAT8E4M3FN", 17): 1, getattr(T, "INT4", 22): 1, getattr(T, "UINT4", 21): 1}
-
-
-def _float_dtypes() -> frozenset[int]:
-    from onnx import TensorProto as T
-
-    return frozenset({T.FLOAT, T.FLOAT16, T.BFLOAT16, T.DOUBLE})
-
 
 def element_bytes(dtype: int, precision: str, role: str | None = None) -> int:
     """Bytes per element of a tensor of ONNX `dtype` read or written by a node at `precision`.
@@ -92,8 +93,8 @@ def element_bytes(dtype: int, precision: str, role: str | None = None) -> int:
     `precision` is fp32/fp16/int8, or ``real`` for nodes whose tensors keep their stored types
     (Q/DQ, Cast). Unknown dtypes (0) are treated as float.
     """
-    sizes = _onnx_dtype_sizes()
-    is_float = dtype == 0 or dtype in _float_dtypes()
+    sizes = dtype_sizes()
+    is_float = dtype == 0 or dtype in float_dtypes()
     if not is_float or precision == "real":
         return sizes.get(dtype, 4)
     if precision == "int8":
@@ -101,54 +102,7 @@ def element_bytes(dtype: int, precision: str, role: str | None = None) -> int:
     return FLOAT_BYTES[precision]
 
 
-# ----------------------------------------------------------------------------- graph view
-
-@dataclass
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...] | None
-    dtype: int
-    const: bool
-
-    @property
-    def numel(self) -> int:
-        if self.shape is None:
-            raise MissingShape(self.name)
-        return math.prod(self.shape)
-
-
-@dataclass
-class NodeView:
-    """What a handler sees of one node: attributes and typed, shaped inputs and outputs."""
-
-    op_type: str
-    name: str
-    domain: str
-    attrs: dict[str, Any]
-    inputs: list[TensorInfo | None]   # None where an optional input is omitted
-    outputs: list[TensorInfo | None]
-
-    def inp(self, i: int) -> TensorInfo | None:
-        return self.inputs[i] if i < len(self.inputs) else None
-
-    def shape_in(self, i: int = 0) -> tuple[int, ...]:
-        t = self.inp(i)
-        if t is None or t.shape is None:
-            raise MissingShape(f"{self.name} input {i}")
-        return t.shape
-
-    def shape_out(self, i: int = 0) -> tuple[int, ...]:
-        t = self.outputs[i] if i < len(self.outputs) else None
-        if t is None or t.shape is None:
-            raise MissingShape(f"{self.name} output {i}")
-        return t.shape
-
-    def out_numel(self, i: int = 0) -> int:
-        return math.prod(self.shape_out(i))
-
-    def in_numel(self, i: int = 0) -> int:
-        return math.prod(self.shape_in(i))
-
+# ----------------------------------------------------------------------------- handler registry
 
 @dataclass
 class OpCost:
@@ -378,8 +332,7 @@ def _elementwise(n: NodeView) -> OpCost:
     for i, t in enumerate(n.inputs):
         if t is None or not t.const:
             continue
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearAdd", "QLinearMul",
-                         "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax"):
+        if n.op_type in QDQ_OPS or n.op_type in QLINEAR_OPS:
             roles[i] = "qparam" if t.shape is None or math.prod(t.shape) <= 4096 else "param"
         elif n.op_type == "BatchNormalization":
             roles[i] = {1: "param", 2: "param", 3: "buffer", 4: "buffer"}.get(i, "const")
@@ -387,7 +340,7 @@ def _elementwise(n: NodeView) -> OpCost:
                            "GroupNormalization", "SkipLayerNormalization",
                            "SimplifiedLayerNormalization"):
             roles[i] = "param"
-        elif t.dtype in _float_dtypes() and t.shape is not None and math.prod(t.shape) > 1:
+        elif t.dtype in float_dtypes() and t.shape is not None and math.prod(t.shape) > 1:
             roles[i] = "param"   # learned tensors exported as Add/Mul operands (bias, layer scale)
         else:
             roles[i] = "const"
@@ -460,200 +413,6 @@ def _view(n: NodeView) -> OpCost:
 def _shape(n: NodeView) -> OpCost:
     return OpCost("shape", reads_inputs=False)
 
-
-# ----------------------------------------------------------------------------- graph preparation
-
-@dataclass
-class PreparedGraph:
-    """A weight-free copy of the model with concrete shapes, plus what the counts need."""
-
-    model: Any                                  # onnx.ModelProto without large initializer data
-    const_names: frozenset[str]                 # initializers (data stripped or not)
-    input_shape: tuple[int, ...]                # the first activation input, concrete
-    batch: int
-    img_size: int | None
-
-
-def strip_weights(model) -> tuple[Any, frozenset[str]]:
-    """A copy of `model` whose large initializers are typed graph inputs (no data).
-
-    Shape inference on VGG-16 takes 4 s with its 528 MB of weights and 0.05 s without them; only
-    small constants (shape vectors, axes, scalars) carry values that inference needs.
-    """
-    import onnx
-    from onnx import helper
-
-    g = model.graph
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.graph.name = g.name
-    light.graph.node.extend(g.node)
-    light.graph.input.extend(g.input)
-    light.graph.output.extend(g.output)
-    light.functions.extend(model.functions)
-    existing_inputs = {i.name for i in g.input}
-    const_names = set()
-    for init in g.initializer:
-        const_names.add(init.name)
-        if math.prod(init.dims) <= _SMALL_INITIALIZER:
-            light.graph.initializer.append(init)
-            continue
-        if init.name in existing_inputs:  # old-style models list initializers as inputs too
-            continue
-        light.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-    for sparse in g.sparse_initializer:
-        const_names.add(sparse.values.name)
-        light.graph.input.append(helper.make_tensor_value_info(
-            sparse.values.name, sparse.values.data_type, list(sparse.dims)))
-    if light.functions:
-        from onnx import inliner
-
-        light = inliner.inline_local_functions(light)
-    return light, frozenset(const_names)
-
-
-def _dims(value_info) -> list[Any] | None:
-    t = value_info.type
-    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
-        return None
-    out: list[Any] = []
-    for d in t.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        else:
-            out.append(d.dim_param or None)
-    return out
-
-
-def activation_inputs(model, const_names: Iterable[str]) -> list[Any]:
-    consts = set(const_names)
-    return [i for i in model.graph.input if i.name not in consts]
-
-
-def prepare_graph(model, *, batch: int | None = None, img_size: int | None = None) -> PreparedGraph:
-    """Strip weights, make every input dimension concrete and run ONNX shape inference."""
-    light, consts = strip_weights(model)
-    return concretize(light, consts, batch=batch, img_size=img_size)
-
-
-def concretize(stripped, consts: frozenset[str], *, batch: int | None = None,
-               img_size: int | None = None) -> PreparedGraph:
-    """Shape-infer a copy of a stripped model with every input dimension made concrete.
-
-    The batch dimension (dim 0) becomes `batch` (default: the graph's own static batch, else 1);
-    symbolic spatial dims of a 4-D input become `img_size`. A conflict with a static dimension is
-    a UsageError, not a silent change.
-    """
-    import onnx
-
-    light = onnx.ModelProto()
-    light.CopyFrom(stripped)
-    inputs = activation_inputs(light, consts)
-    if not inputs:
-        raise InputError("the ONNX graph has no activation input")
-    symbols: dict[str, int] = {}
-    first_shape: tuple[int, ...] | None = None
-    for vi in inputs:
-        dims = _dims(vi)
-        if dims is None:
-            raise InputError(f"ONNX input {vi.name!r} has no shape")
-        new = list(dims)
-        for axis, d in enumerate(dims):
-            if isinstance(d, int):
-                if axis == 0 and batch is not None and d != batch:
-                    raise UsageError(f"the ONNX input {vi.name!r} has a fixed batch of {d}; "
-                                     f"pass --batch {d} (or export with a dynamic batch)")
-                if len(dims) == 4 and axis >= 2 and img_size is not None and d != img_size:
-                    raise UsageError(f"the ONNX input {vi.name!r} is fixed at {dims[2]}x{dims[3]} px; "
-                                     f"drop --img-size or pass --img-size {d}")
-                continue
-            if axis == 0:
-                value = batch if batch is not None else 1
-            elif len(dims) == 4 and axis >= 2 and img_size is not None:
-                value = img_size
-            elif d in symbols:
-                value = symbols[d]
-            else:
-                what = "spatial size" if len(dims) == 4 and axis >= 2 else f"dimension {axis}"
-                hint = "pass --img-size N" if what == "spatial size" else "export with static shapes"
-                raise UsageError(f"the ONNX input {vi.name!r} has a symbolic {what} ({d or '?'}); {hint}")
-            if d:
-                symbols[d] = value
-            new[axis] = value
-        shape_proto = vi.type.tensor_type.shape
-        for axis, value in enumerate(new):
-            shape_proto.dim[axis].Clear()
-            shape_proto.dim[axis].dim_value = int(value)
-        if first_shape is None:
-            first_shape = tuple(int(v) for v in new)
-    assert first_shape is not None
-    for out in light.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    del light.graph.value_info[:]
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False,
-                                                     data_prop=True)
-    except Exception as e:  # onnx raises several types for malformed graphs
-        first = first_line(e)
-        raise InputError(f"ONNX shape inference failed: {first}") from e
-    inferred = _contrib_shape_pass(inferred)
-    real_batch = first_shape[0]
-    size = first_shape[2] if len(first_shape) == 4 and first_shape[2] == first_shape[3] else img_size
-    return PreparedGraph(inferred, consts, first_shape, real_batch, size)
-
-
-# onnxruntime contrib ops -> a standard op with the same output shape (inputs by index), so that
-# ONNX shape inference can see through graphs saved by ORT's optimizer at the portable "extended"
-# level. NCHWc graphs (level "all") use blocked layouts and are not covered.
-_SHAPE_STANDINS: dict[str, tuple[str, tuple[int, ...], tuple[str, ...]]] = {
-    "FusedConv": ("Conv", (0, 1, 2), ("activation", "activation_params")),
-    "FusedGemm": ("Gemm", (0, 1, 2), ("activation", "activation_alpha", "activation_beta",
-                                      "activation_gamma")),
-    "QGemm": ("Gemm", (0, 3, 6), ()),
-    "QLinearAdd": ("Add", (0, 3), ()),
-    "QLinearMul": ("Mul", (0, 3), ()),
-    "QLinearSigmoid": ("Identity", (0,), ("alpha",)),
-    "QLinearLeakyRelu": ("Identity", (0,), ("alpha",)),
-    "QLinearSoftmax": ("Identity", (0,), ("axis", "opset")),
-    "QuickGelu": ("Identity", (0,), ("alpha",)),
-    "QLinearGlobalAveragePool": ("GlobalAveragePool", (0,), ("channels_last",)),
-}
-
-
-def _contrib_shape_pass(model):
-    """Run ONNX inference on a copy whose contrib nodes are stand-ins; keep the shapes it finds."""
-    import onnx
-
-    if not any(n.op_type in _SHAPE_STANDINS and n.domain == "com.microsoft" for n in model.graph.node):
-        return model
-    shadow = onnx.ModelProto()
-    shadow.CopyFrom(model)
-    del shadow.graph.node[:]
-    for n in model.graph.node:
-        standin = _SHAPE_STANDINS.get(n.op_type) if n.domain == "com.microsoft" else None
-        if standin is None or (n.op_type == "QLinearGlobalAveragePool" and any(
-                a.name == "channels_last" and a.i for a in n.attribute)):
-            shadow.graph.node.append(n)
-            continue
-        op, idx, drop = standin
-        new = shadow.graph.node.add()
-        new.op_type, new.name, new.domain = op, n.name, ""
-        new.input.extend(n.input[i] if i < len(n.input) else "" for i in idx)
-        while new.input and not new.input[-1]:
-            del new.input[-1]
-        new.output.extend(n.output[:1])
-        new.attribute.extend(a for a in n.attribute if a.name not in drop)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(shadow, check_type=False, strict_mode=False,
-                                                     data_prop=True)
-    except Exception:  # noqa: BLE001 - a refinement only: the holes are reported as missing shapes
-        return model
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
-    del model.graph.output[:]
-    model.graph.output.extend(inferred.graph.output)
-    return model
 
 
 # ----------------------------------------------------------------------------- the counting engine
@@ -747,11 +506,8 @@ class GraphCount:
         return sum(layer.executes for layer in self.layers)
 
 
-QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QGemm",
-                       "ConvInteger", "MatMulInteger", "QLinearMatMul", "QLinearAdd", "QLinearMul",
-                       "QLinearSigmoid", "QLinearGlobalAveragePool", "QLinearConcat",
-                       "QLinearAveragePool", "QLinearLeakyRelu", "QLinearSoftmax"})
-INTEGER_OPS = QUANT_OPS - {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# ----------------------------------------------------------------------------- precision per node
+
 # Op types that runtimes execute on int8 data when Q/DQ surround them (onnxruntime's QDQ
 # selectors and TensorRT's quantized layers); others (HardSwish, HardSigmoid, LayerNorm, ...) stay
 # float islands between a DequantizeLinear and a QuantizeLinear.
@@ -760,141 +516,27 @@ INT8_CAPABLE = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul
                           "Concat", "Resize", "Transpose", "Reshape", "Flatten", "Squeeze",
                           "Unsqueeze", "Split", "Slice", "Gather", "Pad", "Softmax", "Where",
                           "ArgMax", "DepthToSpace", "SpaceToDepth", "InstanceNormalization"})
-REAL_DTYPE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast",
-                            "CastLike"})
+# Their tensors keep their stored types whatever the precision: they convert between types.
+REAL_DTYPE_OPS = QDQ_OPS | DYNAMIC_QUANTIZE_OPS | {"Cast", "CastLike"}
 
 
-def graph_precision(model) -> str:
-    """The precision a graph was built for: int8 (has Q/DQ or integer ops), fp16 or fp32."""
-    from onnx import TensorProto as T
+def _resolve_precision(prepared: PreparedGraph, precision: str | None) -> tuple[str, bool, str]:
+    """(precision to count at, whether the graph is quantized, precision of its float tensors).
 
-    if any(n.op_type in QUANT_OPS for n in model.graph.node):
-        return "int8"
-    return "fp16" if _float_type(model) == T.FLOAT16 else "fp32"
-
-
-def _float_type(model) -> int:
-    """The float type most weight elements use (FLOAT unless float16 dominates)."""
-    from onnx import TensorProto as T
-
-    counts: Counter[int] = Counter()
-    for init in model.graph.initializer:
-        if init.data_type in (T.FLOAT, T.FLOAT16):
-            counts[init.data_type] += math.prod(init.dims)
-    for vi in model.graph.input:
-        et = vi.type.tensor_type.elem_type
-        if et in (T.FLOAT, T.FLOAT16):
-            counts[et] += math.prod(d.dim_value or 1 for d in vi.type.tensor_type.shape.dim)
-    return T.FLOAT16 if counts[T.FLOAT16] > counts[T.FLOAT] else T.FLOAT
-
-
-def _attrs(node) -> dict[str, Any]:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def topo_order(nodes: list[Any], available: set[str]) -> list[Any]:
-    """Kahn's algorithm, stable in file order (ONNX requires sorted graphs; not all files are)."""
-    producers: dict[str, int] = {}
-    for i, n in enumerate(nodes):
-        for o in n.output:
-            if o:
-                producers[o] = i
-    deps: list[set[int]] = []
-    users: dict[int, list[int]] = {}
-    for i, n in enumerate(nodes):
-        d = {producers[x] for x in n.input if x and x in producers and x not in available}
-        d.discard(i)
-        deps.append(d)
-        for j in d:
-            users.setdefault(j, []).append(i)
-    import heapq
-
-    ready = [i for i, d in enumerate(deps) if not d]
-    heapq.heapify(ready)
-    order: list[int] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(i)
-        for u in users.get(i, []):
-            deps[u].discard(i)
-            if not deps[u]:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
-        raise InputError("the ONNX graph has a cycle")
-    return [nodes[i] for i in order]
-
-
-class GraphIndex:
-    """Shapes, dtypes, producers, consumers and constant-ness of every tensor of a prepared graph."""
-
-    def __init__(self, prepared: PreparedGraph):
-        g = prepared.model.graph
-        self.prepared = prepared
-        self.shapes: dict[str, tuple[int, ...] | None] = {}
-        self.dtypes: dict[str, int] = {}
-        for vi in list(g.input) + list(g.value_info) + list(g.output):
-            dims = _dims(vi)
-            ok = dims is not None and all(isinstance(d, int) and d >= 0 for d in dims)
-            if ok or vi.name not in self.shapes:
-                self.shapes[vi.name] = tuple(dims) if ok else None  # type: ignore[arg-type]
-            self.dtypes[vi.name] = vi.type.tensor_type.elem_type
-        for init in g.initializer:
-            self.shapes[init.name] = tuple(int(d) for d in init.dims)
-            self.dtypes[init.name] = init.data_type
-        graph_inputs = {i.name for i in g.input}
-        self.graph_outputs = {o.name for o in g.output}
-        self.nodes = topo_order(list(g.node), graph_inputs | set(prepared.const_names))
-        self.producer: dict[str, Any] = {}
-        self.consumers: dict[str, list[Any]] = {}
-        for n in self.nodes:
-            for o in n.output:
-                if o:
-                    self.producer[o] = n
-            for x in n.input:
-                if x:
-                    self.consumers.setdefault(x, []).append(n)
-        self.const: set[str] = set(prepared.const_names)
-        for n in self.nodes:
-            real_inputs = [x for x in n.input if x]
-            if n.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                             "Multinomial", "Bernoulli"):
-                continue
-            if all(x in self.const for x in real_inputs):
-                self.const.update(o for o in n.output if o)
-        self.act_inputs = [i.name for i in g.input if i.name not in self.const]
-
-    def tensor(self, name: str) -> TensorInfo | None:
-        if not name:
-            return None
-        return TensorInfo(name, self.shapes.get(name), self.dtypes.get(name, 0), name in self.const)
-
-    def view(self, node) -> NodeView:
-        return NodeView(node.op_type, node.name or f"{node.op_type}_{id(node)}", node.domain,
-                        _attrs(node), [self.tensor(x) for x in node.input],
-                        [self.tensor(x) for x in node.output])
-
-
-def _node_name(node, index: int) -> str:
-    return node.name or f"{node.op_type}_{index}"
-
-
-def _fused_batchnorms(idx: GraphIndex) -> dict[str, Any]:
-    """BatchNormalization nodes that the Conv before them absorbs: name -> that Conv node."""
-    fused = {}
-    for n in idx.nodes:
-        if n.op_type != "BatchNormalization" or not n.input:
-            continue
-        src = idx.producer.get(n.input[0])
-        if src is None or src.op_type not in ("Conv", "ConvTranspose", "FusedConv"):
-            continue
-        if len(idx.consumers.get(n.input[0], [])) != 1 or n.input[0] in idx.graph_outputs:
-            continue
-        if any(x not in idx.const for x in n.input[1:] if x):
-            continue
-        fused[id(n)] = src
-    return fused
+    A float graph may be counted at another precision as a what-if; an INT8 or FP16 graph only
+    at its own, because its stored types already fix the bytes.
+    """
+    native = precision_of(prepared.model, prepared.const_names)
+    precision = precision or native
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    quantized = native == "int8"
+    if quantized and precision != "int8":
+        raise UsageError(f"this is an INT8 (quantized) graph; it is counted at int8: pass "
+                         f"--precision int8 or leave --precision out (got {precision})")
+    if native == "fp16" and precision != "fp16":
+        raise UsageError(f"this is an FP16 graph; pass --precision fp16 or leave it out (got {precision})")
+    return precision, quantized, float_precision_of(prepared.model, prepared.const_names)
 
 
 def _node_precision(idx: GraphIndex, node, precision: str, quantized: bool, float_precision: str) -> str:
@@ -903,7 +545,7 @@ def _node_precision(idx: GraphIndex, node, precision: str, quantized: bool, floa
         return "real"
     if not quantized:
         return precision
-    if node.op_type in INTEGER_OPS:
+    if node.op_type in INTEGER_KERNEL_OPS:
         return "int8"
     float_acts = []
     for x in node.input:
@@ -919,147 +561,205 @@ def _node_precision(idx: GraphIndex, node, precision: str, quantized: bool, floa
     return float_precision
 
 
+def _fused_batchnorms(idx: GraphIndex) -> dict[int, Any]:
+    """BatchNormalization nodes that the Conv before them absorbs: id(BN node) -> that Conv node."""
+    fused = {}
+    for n in idx.nodes:
+        if n.op_type != "BatchNormalization" or not n.input:
+            continue
+        src = idx.producer.get(n.input[0])
+        if src is None or src.op_type not in ("Conv", "ConvTranspose", "FusedConv"):
+            continue
+        if len(idx.consumers.get(n.input[0], [])) != 1 or n.input[0] in idx.graph_outputs:
+            continue
+        if any(x not in idx.const for x in n.input[1:] if x):
+            continue
+        fused[id(n)] = src
+    return fused
+
+
+# ----------------------------------------------------------------------------- the counting engine
+
 def count_graph(prepared: PreparedGraph, precision: str | None = None) -> GraphCount:
     """Count every node of a prepared graph at `precision` (None: the graph's own)."""
     idx = GraphIndex(prepared)
-    native = graph_precision(prepared.model)
-    precision = precision or native
-    if precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    quantized = native == "int8"
-    if quantized and precision != "int8":
-        raise UsageError(f"this is an INT8 (quantized) graph; it is counted at int8: pass "
-                         f"--precision int8 or leave --precision out (got {precision})")
-    if native == "fp16" and precision != "fp16":
-        raise UsageError(f"this is an FP16 graph; pass --precision fp16 or leave it out (got {precision})")
-    from onnx import TensorProto as T
+    precision, quantized, float_precision = _resolve_precision(prepared, precision)
+    tally = _Tally(idx, precision, quantized, float_precision)
+    for node in idx.nodes:
+        tally.count_node(node)
+    return tally.result(prepared)
 
-    float_precision = "fp16" if _float_type(prepared.model) == T.FLOAT16 else "fp32"
-    fused = _fused_batchnorms(idx)
-    names = {id(n): _node_name(n, i) for i, n in enumerate(idx.nodes)}
-    conv_has_bias = {id(c): len(c.input) > 2 and bool(c.input[2]) for c in fused.values()}
-    layer_of: dict[int, Layer] = {}
 
-    layers: list[Layer] = []
-    unsupported: Counter[str] = Counter()
-    missing: Counter[str] = Counter()
-    ignored: Counter[str] = Counter()
-    param_seen: set[str] = set()
-    weight_seen: set[str] = set()
-    params_total = weight_bytes_total = 0
-    alias_of: dict[str, str] = {}      # view output -> base tensor
-    out_bytes: dict[str, int] = {}     # activation tensor -> bytes written
+class _Tally:
+    """The running state of one `count_graph`: its layers and the totals over distinct tensors.
 
-    for i, node in enumerate(idx.nodes):
-        name = names[id(node)]
-        nprec = _node_precision(idx, node, precision, quantized, float_precision)
-        compute_prec = float_precision if nprec == "real" else nprec
+    A weight shared by several nodes is in each node's bytes but once in the graph's totals; a
+    view (or an ignored alias) shares its input's buffer for the peak-memory walk.
+    """
+
+    def __init__(self, idx: GraphIndex, precision: str, quantized: bool, float_precision: str):
+        self.idx = idx
+        self.precision, self.quantized, self.float_precision = precision, quantized, float_precision
+        self.fused = _fused_batchnorms(idx)
+        self.names = {id(n): node_name(n, i) for i, n in enumerate(idx.nodes)}
+        self.conv_has_bias = {id(c): len(c.input) > 2 and bool(c.input[2]) for c in self.fused.values()}
+        self.layers: list[Layer] = []
+        self.layer_of: dict[int, Layer] = {}
+        self.unsupported: Counter[str] = Counter()
+        self.missing: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.param_seen: set[str] = set()
+        self.weight_seen: set[str] = set()
+        self.params_total = 0
+        self.weight_bytes_total = 0
+        self.alias_of: dict[str, str] = {}      # view output -> base tensor
+        self.out_bytes: dict[str, int] = {}     # activation tensor -> bytes written
+
+    # ---- one node
+
+    def count_node(self, node) -> None:
+        """Add `node`'s layer: ignored, folded, fused into its Conv, unsupported, or costed."""
+        idx = self.idx
+        nprec = _node_precision(idx, node, self.precision, self.quantized, self.float_precision)
         out0 = idx.shapes.get(node.output[0]) if node.output else None
-        layer = Layer(name, node.op_type, "other", "counted", compute_prec,
+        layer = Layer(self.names[id(node)], node.op_type, "other", "counted",
+                      self.float_precision if nprec == "real" else nprec,
                       list(out0) if out0 is not None else None)
-        layers.append(layer)
-        layer_of[id(node)] = layer
+        self.layers.append(layer)
+        self.layer_of[id(node)] = layer
         outputs_const = all(o in idx.const for o in node.output if o)
-
         if node.op_type in IGNORED_OPS:
-            layer.kind, layer.status, layer.executes = "ignored", "ignored", False
-            layer.note = IGNORED_OPS[node.op_type]
-            ignored[node.op_type] += 1
-            if node.input and node.input[0] and not outputs_const:
-                alias_of[node.output[0]] = alias_of.get(node.input[0], node.input[0])
-            continue
-        if outputs_const and node.op_type != "Shape":
+            self._ignore(node, layer, outputs_const)
+        elif outputs_const and node.op_type != "Shape":
             layer.kind, layer.status, layer.executes = "folded", "folded", False
             layer.note = CONSTANT_FOLDABLE_REASON
-            ignored[CONSTANT_FOLDABLE] += 1
-            continue
-        view = idx.view(node)
-        view.name = name
-        if id(node) in fused:
-            conv = fused[id(node)]
-            layer.kind, layer.status, layer.executes = "fused", "fused", False
-            layer.note = FUSED_BN_REASON + f" ({names[id(conv)]})"
-            alias_of[node.output[0]] = alias_of.get(node.input[0], node.input[0])
-            for j in (1, 2):
-                t = view.inp(j)
-                if t is not None and t.shape is not None:
-                    layer.params += t.numel
-                    if t.name not in param_seen:
-                        param_seen.add(t.name)
-                        params_total += t.numel
-            shift = view.inp(2)
-            if not conv_has_bias[id(conv)] and shift is not None and shift.shape is not None:
-                # the bias the Conv gains by folding (its weights are rewritten in place, same size):
-                # the Conv reads it, exactly as in the exported, folded graph
-                nbytes = shift.numel * element_bytes(shift.dtype, nprec, "bias")
-                layer_of[id(conv)].weight_bytes += nbytes
-                weight_bytes_total += nbytes
-            continue
-        handler = HANDLERS.get(node.op_type)
-        if handler is None:
-            layer.kind, layer.status = "unsupported", "unsupported"
-            layer.note = f"no handler for {node.op_type} (domain {node.domain or 'ai.onnx'})"
-            unsupported[node.op_type] += 1
-            for o in node.output:
-                t = idx.tensor(o)
-                if t is not None and t.shape is not None and not t.const:
-                    out_bytes[o] = t.numel * element_bytes(t.dtype, nprec)
-            continue
+            self.ignored[CONSTANT_FOLDABLE] += 1
+        elif id(node) in self.fused:
+            self._fuse_batchnorm(node, layer, nprec)
+        elif node.op_type not in HANDLERS:
+            self._unsupported(node, layer, nprec)
+        else:
+            self._cost(node, layer, nprec)
+
+    def _ignore(self, node, layer: Layer, outputs_const: bool) -> None:
+        layer.kind, layer.status, layer.executes = "ignored", "ignored", False
+        layer.note = IGNORED_OPS[node.op_type]
+        self.ignored[node.op_type] += 1
+        if node.input and node.input[0] and not outputs_const:
+            self._alias(node)
+
+    def _fuse_batchnorm(self, node, layer: Layer, nprec: str) -> None:
+        """A BN folded into the Conv before it: no work of its own, its params still count."""
+        view = self._view(node)
+        conv = self.fused[id(node)]
+        layer.kind, layer.status, layer.executes = "fused", "fused", False
+        layer.note = FUSED_BN_REASON + f" ({self.names[id(conv)]})"
+        self._alias(node)
+        for j in (1, 2):
+            t = view.inp(j)
+            if t is not None and t.shape is not None:
+                self._add_params(layer, t.name, t.numel)
+        shift = view.inp(2)
+        if not self.conv_has_bias[id(conv)] and shift is not None and shift.shape is not None:
+            # the bias the Conv gains by folding (its weights are rewritten in place, same size):
+            # the Conv reads it, exactly as in the exported, folded graph
+            nbytes = shift.numel * element_bytes(shift.dtype, nprec, "bias")
+            self.layer_of[id(conv)].weight_bytes += nbytes
+            self.weight_bytes_total += nbytes
+
+    def _unsupported(self, node, layer: Layer, nprec: str) -> None:
+        """No handler: reported with its count; its outputs still take memory."""
+        layer.kind, layer.status = "unsupported", "unsupported"
+        layer.note = f"no handler for {node.op_type} (domain {node.domain or 'ai.onnx'})"
+        self.unsupported[node.op_type] += 1
+        for o in node.output:
+            t = self.idx.tensor(o)
+            if t is not None and t.shape is not None and not t.const:
+                self.out_bytes[o] = t.numel * element_bytes(t.dtype, nprec)
+
+    def _cost(self, node, layer: Layer, nprec: str) -> None:
+        """The handler's MACs and FLOPs, and the bytes its roles and flags imply."""
+        view = self._view(node)
         try:
-            cost = handler(view)
+            cost = HANDLERS[node.op_type](view)
         except MissingShape as e:
             layer.kind, layer.status = "no_shape", "no_shape"
             layer.note = f"shape unknown: {e}"
-            missing[node.op_type] += 1
-            continue
+            self.missing[node.op_type] += 1
+            return
         layer.kind, layer.macs, layer.flops = cost.kind, cost.macs, cost.flops
         layer.details = cost.details
         try:
-            for j, t in enumerate(view.inputs):
-                if t is None:
-                    continue
-                if t.const:
-                    role = cost.roles.get(j, "const")
-                    nbytes = t.numel * element_bytes(t.dtype, nprec, role)
-                    if role in ("param", "bias"):
-                        layer.params += t.numel
-                        if t.name not in param_seen:
-                            param_seen.add(t.name)
-                            params_total += t.numel
-                    if cost.reads_inputs:
-                        layer.weight_bytes += nbytes
-                    if t.name not in weight_seen:
-                        weight_seen.add(t.name)
-                        weight_bytes_total += nbytes
-                elif cost.reads_inputs:
-                    layer.input_bytes += t.numel * element_bytes(t.dtype, nprec)
-            for t in view.outputs:
-                if t is None:
-                    continue
-                nbytes = t.numel * element_bytes(t.dtype, nprec)
-                if cost.writes_outputs:
-                    layer.output_bytes += nbytes
-                    out_bytes[t.name] = nbytes
+            self._charge_bytes(view, cost, layer, nprec)
         except MissingShape as e:
             layer.status, layer.note = "no_shape", f"shape unknown: {e}"
-            missing[node.op_type] += 1
+            self.missing[node.op_type] += 1
         if cost.alias and node.input and node.output:
-            alias_of[node.output[0]] = alias_of.get(node.input[0], node.input[0])
+            self._alias(node)
 
-    input_bytes: dict[str, int] = {}
-    for name in idx.act_inputs:
-        t = idx.tensor(name)
-        if t is not None and t.shape is not None:
-            input_bytes[name] = t.numel * element_bytes(t.dtype, precision if not quantized else float_precision)
-    activation_bytes = sum(input_bytes.values()) + sum(out_bytes.values())
-    peak = _peak_activation_bytes(idx, alias_of, {**input_bytes, **out_bytes})
-    return GraphCount(
-        layers=layers, precision=precision, batch=prepared.batch, input_shape=prepared.input_shape,
-        quantized=quantized, params=params_total,
-        macs=sum(layer.macs for layer in layers), flops=sum(layer.flops for layer in layers),
-        weight_bytes=weight_bytes_total, activation_bytes=activation_bytes,
-        peak_activation_bytes=peak, unsupported=dict(unsupported), missing_shapes=dict(missing),
-        ignored=dict(ignored), index=idx)
+    def _charge_bytes(self, view: NodeView, cost: OpCost, layer: Layer, nprec: str) -> None:
+        for j, t in enumerate(view.inputs):
+            if t is None:
+                continue
+            if t.const:
+                role = cost.roles.get(j, "const")
+                nbytes = t.numel * element_bytes(t.dtype, nprec, role)
+                if role in ("param", "bias"):
+                    self._add_params(layer, t.name, t.numel)
+                if cost.reads_inputs:
+                    layer.weight_bytes += nbytes
+                if t.name not in self.weight_seen:
+                    self.weight_seen.add(t.name)
+                    self.weight_bytes_total += nbytes
+            elif cost.reads_inputs:
+                layer.input_bytes += t.numel * element_bytes(t.dtype, nprec)
+        for t in view.outputs:
+            if t is None:
+                continue
+            nbytes = t.numel * element_bytes(t.dtype, nprec)
+            if cost.writes_outputs:
+                layer.output_bytes += nbytes
+                self.out_bytes[t.name] = nbytes
+
+    # ---- bookkeeping
+
+    def _view(self, node) -> NodeView:
+        view = self.idx.view(node)
+        view.name = self.names[id(node)]
+        return view
+
+    def _add_params(self, layer: Layer, name: str, numel: int) -> None:
+        layer.params += numel
+        if name not in self.param_seen:
+            self.param_seen.add(name)
+            self.params_total += numel
+
+    def _alias(self, node) -> None:
+        """Output 0 of `node` shares the buffer of its input 0."""
+        self.alias_of[node.output[0]] = self.alias_of.get(node.input[0], node.input[0])
+
+    # ---- totals
+
+    def result(self, prepared: PreparedGraph) -> GraphCount:
+        """Totals over the graph, activation bytes and the peak of live activations."""
+        idx = self.idx
+        input_precision = self.float_precision if self.quantized else self.precision
+        input_bytes: dict[str, int] = {}
+        for name in idx.act_inputs:
+            t = idx.tensor(name)
+            if t is not None and t.shape is not None:
+                input_bytes[name] = t.numel * element_bytes(t.dtype, input_precision)
+        layers = self.layers
+        return GraphCount(
+            layers=layers, precision=self.precision, batch=prepared.batch,
+            input_shape=prepared.input_shape, quantized=self.quantized, params=self.params_total,
+            macs=sum(layer.macs for layer in layers), flops=sum(layer.flops for layer in layers),
+            weight_bytes=self.weight_bytes_total,
+            activation_bytes=sum(input_bytes.values()) + sum(self.out_bytes.values()),
+            peak_activation_bytes=_peak_activation_bytes(idx, self.alias_of,
+                                                         {**input_bytes, **self.out_bytes}),
+            unsupported=dict(self.unsupported), missing_shapes=dict(self.missing),
+            ignored=dict(self.ignored), index=idx)
 
 
 def _peak_activation_bytes(idx: GraphIndex, alias_of: dict[str, str], sizes: dict[str, int]) -> int:

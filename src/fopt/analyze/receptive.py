@@ -26,10 +26,12 @@ Ops without a rule (ConvTranspose, Resize, reshapes that move spatial axes) make
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from fopt.analyze.counting import GraphIndex, Layer, _attrs, _node_name
+from fopt.analyze.counting import Layer
+from fopt.analyze.graph import GraphIndex, node_attrs, node_name
 
 CONV_LIKE = frozenset({"Conv", "ConvInteger", "QLinearConv", "FusedConv", "MaxPool", "AveragePool",
                        "LpPool", "QLinearAveragePool"})
@@ -190,7 +192,7 @@ def propagate(idx: GraphIndex, layers: list[Layer] | None = None) -> tuple[dict[
         ins = [states[x] for x in node.input if x and x in states and x not in idx.const]
         if not ins:
             continue
-        attrs = _attrs(node)
+        attrs = node_attrs(node)
         convs = [t.conv for t in ins if t.conv is not None]
         glob = any(t.global_ for t in ins)
         base = RF.union(convs) if convs else None
@@ -231,7 +233,7 @@ def propagate(idx: GraphIndex, layers: list[Layer] | None = None) -> tuple[dict[
             if o and o not in idx.const:
                 states[o] = out
         if layers:
-            layer = by_name.get(_node_name(node, i))
+            layer = by_name.get(node_name(node, i))
             if layer is not None:
                 layer.rf = _tensor_rf_dict(out)
     return states, no_rule
@@ -244,9 +246,6 @@ def final_feature_map(idx: GraphIndex, states: dict[str, TensorRF]) -> str | Non
     squeeze-and-excitation pooling deeper in the body. A reduction whose input has no spatial path
     left (Flatten after global pooling, with Q/DQ or casts between) is passed over.
     """
-    from collections import deque
-
-
     queue = deque(o for o in idx.graph_outputs)
     seen: set[str] = set()
     while queue:
@@ -268,7 +267,7 @@ def final_feature_map(idx: GraphIndex, states: dict[str, TensorRF]) -> str | Non
             if node.op_type in COLLAPSES and not _spatial_preserved(in_shape, out_shape):
                 return src
             if node.op_type in REDUCES:
-                axes = _reduce_axes(idx, node, _attrs(node))
+                axes = _reduce_axes(idx, node, node_attrs(node))
                 rank = len(in_shape)
                 if axes is None or set(range(2, rank)) & {a % rank for a in axes}:
                     return src

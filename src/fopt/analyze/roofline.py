@@ -12,8 +12,9 @@ runtime executes (ignored, folded, fused) cost nothing. The model estimate is th
 
 The naive figure, ``total flops / peak(precision)``, is printed beside it because it is what one
 gets from a FLOP count alone: it ignores memory traffic and per-kernel overhead, which dominate
-small CNNs at batch 1, so it is typically several times too low. Neither is a measurement; see
-MEASURED.md for how far such estimates land from real latencies on one machine.
+small CNNs at batch 1, so it is typically several times too low. Neither is a measurement: the
+README's "Measuring honestly" section, from `benchmarks/bench_quality.py`, says how far the naive
+figure lands from measured latencies, beside `fopt bench`'s calibrated estimate.
 """
 
 from __future__ import annotations
@@ -149,7 +150,6 @@ def plot_roofline(estimate: LatencyEstimate, device: DeviceSpec | str, path, *, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
 
     device = get_device_spec(device)
     bw = device.bandwidth_bytes_per_s

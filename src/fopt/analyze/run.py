@@ -29,11 +29,10 @@ from fopt.analyze.counting import (
     PRECISIONS,
     GraphCount,
     Layer,
-    concretize,
     count_graph,
-    strip_weights,
 )
 from fopt.analyze.devices import DeviceSpec, get_device_spec
+from fopt.analyze.graph import concretize, strip_weights
 from fopt.analyze.receptive import ReceptiveField, receptive_field
 from fopt.analyze.roofline import LatencyEstimate, estimate_layers
 from fopt.artifacts import detect_format
@@ -171,7 +170,6 @@ def module_to_analysis_onnx(model, img_size: int, channels: int = 3):
     """Export an nn.Module in memory for analysis, keeping BatchNorm nodes (see module docstring)."""
     import onnx
     import torch
-
 
     model = model.eval().cpu()
     dummy = torch.zeros(1, channels, img_size, img_size)

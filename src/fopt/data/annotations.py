@@ -12,6 +12,7 @@ Every problem raises `DataError` naming the file and the 1-based line number.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -27,6 +28,14 @@ _HEADERS = {
     PARTITION_FILE: ("image_name", "evaluation_status"),
 }
 SPLITS = ("train", "val", "test")
+MAX_DIGITS = 12             # a count or label longer than this is not one (and int() would balk)
+_INT = re.compile(r"-?[0-9]+")          # ASCII digits only: str.isdigit() also takes '²' and '١'
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """`text` cut for a one-line message."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -52,12 +61,12 @@ def read_table(path: Path, name: str) -> list[Row]:
     if not lines:
         raise DataError(f"{path}:1: empty file (expected a count line)")
     first = lines[0].strip()
-    if not first.isdigit():
-        raise DataError(f"{path}:1: wrong count line {first!r} (expected the number of rows)")
+    if not (first.isascii() and first.isdigit()) or len(first) > MAX_DIGITS:
+        raise DataError(f"{path}:1: wrong count line {_short(first)!r} (expected the number of rows)")
     count = int(first)
     expected_header = _HEADERS[name]
     if len(lines) < 2 or tuple(lines[1].split()) != expected_header:
-        got = lines[1].strip() if len(lines) >= 2 else "end of file"
+        got = _short(lines[1].strip()) if len(lines) >= 2 else "end of file"
         raise DataError(f"{path}:2: wrong header {got!r} (expected {'  '.join(expected_header)!r})")
     rows = []
     for i, line in enumerate(lines[2:], start=3):
@@ -73,11 +82,13 @@ def read_table(path: Path, name: str) -> list[Row]:
 
 def check_rel_path(rel: str, path: Path, line: int) -> str:
     """An annotation image path must stay inside the dataset root: no absolute paths, no '..'."""
+    if _CONTROL.search(rel):
+        raise DataError(f"{path}:{line}: image path {_short(rel)!r} contains a control character")
     p = PurePosixPath(rel.replace("\\", "/"))
     if p.is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        raise DataError(f"{path}:{line}: image path {rel!r} is absolute (it must be relative to the dataset root)")
+        raise DataError(f"{path}:{line}: image path {_short(rel)!r} is absolute (it must be relative to the dataset root)")
     if ".." in p.parts:
-        raise DataError(f"{path}:{line}: image path {rel!r} escapes the dataset root ('..')")
+        raise DataError(f"{path}:{line}: image path {_short(rel)!r} escapes the dataset root ('..')")
     return p.as_posix()
 
 
@@ -89,9 +100,9 @@ def read_categories(root: Path) -> list[tuple[str, int]]:
     for row in read_table(path, CLOTH_FILE):
         name, ctype = row.fields
         if ctype not in ("1", "2", "3"):
-            raise DataError(f"{path}:{row.line}: category type {ctype!r} must be 1, 2 or 3 (upper, lower, full body)")
+            raise DataError(f"{path}:{row.line}: category type {_short(ctype)!r} must be 1, 2 or 3 (upper, lower, full body)")
         if name in seen:
-            raise DataError(f"{path}:{row.line}: category {name!r} is listed twice")
+            raise DataError(f"{path}:{row.line}: category {_short(name)!r} is listed twice")
         seen.add(name)
         out.append((name, int(ctype)))
     return out
@@ -105,14 +116,14 @@ def read_image_labels(root: Path, n_categories: int) -> list[tuple[str, int, int
     for row in read_table(path, IMG_FILE):
         rel, lab = row.fields
         rel = check_rel_path(rel, path, row.line)
-        if not lab.lstrip("-").isdigit():
-            raise DataError(f"{path}:{row.line}: category label {lab!r} is not an integer")
-        label = int(lab)
-        if not 1 <= label <= n_categories:
-            raise DataError(f"{path}:{row.line}: category label {label} is outside the category list "
+        if not _INT.fullmatch(lab):
+            raise DataError(f"{path}:{row.line}: category label {_short(lab)!r} is not an integer")
+        if len(lab) > MAX_DIGITS or not 1 <= int(lab) <= n_categories:
+            raise DataError(f"{path}:{row.line}: category label {_short(lab)} is outside the category list "
                             f"(1..{n_categories} in {CLOTH_FILE})")
+        label = int(lab)
         if rel in seen:
-            raise DataError(f"{path}:{row.line}: image {rel!r} is listed twice (first on line {seen[rel]})")
+            raise DataError(f"{path}:{row.line}: image {_short(rel)!r} is listed twice (first on line {seen[rel]})")
         seen[rel] = row.line
         out.append((rel, label, row.line))
     return out
@@ -128,6 +139,6 @@ def read_partition(root: Path) -> dict[str, str] | None:
         rel, status = row.fields
         rel = check_rel_path(rel, path, row.line)
         if status not in SPLITS:
-            raise DataError(f"{path}:{row.line}: evaluation status {status!r} must be train, val or test")
+            raise DataError(f"{path}:{row.line}: evaluation status {_short(status)!r} must be train, val or test")
         out[rel] = status
     return out

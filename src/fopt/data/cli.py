@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import click
 
-from fopt.console import csv_option, force_option, json_option
+from fopt.console import csv_option, json_option
+from fopt.data.ownership import FORCE_HELP  # light: no torch, no PIL
+
+force_option = click.option("--force", is_flag=True, help=FORCE_HELP)  # the same on both commands
 
 
 @click.group("data")
@@ -67,16 +70,20 @@ def synth_cmd(out: str, classes: int, per_class: int | None, size: int | None, s
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the cap sample and the stratified split.")
 @click.option("--strict", is_flag=True, help="Missing or undecodable images are an error instead of a warning.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write the class histogram PNG here.")
+@force_option
 @json_option
 @csv_option
 def build_cmd(raw: str, out: str, fmt: str, sampling_threshold: int | None, max_per_class: int | None,
-              seed: int, strict: bool, plot: str | None, json_path: str | None, csv_path: str | None) -> None:
+              seed: int, strict: bool, plot: str | None, force: bool, json_path: str | None,
+              csv_path: str | None) -> None:
     """Build OUT/dataset.csv and OUT/mapping.json from the raw dataset RAW.
 
     RAW is a DeepFashion Category-and-Attribute download (Anno/, Eval/, Img/img/), a folder
     with one sub-folder per class (optionally under train/ val/ test/), or Fashion-MNIST's
     FashionMNIST/raw/*-ubyte.gz. The official partition is kept when there is one, else a
-    stratified 80/10/10 split is made. On bad input nothing is written to OUT.
+    stratified 80/10/10 split is made. On bad input nothing is written to OUT. OUT must be new,
+    empty or fopt's; an earlier table there is replaced only with --force, and files fopt did
+    not write are never touched.
 
     \b
     Example: fopt data build data/deepfashion-raw data/deepfashion --sampling-threshold 1000 --max-per-class 1000 --plot classes.png
@@ -88,7 +95,7 @@ def build_cmd(raw: str, out: str, fmt: str, sampling_threshold: int | None, max_
     with progress() as bar:
         task = bar.add_task("checking images", total=None, info="")
         result = build_dataset(raw, out, fmt=fmt, sampling_threshold=threshold, max_per_class=max_per_class,
-                               seed=seed, strict=strict, plot=plot,
+                               seed=seed, strict=strict, plot=plot, force=force,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     rows = result.count_rows()
     print_table(rows, columns=["label", "class", "train", "val", "test", "total"],

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from fopt.errors import DataError, InputError
+from fopt.errors import DataError, InputError, first_line
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("path", "label", "label_name", "split")
@@ -45,39 +46,9 @@ class DatasetTable:
         for p in (csv_path, map_path):
             if not p.is_file():
                 raise InputError(f"{p}: missing; {d} is not a dataset folder (make one with `fopt data build`)")
-        try:
-            mapping = json.loads(map_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{map_path}: not valid JSON ({e})") from e
-        if not isinstance(mapping, dict) or not isinstance(mapping.get("classes"), list) or "root" not in mapping:
-            raise DataError(f"{map_path}: malformed (needs 'root' and a 'classes' list)")
-        class_names = [str(c) for c in mapping["classes"]]
-        try:
-            df = pd.read_csv(csv_path, dtype={"path": str, "label_name": str, "split": str},
-                             keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-            raise DataError(f"{csv_path}: not a readable CSV ({' '.join(str(e).split())})") from e
-        missing = [c for c in COLUMNS if c not in df.columns]
-        if missing:
-            raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
-        df = df[list(COLUMNS)].copy()
-        if df.empty:
-            raise DataError(f"{csv_path}: has no rows")
-        if not pd.api.types.is_integer_dtype(df["label"]):
-            num = pd.to_numeric(df["label"], errors="coerce")
-            bad = (num.isna() | (num % 1 != 0)).to_numpy()
-            if bad.any():
-                row = int(bad.nonzero()[0][0])
-                raise DataError(f"{csv_path}:{row + 2}: label {df['label'].iloc[row]!r} is not an integer")
-            df["label"] = num.astype(int)
-        for i, (lab, name, split) in enumerate(zip(df["label"], df["label_name"], df["split"]), start=2):
-            if not 0 <= lab < len(class_names):
-                raise DataError(f"{csv_path}:{i}: label {lab} is outside 0..{len(class_names) - 1} ({map_path.name} classes)")
-            if class_names[lab] != name:
-                raise DataError(f"{csv_path}:{i}: label {lab} is {class_names[lab]!r} in {map_path.name}, "
-                                f"but the row says {name!r}")
-            if split not in SPLITS:
-                raise DataError(f"{csv_path}:{i}: split {split!r} must be train, val or test")
+        mapping = _read_mapping(map_path)
+        class_names = mapping["classes"]
+        df = _read_table(csv_path, map_path.name, class_names)
         if root is None:
             root_path = Path(mapping["root"])
             if not root_path.is_absolute():
@@ -87,6 +58,14 @@ class DatasetTable:
         if not root_path.is_dir():
             raise DataError(f"{map_path}: image root {root_path} does not exist (moved? pass the new root)")
         return cls(dir=d, df=df, root=root_path, class_names=class_names, mapping=mapping)
+
+    def warnings(self) -> list[str]:
+        """What a trainer should hear about the table: classes with no train image."""
+        untrained = [n for n, c in self.counts().items() if c["train"] == 0]
+        if not untrained or not (self.df.split == "train").any():
+            return []
+        return [f"{self.dir / 'dataset.csv'}: {len(untrained)} class(es) have no train image, so a model "
+                f"cannot learn them: {', '.join(untrained)}"]
 
     @property
     def num_classes(self) -> int:
@@ -111,6 +90,62 @@ class DatasetTable:
         return out
 
 
+def _read_mapping(map_path: Path) -> dict[str, Any]:
+    """mapping.json, checked: a 'root' path string and a 'classes' list of unique names."""
+    try:
+        mapping = json.loads(map_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{map_path}: not valid JSON ({first_line(e)})") from None
+    except OSError as e:
+        raise DataError(f"{map_path}: cannot read ({e.strerror})") from None
+    if not isinstance(mapping, dict) or not isinstance(mapping.get("classes"), list) or "root" not in mapping:
+        raise DataError(f"{map_path}: malformed (needs 'root' and a 'classes' list)")
+    root = mapping["root"]
+    if not isinstance(root, str) or not root.strip() or "\0" in root:
+        raise DataError(f"{map_path}: malformed 'root' {json.dumps(root)[:60]} (expected the image folder's path)")
+    classes = mapping["classes"]
+    if not classes or not all(isinstance(c, str) and c for c in classes):
+        raise DataError(f"{map_path}: malformed 'classes' (expected a list of class names)")
+    if len(set(classes)) != len(classes):
+        dup = next(c for i, c in enumerate(classes) if c in classes[:i])
+        raise DataError(f"{map_path}: class {dup[:60]!r} is listed twice in 'classes'")
+    return mapping
+
+
+def _read_table(csv_path: Path, map_name: str, class_names: list[str]) -> pd.DataFrame:
+    """dataset.csv, checked row by row against the class list; labels become ints."""
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{csv_path}: not a readable CSV ({' '.join(str(e).split())[:200]})") from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{csv_path}: missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
+    df = df[list(COLUMNS)].copy()
+    if df.empty:
+        raise DataError(f"{csv_path}: has no rows")
+    labels = []
+    for i, (path, lab, name, split) in enumerate(df.itertuples(index=False, name=None), start=2):
+        text = lab.strip()
+        if text.endswith(".0"):               # a table saved through a float column: 3.0 is 3
+            text = text[:-2]
+        if not re.fullmatch(r"-?[0-9]{1,12}", text):
+            raise DataError(f"{csv_path}:{i}: label {lab[:40]!r} is not an integer")
+        label = int(text)
+        if not 0 <= label < len(class_names):
+            raise DataError(f"{csv_path}:{i}: label {label} is outside 0..{len(class_names) - 1} ({map_name} classes)")
+        if class_names[label] != name:
+            raise DataError(f"{csv_path}:{i}: label {label} is {class_names[label]!r} in {map_name}, "
+                            f"but the row says {name[:60]!r}")
+        if split not in SPLITS:
+            raise DataError(f"{csv_path}:{i}: split {split[:40]!r} must be train, val or test")
+        if not path or "\0" in path:
+            raise DataError(f"{csv_path}:{i}: empty or malformed image path")
+        labels.append(label)
+    df["label"] = labels
+    return df
+
+
 def load_image(path: str | os.PathLike, draft_size: int | None = None):
     """Decode an image as RGB PIL. `draft_size`: let JPEG decode at a reduced scale >= that size."""
     from PIL import Image, UnidentifiedImageError
@@ -122,7 +157,7 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None):
             return im.convert("RGB")
     except FileNotFoundError as e:
         raise InputError(f"{path}: image file is missing") from e
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot decode image ({' '.join(str(e).split())})") from e
 
 

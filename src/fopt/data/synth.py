@@ -25,8 +25,8 @@ import colorsys
 import json
 import math
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fopt.artifacts import atomic_path, replace_dir
 from fopt.data.categories import CATEGORIES, label_of, synth_category_order
+from fopt.data.ownership import claim_outputs, scratch_dir
 from fopt.errors import OutputExistsError, UsageError
 
 SYNTH_VERSION = 3           # bump when the images change, so cached folders are not reused
@@ -45,6 +46,13 @@ DEFAULT_PER_CLASS = 150
 DEFAULT_SIZE = 64
 JPEG_QUALITY = 90
 DETAIL_SCALE = 1.8          # detail line widths relative to the spec values
+# What synth writes in OUT, and the paths it writes under each (relative to OUT).
+OUTPUTS = {
+    "Img": re.compile(r"Img/img/[^/]+/img_\d{8}\.jpg"),
+    "Anno": re.compile(r"Anno/list_category_(cloth|img)\.txt"),
+    "Eval": re.compile(r"Eval/list_eval_partition\.txt"),
+    "synth.json": None,
+}
 
 
 # ----------------------------------------------------------------------------- garment specs
@@ -522,47 +530,47 @@ def _check_args(classes: int, per_class: int, size: int) -> None:
 def synthesize(out_dir: str | os.PathLike, classes: int = 22, per_class: int = DEFAULT_PER_CLASS,
                size: int = DEFAULT_SIZE, seed: int = 0, preview: str | os.PathLike | None = None,
                force: bool = False, progress: Any = None) -> Path:
-    """Write the synthetic DeepFashion-layout tree to `out_dir` and return it.
+    """Write the synthetic DeepFashion-layout tree to `out_dir` and return it (resolved).
 
     `out_dir` may be missing or empty. If it already holds a synthetic set made with the same
-    arguments it is reused as is (generation is deterministic); anything else there is an error
-    unless `force`, which replaces the folder. The tree is built in a temporary folder beside
-    `out_dir` and renamed into place, so a killed run leaves nothing that looks complete.
+    arguments it is reused as is (generation is deterministic). An earlier set made with other
+    arguments is replaced only with `force`, and only what fopt wrote (`fopt.data.ownership`):
+    a folder holding files fopt did not make is refused. The tree is built in a scratch folder
+    inside `out_dir` and renamed into place, so a killed run leaves nothing that looks complete.
     `preview` writes a PNG contact sheet (one row per class). `progress(done, total)` is called
     after each class when given.
     """
     _check_args(classes, per_class, size)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()              # "." has no name to build a scratch folder from
     params = _params(classes, per_class, size, seed)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        manifest = out / "synth.json"
-        same = False
-        if manifest.is_file():
-            try:
-                same = json.loads(manifest.read_text()) == params
-            except (OSError, ValueError):
-                same = False
-        if same and not force:
-            if preview:
-                write_preview(out, preview)
-            return out
-        if not force:
-            raise OutputExistsError(f"{out} is not empty and is not a synthetic set made with these "
-                                    f"arguments (pass --force to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        _write_tree(tmp, params, progress)
-
-        replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    if not force and _made_with(out, params):
+        if preview:
+            write_preview(out, preview)
+        return out
+    with claim_outputs(out, OUTPUTS, force=force, what="synthetic dataset folder"):
+        tmp = scratch_dir(out, "synth")
+        try:
+            _write_tree(tmp, params, progress)
+            for name in OUTPUTS:
+                if (tmp / name).is_dir():
+                    replace_dir(tmp / name, out / name)
+                else:
+                    os.replace(tmp / name, out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if preview:
         write_preview(out, preview)
     return out
+
+
+def _made_with(out: Path, params: dict[str, Any]) -> bool:
+    """True when `out` holds a synthetic set made with `params` (its synth.json says so)."""
+    try:
+        return json.loads((out / "synth.json").read_text()) == params
+    except (OSError, ValueError):
+        return False
 
 
 def _write_tree(root: Path, params: dict[str, Any], progress: Any = None) -> None:

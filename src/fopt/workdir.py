@@ -1,0 +1,191 @@
+"""Folders fopt owns, and one writer at a time.
+
+A folder fopt writes into (a run folder, a dataset folder) carries a ledger, ``.fopt-owned.json``,
+listing every path fopt wrote there. fopt replaces or deletes only paths on that list, and only
+when the user said so (``--force``, or a resume that redoes a stage). A folder that is not empty
+and has no ledger belongs to somebody else: fopt refuses it in one line instead of writing
+beside, over or instead of the user's files.
+
+`exclusive` is an advisory lock (``O_CREAT | O_EXCL`` on a lock file beside the target) that
+refuses a second fopt process writing the same folder or file; a lock left by a killed process
+(its pid no longer runs on this host) is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from fopt.artifacts import write_json_atomic
+from fopt.errors import BusyError, InputError, OutputExistsError
+
+LEDGER_NAME = ".fopt-owned.json"
+LEDGER_SCHEMA = 1
+
+
+class OwnedFolder:
+    """A folder fopt made (or found empty), with the ledger of the paths fopt wrote in it."""
+
+    def __init__(self, root: str | os.PathLike, paths: Iterable[str] = ()):
+        self.root = Path(root)
+        self.paths: set[str] = set(paths)
+
+    # -- claiming -------------------------------------------------------------------------------
+    @classmethod
+    def claim(cls, root: str | os.PathLike, *, what: str = "output folder") -> "OwnedFolder":
+        """Take `root` for fopt: create it, or adopt it when empty or already fopt's.
+
+        A non-empty folder without a ledger is refused (`OutputExistsError`): its files are the
+        user's, and nothing fopt does may touch them."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise OutputExistsError(f"{root} is a file, not a folder; choose a folder for the {what}")
+        ledger = root / LEDGER_NAME
+        if ledger.is_file():
+            return cls(root, _read_ledger(ledger))
+        if root.is_dir() and any(root.iterdir()):
+            raise OutputExistsError(f"{root} is not empty and was not made by fopt; choose a new or "
+                                    f"empty folder for the {what} (fopt never writes among files it "
+                                    f"did not make)")
+        root.mkdir(parents=True, exist_ok=True)
+        owned = cls(root)
+        owned._save()
+        return owned
+
+    @classmethod
+    def of(cls, root: str | os.PathLike) -> "OwnedFolder | None":
+        """The ledger of `root` if fopt owns it, else None (nothing is created)."""
+        ledger = Path(root) / LEDGER_NAME
+        return cls(root, _read_ledger(ledger)) if ledger.is_file() else None
+
+    # -- the ledger -----------------------------------------------------------------------------
+    def _rel(self, path: str | os.PathLike) -> str:
+        p = Path(path)
+        p = p if p.is_absolute() else (Path.cwd() / p)
+        try:
+            return p.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            raise InputError(f"{path} is outside {self.root}") from None
+
+    def record(self, *paths: str | os.PathLike) -> None:
+        """Note that fopt wrote `paths` (files or folders inside the root)."""
+        new = {self._rel(p) for p in paths} - self.paths
+        if new:
+            self.paths |= new
+            self._save()
+
+    def owns(self, path: str | os.PathLike) -> bool:
+        """True if fopt wrote `path`, or a folder above it."""
+        rel = self._rel(path)
+        parts = rel.split("/")
+        return any("/".join(parts[:i]) in self.paths for i in range(1, len(parts) + 1))
+
+    def remove(self, path: str | os.PathLike) -> None:
+        """Delete `path` if fopt wrote it; a path fopt did not write is refused, never deleted."""
+        p = Path(path)
+        if not (p.exists() or p.is_symlink()):
+            self.paths.discard(self._rel(p))
+            self._save()
+            return
+        if not self.owns(p):
+            raise OutputExistsError(f"{p} was not written by fopt; it is left as it is (move it away "
+                                    f"or choose another folder)")
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        rel = self._rel(p)
+        self.paths = {q for q in self.paths if q != rel and not q.startswith(rel + "/")}
+        self._save()
+
+    def foreign(self) -> list[Path]:
+        """Top-level entries of the root that fopt did not write (the user's files)."""
+        out = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.name in (LEDGER_NAME, LOCK_NAME) or entry.name.startswith(".fopt-"):
+                continue
+            if not self.owns(entry) and not any(q.startswith(entry.name + "/") for q in self.paths):
+                out.append(entry)
+        return out
+
+    def _save(self) -> None:
+        write_json_atomic(self.root / LEDGER_NAME,
+                          {"schema": LEDGER_SCHEMA, "written_by": "fopt", "paths": sorted(self.paths)})
+
+
+def _read_ledger(path: Path) -> list[str]:
+    try:
+        doc = json.loads(path.read_text())
+        paths = doc["paths"]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise TypeError("paths is not a list of strings")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable fopt ledger ({type(e).__name__}); fopt cannot tell its "
+                         f"files from yours, so it changes nothing there (delete the ledger to start "
+                         f"that folder afresh)") from None
+    return [p for p in paths if p and not p.startswith("/") and ".." not in p.split("/")]
+
+
+# ----------------------------------------------------------------------------- one writer
+
+LOCK_NAME = ".fopt.lock"
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of a folder (inside it) or of a file (beside it)."""
+    target = Path(target)
+    return target / LOCK_NAME if target.is_dir() else target.with_name(f".{target.name}.lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike, *, what: str | None = None) -> Iterator[Path]:
+    """Hold the write lock of `target` for the block; a second holder gets `BusyError`."""
+    path = lock_path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()}@{socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0]):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()   # left by a killed process on this host: take it over
+                continue
+            who = f"pid {holder[0]} on {holder[1]}" if holder else "another process"
+            raise BusyError(f"{what or target} is being written by another fopt process ({who}); "
+                            f"wait for it, or remove {path} if that process is gone") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:  # pragma: no cover - only when another process re-creates the lock between our tries
+        raise BusyError(f"{what or target} is being written by another fopt process")
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text() == me:
+                path.unlink()
+
+
+def _holder(path: Path) -> tuple[int, str] | None:
+    try:
+        pid, _, host = path.read_text().partition("@")
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
