@@ -6,7 +6,7 @@ FOPT   := $(VENV)/bin/fopt
 STAMP  := $(VENV)/.fopt-installed
 DEMO_OUT ?= artifacts/demo
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-faults test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 # Fast test suite (slow/GPU tests skip themselves).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The whole fault suite (kill -9, disk full, concurrent runs), slow cases included (~5 min).
+test-faults: $(STAMP)
+	FOPT_SLOW=1 $(PY) -m pytest -q tests/faults
 
 # Everything, including tests marked slow.
 test-all: $(STAMP)

@@ -19,8 +19,8 @@ with random weights (latency does not depend on them) and 22 classes:
    roofline estimates, and the worst points with the reason (the kernel class whose estimated
    time is furthest from its profiled time, and the spread between processes).
 
-The measurement itself is noisy on shared virtual machines (MEASURED.md: torch eager 21-74%
-between processes), so run it on a quiet machine and read the spread column.
+The measurement itself is noisy on shared virtual machines (README, "Measuring honestly": tens of
+percent between processes for torch eager), so run it on a quiet machine and read the spread column.
 
     python benchmarks/bench_quality.py --out artifacts/bench/bench_quality.json
     python benchmarks/bench_quality.py --quick --out /tmp/bq.json        # 2 models, 1 process

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from fopt.bench.measure.machine import default_threads, machine_record
-    from fopt.bench.run import bench_artifacts, make_input
+    from fopt.bench.measure.harness import make_input
+    from fopt.bench.run import bench_artifacts
     from fopt.runtime.timing import StopRule
 
     if args.quick:

@@ -20,7 +20,7 @@ quick smoke run (latency ratios at 96 px are not the bar's). EfficientNet and Mo
 slowly from scratch on this data (a 64 px, 15-epoch EfficientNet-B0 run stayed near chance); the
 verdict is INCONCLUSIVE when the FP32 model is below twice chance, because then any
 perturbation flips its nearly tied top-1 and the INT8 delta says nothing. Numbers from a machine that other
-processes share are noisy (see docs/MEASURED.md): look at the spread columns.
+processes share are noisy (README, "Measuring honestly"): look at the spread columns.
 
     .venv/bin/python benchmarks/optimize_quality.py --out artifacts/bench/optimize_quality
     .venv/bin/python benchmarks/optimize_quality.py --models resnet18 --img-size 96 --epochs 2

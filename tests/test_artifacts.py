@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,67 @@ def test_detect_format_checkpoint_without_card(tmp_path, tiny_checkpoint):
     shutil.copy(tiny_checkpoint, copy)
     assert detect_format(copy) == "checkpoint"
     json.loads(card_path(tiny_checkpoint).read_text())  # sidecar is valid JSON
+
+
+# ----------------------------------------------------------------------------- modes, temp place
+
+@pytest.fixture(params=[0o022, 0o027])
+def umask(request):
+    import os
+
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_atomic_writes_get_the_mode_the_umask_gives(tmp_path, umask):
+    import os
+    import stat
+
+    from fopt.artifacts import current_umask, replace_dir, write_bytes_atomic
+
+    assert current_umask() == umask
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")                                  # what open() gives: the reference
+    target = write_bytes_atomic(tmp_path / "model.bin", b"data")
+    assert stat.S_IMODE(target.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    with atomic_path(tmp_path / "lib.onnx") as tmp:        # the path libraries write themselves
+        tmp.write_bytes(b"onnx")
+    assert stat.S_IMODE((tmp_path / "lib.onnx").stat().st_mode) == 0o666 & ~umask
+
+    import tempfile
+
+    staged = Path(tempfile.mkdtemp(dir=tmp_path))          # 0700 by construction
+    (staged / "a.txt").write_text("a")
+    final = tmp_path / "tree"
+    replace_dir(staged, final)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o777 & ~umask
+    os.mkdir(tmp_path / "ref")
+    assert stat.S_IMODE(final.stat().st_mode) == stat.S_IMODE((tmp_path / "ref").stat().st_mode)
+
+
+def test_current_umask_does_not_change_it(umask):
+    import os
+
+    from fopt.artifacts import current_umask
+
+    assert current_umask() == umask
+    assert os.umask(umask) == umask                        # still what it was
+
+
+def test_atomic_temp_file_lives_beside_the_target_and_is_gone_after(tmp_path):
+    target = tmp_path / "sub" / "x.bin"
+    seen = []
+    with atomic_path(target) as tmp:
+        seen.append(tmp)
+        assert tmp.parent == target.parent                 # same folder: rename is atomic
+        tmp.write_bytes(b"ok")
+    assert not seen[0].exists() and target.read_bytes() == b"ok"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+    with pytest.raises(ValueError):
+        with atomic_path(target) as tmp:
+            assert tmp.parent == target.parent
+            tmp.write_bytes(b"half")
+            raise ValueError("killed")
+    assert not tmp.exists() and target.read_bytes() == b"ok"
+    assert [p.name for p in target.parent.iterdir()] == ["x.bin"]

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # (fopt.bench.measure is below fopt.bench.costmodel, which is below the rest of fopt.bench).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("fopt.pipeline",),                      # all stages on one model; report, recommendation
-    ("fopt.bench",),                         # bench runs: rows, estimates beside them, report, plots
+    ("fopt.bench",),                         # bench runs: rows, the estimates beside them, report, plots
     ("fopt.bench.costmodel",),               # the calibrated latency model: probes, fit, prediction
     ("fopt.bench.measure",),                 # machine facts, process harness, profiles, page faults
     ("fopt.analyze",),                       # static graph analysis: counts, receptive field, roofline

@@ -19,7 +19,9 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,103 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc), else by
+    the set-and-restore dance under a lock (os.umask has no read-only form)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def apply_umask_mode(path: str | os.PathLike, *, folder: bool = False) -> None:
+    """Give `path` the mode a plain open()/mkdir() would have given it (mkstemp and mkdtemp make
+    0600/0700 for privacy; a finished artifact should be as readable as any other file)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid runs on this host (or we may not signal it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(folder: str | os.PathLike, prefix: str, suffix: str) -> None:
+    """Remove temporaries ``<prefix><pid>.<anything><suffix>`` in `folder` whose process is gone:
+    a killed run's leftovers. A temporary of a live process (another fopt run) is left alone."""
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.[^/]*" + re.escape(suffix) + "$")
+    for entry in folder.iterdir():
+        m = pattern.match(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+
+def _temp_beside(target: Path) -> Path:
+    """An empty temporary file in `target`'s folder (a rename across filesystems is not atomic),
+    named after this process so the next run can tell a killed run's leftover (`sweep_stale`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}."
+    sweep_stale(target.parent, prefix, ".tmp")
+    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_paths(*targets: str | os.PathLike, overwrite: bool = True) -> Iterator[list[Path]]:
+    """Yield one temporary path beside each target; if the block succeeds, rename them all onto
+    their targets, only after every one is complete and on disk.
+
+    Files that belong together (an artifact and its card, a table and its mapping) are committed
+    together: a failure while writing (a full disk, a crash) leaves every target as it was. On any
+    exception the temporary files are removed."""
+    targets_ = [Path(t) for t in targets]
+    if not overwrite:
+        for target in targets_:
+            if target.exists():
+                raise OutputExistsError(f"{target} exists (pass --force to overwrite)")
+    temps: list[Path] = []
+    try:
+        for target in targets_:
+            temps.append(_temp_beside(target))
+        yield temps
+        for tmp, target in zip(temps, targets_):
+            if not tmp.exists() or tmp.stat().st_size == 0:
+                raise OSError(f"nothing was written for {target}")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            apply_umask_mode(tmp)
+        for tmp, target in zip(temps, targets_):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temps:
+            if tmp.exists():
+                tmp.unlink()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` if the block succeeds.
@@ -70,23 +169,15 @@ def atomic_path(target: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     For libraries that insist on writing files themselves (torch.save, onnx.save, TensorRT).
     On any exception the temporary file is removed and `target` is untouched.
     """
-    target = Path(target)
-    if not overwrite and target.exists():
-        raise OutputExistsError(f"{target} exists (pass --force to overwrite)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if not tmp_path.exists() or tmp_path.stat().st_size == 0:
-            raise OSError(f"nothing was written for {target}")
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_paths(target, overwrite=overwrite) as (tmp,):
+        yield tmp
+
+
+def write_files_atomic(contents: dict[Path, bytes | str]) -> None:
+    """Write several files so that either all of them are replaced or none (`atomic_paths`)."""
+    with atomic_paths(*contents) as temps:
+        for tmp, data in zip(temps, contents.values()):
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
@@ -99,8 +190,14 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(target, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    """The one JSON encoding of fopt's files (cards, reports, ledgers): indented, paths and numpy
+    values as plain JSON."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text_atomic(target, json_text(obj))
 
 
 def _json_default(o: Any) -> Any:
@@ -168,14 +265,19 @@ def make_card(*, kind: str, format: str, precision: str, input_spec: InputSpec |
     return card
 
 
-def write_card(artifact: str | os.PathLike, card: dict[str, Any]) -> Path:
-    """Write the sidecar card; records the artifact's own sha256 and size."""
+def sealed_card(artifact: str | os.PathLike, card: dict[str, Any]) -> dict[str, Any]:
+    """`card` with the artifact's own sha256 and size (of the file as it is now)."""
     artifact = Path(artifact)
     card = dict(card)
     if artifact.exists():
         card["sha256"] = sha256_file(artifact)
         card["size_bytes"] = artifact.stat().st_size
-    return write_json_atomic(card_path(artifact), card)
+    return card
+
+
+def write_card(artifact: str | os.PathLike, card: dict[str, Any]) -> Path:
+    """Write the sidecar card; records the artifact's own sha256 and size."""
+    return write_text_atomic(card_path(artifact), json_text(sealed_card(artifact, card)))
 
 
 def read_card(artifact: str | os.PathLike, *, required: bool = True) -> dict[str, Any] | None:
@@ -256,11 +358,13 @@ def set_onnx_card(proto: Any, card: dict[str, Any]) -> None:
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Move a completely written folder `tmp` onto `final`, replacing any previous one.
 
-    The old folder is renamed aside first, so `final` is never a half-written tree.
+    The old folder is renamed aside first, so `final` is never a half-written tree. `tmp`
+    (typically from `tempfile.mkdtemp`, mode 0700) gets the mode the umask gives a new folder.
     """
     import shutil
 
     tmp, final = Path(tmp), Path(final)
+    apply_umask_mode(tmp, folder=True)
     if final.exists():
         old = final.with_name(f".{final.name}.old.{os.getpid()}")
         os.replace(final, old)

@@ -2,7 +2,8 @@
 
 Each subpackage owns its own small ``cli.py``; this file only maps names to them, so
 ``fopt --help`` imports neither torch nor onnxruntime. This is also the one place that turns a
-`FoptError` into a one-line message and exit status 2.
+`FoptError` (or an OSError the user can fix: disk full, no permission) into a one-line message
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import click
 
 from fopt import __version__
-from fopt.errors import FoptError
+from fopt.errors import FoptError, environment_error_message
 
 # name -> (module:attribute, one-line help shown by `fopt --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -63,6 +64,12 @@ class LazyGroup(click.Group):
             msg = " ".join(str(e).split()) or type(e).__name__
             click.echo(f"error: {msg}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:  # a full disk or a missing permission is the user's to fix too
+            msg = environment_error_message(e)
+            if msg is None or _debug_enabled(ctx):
+                raise
+            click.echo(f"error: {' '.join(msg.split())}", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,8 @@ traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 def first_line(e: BaseException, default: str | None = None) -> str:
     """The first non-empty line of an exception's message: what a one-line error quotes from a
@@ -75,3 +77,16 @@ class AnalysisIncomplete(FoptError):
 
 class BusyError(FoptError):
     """Another fopt process is writing the same folder or file."""
+
+
+# What the machine refuses and the user can fix (free space, permissions, a read-only mount):
+# reported in one line like a FoptError, not as a traceback.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def environment_error_message(e: BaseException) -> str | None:
+    """One line for an OSError the user can fix (disk full, no permission), else None."""
+    if not isinstance(e, OSError) or e.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    what = e.strerror or first_line(e)
+    return f"{what}: {e.filename}" if e.filename else what

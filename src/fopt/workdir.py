@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from fopt.artifacts import write_json_atomic
+from fopt.artifacts import apply_umask_mode, pid_alive, sweep_stale, write_json_atomic
 from fopt.errors import BusyError, InputError, OutputExistsError
 
 LEDGER_NAME = ".fopt-owned.json"
@@ -48,7 +48,7 @@ class OwnedFolder:
         ledger = root / LEDGER_NAME
         if ledger.is_file():
             return cls(root, _read_ledger(ledger))
-        if root.is_dir() and any(root.iterdir()):
+        if root.is_dir() and any(e.name != LOCK_NAME for e in root.iterdir()):
             raise OutputExistsError(f"{root} is not empty and was not made by fopt; choose a new or "
                                     f"empty folder for the {what} (fopt never writes among files it "
                                     f"did not make)")
@@ -136,26 +136,24 @@ def _read_ledger(path: Path) -> list[str]:
 LOCK_NAME = ".fopt.lock"
 
 
-def lock_path(target: str | os.PathLike) -> Path:
-    """The lock file of a folder (inside it) or of a file (beside it)."""
+def lock_path(target: str | os.PathLike, *, folder: bool | None = None) -> Path:
+    """The lock file of a folder (inside it) or of a file (beside it). `folder` says which
+    `target` is when it does not exist yet (default: a folder if it exists as one)."""
     target = Path(target)
-    return target / LOCK_NAME if target.is_dir() else target.with_name(f".{target.name}.lock")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    folder = target.is_dir() if folder is None else folder
+    return target / LOCK_NAME if folder else target.with_name(f".{target.name}.lock")
 
 
 @contextlib.contextmanager
-def exclusive(target: str | os.PathLike, *, what: str | None = None) -> Iterator[Path]:
-    """Hold the write lock of `target` for the block; a second holder gets `BusyError`."""
-    path = lock_path(target)
+def exclusive(target: str | os.PathLike, *, what: str | None = None,
+              folder: bool | None = None) -> Iterator[Path]:
+    """Hold the write lock of `target` for the block; a second holder gets `BusyError`.
+
+    A folder's lock lives inside it, so the folder is created first: two processes about to
+    create the same output folder then contend for the same lock."""
+    path = lock_path(target, folder=folder)
+    if folder:
+        Path(target).mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = f"{os.getpid()}@{socket.gethostname()}"
     for _ in range(2):
@@ -163,7 +161,7 @@ def exclusive(target: str | os.PathLike, *, what: str | None = None) -> Iterator
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _holder(path)
-            if holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0]):
+            if holder is not None and holder[1] == socket.gethostname() and not pid_alive(holder[0]):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()   # left by a killed process on this host: take it over
                 continue
@@ -189,3 +187,22 @@ def _holder(path: Path) -> tuple[int, str] | None:
         return int(pid), host
     except (OSError, ValueError):
         return None
+
+
+def scratch_dir(parent: str | os.PathLike, kind: str) -> Path:
+    """A new folder ``.fopt-<kind>.<pid>.<n>.tmp`` in `parent` to build an output in before it
+    is renamed into place: on the same filesystem, with the mode the umask gives (mkdtemp's is
+    0700). Scratch folders of the same kind left by killed runs are removed first."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".fopt-{kind}."
+    sweep_stale(parent, prefix, ".tmp")
+    for n in range(1000):
+        path = parent / f"{prefix}{os.getpid()}.{n}.tmp"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        apply_umask_mode(path, folder=True)
+        return path
+    raise OSError(f"cannot make a scratch folder in {parent}")  # pragma: no cover

@@ -44,7 +44,7 @@ def test_page_fault_probe_prices_one_fault():
 
 
 def _row(faults, calibrated=2.0, p50_ms=5.0):
-    from fopt.bench.run import BenchRow
+    from fopt.bench.rows import BenchRow
     from fopt.runtime.timing import summarize
 
     row = BenchRow(artifact="m.pt", batch_size=1, backend="torch-eager", precision="fp32")
@@ -56,11 +56,11 @@ def _row(faults, calibrated=2.0, p50_ms=5.0):
 
 
 def test_counted_faults_are_added_at_the_calibrated_price():
-    from fopt.bench.run import _price_page_faults
+    from fopt.bench.estimates import price_page_faults
 
     cal = {"probes": {"page_faults": {"seconds_per_fault": 1e-6}}}
     row = _row(faults=1000)
-    _price_page_faults(row, cal)
+    price_page_faults(row, cal)
     assert row.estimate_ms["calibrated"] == pytest.approx(3.0)
     assert row.estimate_detail["page_faults_ms"] == pytest.approx(1.0)
     assert row.estimate_detail["total_ms"] == pytest.approx(3.0)
@@ -68,15 +68,15 @@ def test_counted_faults_are_added_at_the_calibrated_price():
     assert row.to_dict()["page_faults_per_run"] == 1000
 
     quiet = _row(faults=10)
-    _price_page_faults(quiet, cal)
+    price_page_faults(quiet, cal)
     assert quiet.estimate_ms["calibrated"] == pytest.approx(2.01) and not quiet.estimate_notes
 
 
 def test_a_calibration_without_the_price_says_so_and_changes_nothing():
-    from fopt.bench.run import _price_page_faults
+    from fopt.bench.estimates import price_page_faults
 
     row = _row(faults=1000)
-    _price_page_faults(row, {"probes": {}})
+    price_page_faults(row, {"probes": {}})
     assert row.estimate_ms["calibrated"] == 2.0
     assert any("calibrate` again" in n for n in row.estimate_notes)
 

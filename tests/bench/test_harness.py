@@ -13,7 +13,7 @@ from fopt.runtime.timing import StopRule
 
 def test_measure_artifact_on_a_fake_clock(bench_dir):
     """The real runner executes; only time is fake, so the statistics are exact."""
-    from fopt.bench.run import measure_artifact
+    from fopt.bench.measure.harness import measure_artifact
 
     class TickingClock(FakeClock):
         def __call__(self):  # every read advances 0.5 ms; a timed iteration is two reads
@@ -59,7 +59,7 @@ def test_processes_run_in_rounds_over_artifacts_and_pool_per_artifact(monkeypatc
                  "samples_s": [ms / 1e3] * 10, "stop_reason": "time", "warmup_iters": 1, "timer": "wall",
                  "h2d_ms": None} for b in batch_sizes]
 
-    monkeypatch.setattr(run, "_measure_in_subprocess", fake)
+    monkeypatch.setattr(run, "measure_in_subprocess", fake)
     res = run.bench_artifacts(["x/a.onnx", "x/b.onnx"], batch_sizes=[1], threads=1, processes=3, estimate=False)
     assert calls == ["a.onnx", "b.onnx"] * 3
     a, b = res.results
@@ -69,7 +69,7 @@ def test_processes_run_in_rounds_over_artifacts_and_pool_per_artifact(monkeypatc
 
 
 def test_every_backend_gets_the_same_input():
-    from fopt.bench.run import make_input
+    from fopt.bench.measure.harness import make_input
 
     a, b = make_input(3, 8, 2), make_input(3, 8, 2)
     assert a.dtype == np.float32 and a.shape == (2, 3, 8, 8)

@@ -58,3 +58,27 @@ def test_find_summaries_errors(tmp_path):
 def test_pareto_front():
     pts = [(1.0, 80.0), (2.0, 90.0), (3.0, 85.0), (0.5, 70.0), (4.0, 95.0)]
     assert sorted(pareto_front(pts)) == [0, 1, 3, 4]
+
+
+@pytest.mark.parametrize("content, what", [
+    ({}, "no 'model' name"),
+    ([], "found a list"),
+    ({"model": "tiny"}, "no 'rows' list"),
+    ({"model": "tiny", "rows": [{"method": "fp32"}]}, "rows[0] has no 'artifact'"),
+    ({"model": "tiny", "rows": [{"artifact": "/a.onnx", "method": "fp32", "p50_b1_ms": "fast"}]},
+     "rows[0].p50_b1_ms is 'fast'"),
+    ({"model": "tiny", "rows": [], "analysis": [1, 2]}, "'analysis' is a list"),
+])
+def test_report_on_a_malformed_summary_is_one_line_naming_the_file(tmp_path, content, what):
+    from click.testing import CliRunner
+
+    from fopt.cli import cli
+
+    (tmp_path / "run" / "tiny").mkdir(parents=True)
+    summary = tmp_path / "run" / "tiny" / "summary.json"
+    summary.write_text(json.dumps(content))
+    res = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1, res.output
+    assert str(summary) in res.output and what in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o" / "report.json").exists()

@@ -176,3 +176,112 @@ def test_eval_gives_the_same_accuracy_through_every_runner(artifacts, synth_data
     assert res["format"] == fmt
     assert abs(res["accuracy"] - ref["accuracy"]) * 100 <= 0.1
     assert abs(res["macro_f1"] - ref["macro_f1"]) * 100 <= 0.1
+
+
+# ----------------------------------------------------------------------------- input vs the model
+
+def _onnx_with_card(tmp_path, net, name, card_from, *, example, dynamic=True):
+    """`net` exported as ONNX (input shape from `example`) with the card of a 3x32x32 model."""
+    import json
+
+    import onnx
+    import torch
+
+    from fopt.artifacts import card_path, set_onnx_card
+
+    import warnings
+
+    path = tmp_path / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # the legacy exporter: small and exact
+        torch.onnx.export(net.eval(), (example,), str(path), input_names=["input"],
+                          output_names=["logits"], dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}} if dynamic else None)
+    card = json.loads(card_path(card_from).read_text())
+    proto = onnx.load(str(path))
+    set_onnx_card(proto, card)
+    onnx.save(proto, str(path))
+    card_path(path).write_text(json.dumps(card))
+    return path
+
+
+def test_onnx_whose_input_rank_differs_from_its_card_is_one_line(tmp_path, artifacts):
+    import torch
+
+    net = torch.nn.Linear(3 * 32 * 32, 6)               # takes flat (N, 3072) vectors
+    path = _onnx_with_card(tmp_path, net, "flat.onnx", artifacts["onnx"], example=torch.randn(1, 3072))
+    with open_runner(path) as runner:
+        with pytest.raises(ValidationError, match=r"has rank 2 \(\?, 3072\).*does not match") as e:
+            runner.infer(_batch(2))
+    assert "\n" not in str(e.value)
+
+
+def test_onnx_static_dims_are_checked_before_running(tmp_path, artifacts):
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 30 * 30, 6))
+    path = _onnx_with_card(tmp_path, net, "static.onnx", artifacts["onnx"],
+                           example=torch.randn(4, 3, 32, 32), dynamic=False)
+    with open_runner(path) as runner:
+        assert runner.infer(_batch(4)).shape == (4, 6)
+        with pytest.raises(ValidationError, match=r"batch size is fixed at 4"):
+            runner.infer(_batch(2))
+        with pytest.raises(ValidationError, match=r"height is fixed at 32"):
+            runner.infer(_batch(4, size=16))
+
+
+def test_onnx_runtime_argument_errors_become_one_line(artifacts, monkeypatch):
+    """Whatever still slips past the checks: onnxruntime's InvalidArgument, first line only."""
+    with open_runner(artifacts["onnx"]) as runner:
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+        class FakeSession:
+            def run(self, *a, **k):
+                raise InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad dims\nmore\nlines")
+
+        real = runner.session
+        runner.session = FakeSession()
+        with pytest.raises(ValidationError, match="INVALID_ARGUMENT : bad dims$"):
+            runner.run_prepared(_batch(1))
+        runner.session = real
+
+
+# ----------------------------------------------------------------------------- trust
+
+def test_foreign_torchscript_gets_one_trust_note_once(artifacts, without_sidecar, capsys):
+    from fopt.runtime import base
+
+    with open_runner(artifacts["torchscript"]) as runner:     # fopt's own, sha256 in its card
+        runner.infer(_batch(1))
+    assert "not written by fopt" not in capsys.readouterr().err
+
+    path = without_sidecar("torchscript")                     # embedded card only: unproven
+    base._TRUST_NOTED.discard(str(path.resolve()))
+    for _ in range(2):
+        with open_runner(path) as runner:
+            runner.infer(_batch(1))
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "not written by fopt" in ln]
+    assert len(lines) == 1, err
+    assert str(path) in lines[0] and "trust" in lines[0] and "TorchScript" in lines[0]
+
+
+def test_a_card_that_does_not_hash_to_the_file_proves_nothing(artifacts, tmp_path):
+    import json
+    import shutil
+
+    from fopt.artifacts import card_path
+    from fopt.runtime.base import trust_note, written_by_fopt
+
+    path = tmp_path / "m.torchscript.pt"
+    shutil.copy(artifacts["torchscript"], path)
+    card = json.loads(card_path(artifacts["torchscript"]).read_text())
+    card_path(path).write_text(json.dumps(card))
+    assert written_by_fopt(path, card)
+    card["sha256"] = "0" * 64                                   # a card for some other file
+    card_path(path).write_text(json.dumps(card))
+    assert not written_by_fopt(path, card)
+    assert "not written by fopt" in trust_note(path, "torchscript", card)
+    assert trust_note(path, "torchscript", card) is None       # once per file
+    assert trust_note(tmp_path / "x.onnx", "onnx", None) is None   # ONNX is data, not code
+    assert "TensorRT engine" in trust_note(tmp_path / "y.engine", "tensorrt", None)

@@ -36,8 +36,13 @@ import numpy as np
 import pandas as pd
 
 from fopt import __version__
-from fopt.artifacts import replace_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from fopt.data.ownership import claim_outputs, scratch_dir
+from fopt.artifacts import (
+    json_text,
+    replace_dir,
+    write_bytes_atomic,
+    write_files_atomic,
+)
+from fopt.data.ownership import claim_outputs
 from fopt.data.readers import (
     FMNIST_CLASSES,
     IMAGE_EXTENSIONS,
@@ -53,6 +58,7 @@ from fopt.data.readers import (
     read_source,
 )
 from fopt.errors import DataError, InputError, UsageError
+from fopt.workdir import scratch_dir
 
 __all__ = ["FMNIST_CLASSES", "IMAGE_EXTENSIONS", "READERS", "FORMATS", "BuildResult", "Candidate",
            "Source", "build_dataset", "check_image", "detect_format", "read_source",
@@ -318,8 +324,9 @@ def write_outputs(out: Path, src: Source, table: pd.DataFrame, mapping: dict[str
         elif images.exists():
             owned.remove(images)       # an earlier build's converted images; this table does not use them
         table = table.drop(columns="_cand")
-        write_text_atomic(out / "dataset.csv", table.to_csv(index=False, lineterminator="\n"))
-        write_json_atomic(out / "mapping.json", mapping)
+        # both or neither: a table and a mapping from two different builds would disagree
+        write_files_atomic({out / "dataset.csv": table.to_csv(index=False, lineterminator="\n"),
+                            out / "mapping.json": json_text(mapping)})
     return table
 
 

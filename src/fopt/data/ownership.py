@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -46,8 +45,10 @@ def claim_outputs(out: Path, outputs: Mapping[str, re.Pattern | None], *, force:
     fopt does not write, is refused. All checks come before anything is replaced; the outputs are
     recorded in the ledger before they are written, so a killed run leaves them fopt's.
     """
-    owned = OwnedFolder.claim(out, what=what)
-    with exclusive(out, what=f"{what} {out}"):
+    # the lock first: a second writer is refused before it can take a half-claimed folder for
+    # the user's
+    with exclusive(out, what=f"{what} {out}", folder=True):
+        owned = OwnedFolder.claim(out, what=what)
         present = [out / name for name in outputs if (out / name).exists() or (out / name).is_symlink()]
         if present and not force:
             raise OutputExistsError(f"{out} already holds {', '.join(p.name for p in present)} from an "
@@ -62,13 +63,3 @@ def claim_outputs(out: Path, outputs: Mapping[str, re.Pattern | None], *, force:
                                         f"{p}); nothing was replaced (move them away, or choose another folder)")
         owned.record(*(out / name for name in outputs))
         yield owned
-
-
-def scratch_dir(out: Path, name: str) -> Path:
-    """A new folder for building an output inside OUT, with the mode the umask gives
-    (unlike mkdtemp's 0700); its ``.fopt-`` name keeps it out of the user's files."""
-    tmp = out / f".fopt-{name}.{os.getpid()}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)          # left by a killed run of this pid number; we hold the lock
-    tmp.mkdir()
-    return tmp

@@ -35,8 +35,9 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from fopt.artifacts import atomic_path, replace_dir
 from fopt.data.categories import CATEGORIES, label_of, synth_category_order
-from fopt.data.ownership import claim_outputs, scratch_dir
+from fopt.data.ownership import claim_outputs
 from fopt.errors import OutputExistsError, UsageError
+from fopt.workdir import scratch_dir
 
 SYNTH_VERSION = 3           # bump when the images change, so cached folders are not reused
 IMAGES_PER_ITEM = (1, 3)    # views per garment, inclusive range

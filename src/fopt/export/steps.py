@@ -28,13 +28,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.artifacts import InputSpec, make_card, write_card
+from fopt.artifacts import (
+    InputSpec,
+    atomic_paths,
+    card_path,
+    json_text,
+    make_card,
+    sealed_card,
+)
 from fopt.checkpoint import load_checkpoint
 from fopt.errors import ExportError, OutputExistsError, UsageError
 from fopt.export import validate as V
 from fopt.models import count_params
 from fopt.registry import Registry
 from fopt.runtime import resolve_device
+from fopt.workdir import scratch_dir
 
 Log = Callable[[str], None]
 
@@ -203,7 +211,7 @@ def _run_step(fn, fmt: str, checkpoint: Path, out: Path, *, t0: float, img_size:
                      class_names=ckpt.class_names, parent=checkpoint, model=model_info, opset=opset,
                      dataset=dataset, notes=list(built.notes), **extra)
 
-    staging = Path(tempfile.mkdtemp(prefix=".fopt-export-", dir=out.parent))
+    staging = scratch_dir(out.parent, "export")
     try:
         staged = staging / out.name
         _save(built, staged, card)
@@ -211,9 +219,11 @@ def _run_step(fn, fmt: str, checkpoint: Path, out: Path, *, t0: float, img_size:
                                      device=device)
         card["metrics"]["parity"] = report.to_dict()
         _save(built, staged, card)
-        try:
-            os.replace(staged, out)
-            card_file = write_card(out, card)
+        try:  # the artifact and its card are replaced together, or neither is
+            with atomic_paths(out, card_path(out)) as (tmp_out, tmp_card):
+                os.replace(staged, tmp_out)
+                tmp_card.write_text(json_text(sealed_card(tmp_out, card)))
+            card_file = card_path(out)
         except OSError as e:
             raise ExportError(f"cannot write {out}: {e.strerror or e}") from e
     finally:

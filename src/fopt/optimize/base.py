@@ -15,8 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.artifacts import atomic_path, card_path, make_card, set_onnx_card, write_card
-from fopt.errors import FoptError, OutputExistsError, first_line
+from fopt.artifacts import (
+    atomic_paths,
+    card_path,
+    json_text,
+    make_card,
+    sealed_card,
+    set_onnx_card,
+)
+from fopt.errors import (
+    FoptError,
+    OutputExistsError,
+    environment_error_message,
+    one_line,
+)
 from fopt.onnxgraph import check_onnx
 from fopt.registry import Registry
 
@@ -86,23 +98,18 @@ def produce(method: Method, source: Path, target: Path, parent_card: dict[str, A
         raise OutputExistsError(f"{target} exists (pass --force to overwrite)")
     t0 = time.perf_counter()
     precision = precision or method.precision or parent_card.get("precision", "fp32")
-    try:
-        with atomic_path(target) as tmp:
+    try:  # the artifact and its card replace the previous pair together, or not at all
+        with atomic_paths(target, card_path(target)) as (tmp, tmp_card):
             record = method.func(source, tmp, **settings)
             seconds = time.perf_counter() - t0
             card = _card(method, source, parent_card, precision, record, seconds, card_extra)
             _check_and_embed(tmp, method.format, card)
+            tmp_card.write_text(json_text(sealed_card(tmp, card)))
     except FoptError:
         raise
     except Exception as e:  # a library failure: one line here, the traceback with --debug
-        first = first_line(e)
-        raise OptimizeError(f"{method.name} failed on {source.name}: {type(e).__name__}: {first}") from e
-    try:
-        write_card(target, card)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        card_path(target).unlink(missing_ok=True)
-        raise
+        why = environment_error_message(e) or one_line(e)   # a full disk says so, in plain words
+        raise OptimizeError(f"{method.name} failed on {source.name}: {why}") from e
     return Produced(method.name, target, card, round(seconds, 3), record)
 
 

@@ -184,6 +184,28 @@ def float_outputs(model) -> int:
     return removed
 
 
+def drop_unused_initializers(model) -> int:
+    """Remove initializers no node reads (nor a subgraph, nor a graph output), in place; returns
+    how many. `float_outputs` leaves the logits' scale and zero point behind, and onnxruntime
+    then warns "Removing initializer ... It is not used by any node" on every load."""
+    def used_names(graph) -> set[str]:
+        names = {o.name for o in graph.output}
+        for n in graph.node:
+            names.update(n.input)
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    names |= used_names(g)
+        return names
+
+    used = used_names(model.graph)
+    keep = [i for i in model.graph.initializer if i.name in used]
+    dropped = len(model.graph.initializer) - len(keep)
+    if dropped:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return dropped
+
+
 def resolve_exclusions(model, exclude: Sequence[str] = (), keep_fp32: Sequence[str] = ()) -> dict[str, list[str]]:
     """Node names to keep FP32: `exclude` (checked to exist) plus the first/last Conv/Gemm/MatMul."""
     names = [n.name for n in model.graph.node]
@@ -311,6 +333,7 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
         n_out = float_outputs(qmodel)
         if n_out:
             rewrites["fp32_outputs"] = n_out
+        n_dead = drop_unused_initializers(qmodel)  # e.g. the logits' scale and zero point
         onnx.save(qmodel, str(dst))
     return {
         "mode": "static", "format": "QDQ", "target": target,
@@ -322,4 +345,5 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
         **({"calib_percentile": percentile} if calib_method == "percentile" else {}),
         "excluded_nodes": excl["exclude"], "keep_fp32": list(keep_fp32),
         "keep_fp32_nodes": excl["keep_fp32"], "graph_rewrites": rewrites, "preprocess": pre_info,
+        "unused_initializers_removed": n_dead,
     }

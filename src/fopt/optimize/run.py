@@ -311,10 +311,8 @@ def _source_card(step: _Step, input_card: dict[str, Any], produced: list[Produce
 
 def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_dir: Path | None,
              eval_from: str, opts: OptimizeOptions, notes: list[str], log: Log) -> dict[str, Any]:
-    def params_of(p: Path) -> int | None:
-        return param_count(load_onnx(p, load_weights=False)) if p.suffix == ".onnx" else None
-
-    parent_params = params_of(path)
+    """The FP32 parent's row, then one row (and card metrics) per produced artifact; the result."""
+    parent_params = _params_of(path)
     parent_metrics = parent_latency = None
     if eval_dir is not None:
         log(f"evaluating {path.name} on {eval_dir} [val]")
@@ -327,66 +325,8 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
                             parent_latency=parent_latency, note="FP32 parent")]
     artifacts = []
     for p in produced:
-        is_engine = p.card["format"] == "tensorrt"
-        device = "cuda" if is_engine else "cpu"
-        note_parts: list[str] = []
-        metrics = latency = None
-        batch_size = opts.eval_batch_size
-        if is_engine:  # an engine only takes batches inside its optimization profile
-            batch_size = min(batch_size, int(p.card["tensorrt"]["profile"]["max"][0]))
-        if eval_dir is not None:
-            log(f"evaluating {p.path.name}")
-            try:
-                metrics = report.evaluate(p.path, eval_dir, device, opts.threads, batch_size)
-            except Exception as e:  # recorded in the row and the JSON, not swallowed
-                note_parts.append(f"eval failed: {one_line(e)}")
-        if opts.latency:
-            try:
-                latency = report.quick_latency_ms(p.path, device, opts.threads)
-            except Exception as e:
-                note_parts.append(f"latency failed: {one_line(e)}")
-        entry: dict[str, Any] = {"method": p.method, "path": str(p.path), "seconds": p.seconds,
-                                 "precision": p.card["precision"]}
-        if not is_engine:
-            model = load_onnx(p.path, load_weights=False)
-            entry["graph"] = {k: v for k, v in graph_summary(model).items() if k != "op_counts"}
-            try:
-                entry["ort_executed_ops"] = report.ort_executed_ops(p.path, opts.threads)
-                entry["ort_executed"] = report.executed_summary(entry["ort_executed_ops"])
-            except Exception as e:
-                note_parts.append(f"onnxruntime cannot load it: {one_line(e)}")
-        source_params = params_of(Path(p.card["parent"]["path"])) if is_engine else None
-        row = report.make_row(artifact=p.path, method=p.method, precision=p.card["precision"],
-                              runs_on="tensorrt cuda" if is_engine else "onnxruntime cpu",
-                              params=source_params if is_engine else params_of(p.path),
-                              metrics=metrics, parent_metrics=parent_metrics, latency=latency,
-                              parent_latency=parent_latency, note="")
-        if p.method == "int8-dynamic" and row["speedup"] is not None and row["speedup"] < 1:
-            note_parts.append("slower than FP32" + (" (ConvInteger)" if "Conv" in opts.op_types else ""))
-        if p.method == "fp16" and not is_engine:
-            note_parts.append("GPU target; not faster on CPU")
-        if p.method == "int8-static-trt":
-            note_parts.append("TensorRT input; slow on ORT CPU by design")
-        drops = [row[k] for k in ("d_accuracy_pts", "d_macro_f1_pts") if row[k] is not None]
-        if p.method.startswith("int8-static") and drops and min(drops) < -ACCURACY_HINT_PTS:
-            note_parts.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try another --calib-method "
-                              f"(percentile, entropy) or --keep-fp32 first,last")
-        row["note"] = "; ".join(note_parts)
-        rows.append(row)
-        card_metrics: dict[str, Any] = {}
-        if metrics is not None:
-            card_metrics["val"] = metrics
-            card_metrics["delta_vs_parent_pts"] = {"accuracy": row["d_accuracy_pts"],
-                                                   "macro_f1": row["d_macro_f1_pts"],
-                                                   "parent": str(path.resolve())}
-        if latency is not None:
-            card_metrics["latency_b1_quick"] = {**latency, "speedup_vs_parent": row["speedup"],
-                                                "note": report.QUICK_LATENCY_LABEL}
-        if "ort_executed_ops" in entry:
-            card_metrics["ort_executed_ops"] = entry["ort_executed_ops"]
-        if card_metrics:
-            update_card_metrics(p.path, card_metrics)
-        entry["row"] = row
+        entry = _measure_artifact(p, path, eval_dir, opts, parent_metrics, parent_latency, log)
+        rows.append(entry["row"])
         artifacts.append(entry)
     return {
         "model": str(path.resolve()), "input_precision": info["precision"],
@@ -398,3 +338,94 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
     }
 
 
+def _params_of(p: Path) -> int | None:
+    return param_count(load_onnx(p, load_weights=False)) if p.suffix == ".onnx" else None
+
+
+def _measure_artifact(p: Produced, parent: Path, eval_dir: Path | None, opts: OptimizeOptions,
+                      parent_metrics: dict[str, Any] | None, parent_latency: dict[str, Any] | None,
+                      log: Log) -> dict[str, Any]:
+    """One produced artifact: evaluated, timed, its executed ops listed, its row made and its card
+    updated. A failing measurement is noted in the row, never raised: the other artifacts still
+    get theirs."""
+    is_engine = p.card["format"] == "tensorrt"
+    device = "cuda" if is_engine else "cpu"
+    problems: list[str] = []
+    metrics = latency = None
+    if eval_dir is not None:
+        log(f"evaluating {p.path.name}")
+        try:
+            metrics = report.evaluate(p.path, eval_dir, device, opts.threads, _eval_batch_size(p, opts))
+        except Exception as e:  # recorded in the row and the JSON, not swallowed
+            problems.append(f"eval failed: {one_line(e)}")
+    if opts.latency:
+        try:
+            latency = report.quick_latency_ms(p.path, device, opts.threads)
+        except Exception as e:
+            problems.append(f"latency failed: {one_line(e)}")
+    entry: dict[str, Any] = {"method": p.method, "path": str(p.path), "seconds": p.seconds,
+                             "precision": p.card["precision"]}
+    if not is_engine:
+        _describe_onnx(entry, p.path, opts.threads, problems)
+    # An engine's parameters are its source ONNX file's: the engine file holds no readable graph.
+    params = _params_of(Path(p.card["parent"]["path"])) if is_engine else _params_of(p.path)
+    row = report.make_row(artifact=p.path, method=p.method, precision=p.card["precision"],
+                          runs_on="tensorrt cuda" if is_engine else "onnxruntime cpu", params=params,
+                          metrics=metrics, parent_metrics=parent_metrics, latency=latency,
+                          parent_latency=parent_latency, note="")
+    row["note"] = "; ".join(problems + _method_notes(p, row, is_engine, opts))
+    _record_in_card(p.path, parent, metrics, latency, row, entry)
+    entry["row"] = row
+    return entry
+
+
+def _eval_batch_size(p: Produced, opts: OptimizeOptions) -> int:
+    """The evaluation batch, within an engine's optimization profile (it takes no larger batch)."""
+    if p.card["format"] == "tensorrt":
+        return min(opts.eval_batch_size, int(p.card["tensorrt"]["profile"]["max"][0]))
+    return opts.eval_batch_size
+
+
+def _describe_onnx(entry: dict[str, Any], path: Path, threads: int | None, problems: list[str]) -> None:
+    """Add the graph summary and the ops ONNX Runtime executes for an ONNX artifact to `entry`."""
+    model = load_onnx(path, load_weights=False)
+    entry["graph"] = {k: v for k, v in graph_summary(model).items() if k != "op_counts"}
+    try:
+        entry["ort_executed_ops"] = report.ort_executed_ops(path, threads)
+        entry["ort_executed"] = report.executed_summary(entry["ort_executed_ops"])
+    except Exception as e:
+        problems.append(f"onnxruntime cannot load it: {one_line(e)}")
+
+
+def _method_notes(p: Produced, row: dict[str, Any], is_engine: bool, opts: OptimizeOptions) -> list[str]:
+    """What a reader of the table should know about this method's numbers."""
+    out = []
+    if p.method == "int8-dynamic" and row["speedup"] is not None and row["speedup"] < 1:
+        out.append("slower than FP32" + (" (ConvInteger)" if "Conv" in opts.op_types else ""))
+    if p.method == "fp16" and not is_engine:
+        out.append("GPU target; not faster on CPU")
+    if p.method == "int8-static-trt":
+        out.append("TensorRT input; slow on ORT CPU by design")
+    drops = [row[k] for k in ("d_accuracy_pts", "d_macro_f1_pts") if row[k] is not None]
+    if p.method.startswith("int8-static") and drops and min(drops) < -ACCURACY_HINT_PTS:
+        out.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try another --calib-method "
+                   f"(percentile, entropy) or --keep-fp32 first,last")
+    return out
+
+
+def _record_in_card(path: Path, parent: Path, metrics: dict[str, Any] | None, latency: dict[str, Any] | None,
+                    row: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Write what was measured on an artifact into its card (nothing when nothing was)."""
+    card_metrics: dict[str, Any] = {}
+    if metrics is not None:
+        card_metrics["val"] = metrics
+        card_metrics["delta_vs_parent_pts"] = {"accuracy": row["d_accuracy_pts"],
+                                               "macro_f1": row["d_macro_f1_pts"],
+                                               "parent": str(parent.resolve())}
+    if latency is not None:
+        card_metrics["latency_b1_quick"] = {**latency, "speedup_vs_parent": row["speedup"],
+                                            "note": report.QUICK_LATENCY_LABEL}
+    if "ort_executed_ops" in entry:
+        card_metrics["ort_executed_ops"] = entry["ort_executed_ops"]
+    if card_metrics:
+        update_card_metrics(path, card_metrics)

@@ -36,7 +36,9 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(["int8-static", "int8-dynamic", "fp16", "tensorrt"]),
               help="Optimize methods (repeatable); default: every one this machine supports.")
-@click.option("--calib-size", default=256, show_default=True, type=int, help="Static INT8 calibration images.")
+@click.option("--calib-size", default=None, type=int,
+              help="Static INT8 calibration images from the train split (default: 256, or every "
+                   "train image when 32-255 exist, as `fopt optimize`; checked before training).")
 @click.option("--batch-sizes", default="1,8", show_default=True, callback=_int_list,
               help="Bench batch sizes.")
 @click.option("--min-time", "min_time_s", default=1.0, show_default=True, type=float,
@@ -56,8 +58,9 @@ def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed,
     """Run data, train, export, optimize, eval, analyze and bench; write report.md/report.json.
 
     Re-running skips every stage whose outputs exist and whose inputs and options are unchanged
-    (--force redoes them). The report recommends the fastest artifact whose accuracy and macro-F1
-    drop stays within --max-accuracy-drop.
+    (--force redoes them, replacing only what fopt wrote in the run folder; a folder fopt did not
+    make is refused, and one pipeline at a time writes a run folder). The report recommends the
+    fastest artifact whose accuracy and macro-F1 drop stays within --max-accuracy-drop.
 
     Example: fopt pipeline --model resnet18 --model mobilenet_v3_large --out artifacts/cmp
     """

@@ -36,13 +36,51 @@ def find_summaries(run_dirs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+# What the report reads from a summary: the row keys it indexes, and which values must be numbers.
+ROW_NUMBERS = ("accuracy", "macro_f1", "d_accuracy_pts", "d_macro_f1_pts", "p50_b1_ms", "size_mb",
+               "best_throughput_ips", "speedup_vs_eager")
+SUMMARY_DICTS = ("train", "analysis", "plots", "bench_settings", "machine")
+
+
+def check_summary(s: Any, path: str | Path) -> dict[str, Any]:
+    """`s` if it has the shape `fopt pipeline` writes, else InputError naming the file and the
+    first thing missing or of the wrong type (never a KeyError from deep inside the report)."""
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: not a `fopt pipeline` summary ({what})")
+
+    if not isinstance(s, dict):
+        raise bad(f"expected a JSON object, found a {type(s).__name__}")
+    if not isinstance(s.get("model"), str) or not s["model"]:
+        raise bad("no 'model' name")
+    if not isinstance(s.get("rows"), list):
+        raise bad("no 'rows' list")
+    for key in SUMMARY_DICTS:
+        if s.get(key) is not None and not isinstance(s[key], dict):
+            raise bad(f"'{key}' is a {type(s[key]).__name__}, not an object")
+    for i, r in enumerate(s["rows"]):
+        if not isinstance(r, dict):
+            raise bad(f"rows[{i}] is a {type(r).__name__}, not an object")
+        for key in ("artifact", "method"):
+            if not isinstance(r.get(key), str):
+                raise bad(f"rows[{i}] has no '{key}'")
+        for key in ROW_NUMBERS:
+            v = r.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise bad(f"rows[{i}].{key} is {v!r}, not a number")
+        for key in ("estimate_ms", "error_pct"):
+            if r.get(key) is not None and not isinstance(r[key], dict):
+                raise bad(f"rows[{i}].{key} is not an object")
+    return s
+
+
 def load_summaries(paths: Sequence[Path]) -> list[dict[str, Any]]:
     out = []
     for p in paths:
         try:
             s = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{p}: unreadable summary ({e})") from None
+        s = check_summary(s, p)
         s["_path"] = str(p)
         out.append(s)
     return out

@@ -15,12 +15,16 @@ Layout of a run folder::
 Each stage is skipped when its outputs exist and its inputs (sha256) and options are unchanged;
 ``force`` redoes everything. Stages only call the library functions the single-stage commands
 call, so a pipeline artifact is exactly what `fopt export` / `fopt optimize` would have made.
+
+The run folder is fopt's (`fopt.workdir.OwnedFolder`): a non-empty folder fopt did not make is
+refused, every path a stage writes is recorded in its ledger, and only recorded paths are ever
+replaced (on --force, or when a resume redoes their stage); a user's file is never touched. One
+pipeline at a time writes a run folder (`fopt.workdir.exclusive`).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,15 +39,17 @@ from fopt.bench.run import bench_artifacts
 from fopt.data.build import build_dataset
 from fopt.data.datasets import DatasetTable
 from fopt.data.synth import synthesize
-from fopt.errors import UsageError, one_line
+from fopt.errors import DataError, OutputExistsError, UsageError, one_line
 from fopt.evaluation import evaluate_artifact
 from fopt.export.run import export_checkpoint
 from fopt.models import MODELS
+from fopt.optimize.calib import MIN_CALIB, validate_calib_size
 from fopt.optimize.run import OptimizeOptions, optimize_onnx
 from fopt.pipeline.report import SUMMARY_NAME, build_report, load_summaries
 from fopt.pipeline.stages import Stage, StageLedger
 from fopt.train.config import TrainConfig
 from fopt.train.engine import fit
+from fopt.workdir import OwnedFolder, exclusive
 
 # What the original study used to turn FLOPs into T4 latency: the T4's FP64 rate (wrong),
 # applied to a "FLOPs" column that actually held MACs. Kept only to show the difference.
@@ -65,7 +71,8 @@ class PipelineConfig:
     workers: int = 2                     # DataLoader workers
     seed: int = 0                        # one seed for data generation and training
     methods: tuple[str, ...] | None = None  # optimize methods; None = all this machine supports
-    calib_size: int = 256                # static INT8 calibration images (train split)
+    calib_size: int | None = None        # static INT8 calibration images (train split); None =
+                                         # 256, or every train image when 32..255 exist
     batch_sizes: tuple[int, ...] = (1, 8)  # bench batch sizes
     min_time_s: float = 1.0              # bench time budget per row
     processes: int = 1                   # bench: measure in this many fresh processes
@@ -90,6 +97,7 @@ class PipelineConfig:
             raise UsageError("--max-accuracy-drop must be >= 0")
         if self.data is not None and not Path(self.data).exists():
             raise UsageError(f"--data {self.data}: no such folder")
+        validate_calib_size(self.calib_size)
         return self
 
 
@@ -112,26 +120,42 @@ def supported_methods(device: str) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- stages
 
-def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log) -> Path:
+def _claimed(owned: OwnedFolder, path: Path) -> bool:
+    """True when fopt wrote `path` (it is in the run's ledger); a path that does not exist yet is
+    fopt's to write. An existing path fopt did not write is refused: it is the user's."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if not owned.owns(path):
+        raise OutputExistsError(f"{path} was not written by fopt; it is left as it is (move it away "
+                                f"or choose another --out)")
+    return True
+
+
+def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log,
+               owned: OwnedFolder) -> Path:
     table = run / "data" / "table"
     if cfg.data is not None and (Path(cfg.data) / "dataset.csv").exists():
         return Path(cfg.data)                      # already a dataset table
+    preview = run / "data" / "preview.png"
     if cfg.data is not None:
         raw = Path(cfg.data)
 
         def make() -> None:
-            shutil.rmtree(table, ignore_errors=True)
-            build_dataset(raw, table, seed=cfg.seed)
+            # a redo replaces the table fopt wrote here (and nothing else); never the user's
+            build_dataset(raw, table, seed=cfg.seed, force=_claimed(owned, table))
+            owned.record(table)
         params = {"raw": str(raw.resolve())}
     else:
         raw = run / "data" / "raw"
 
         def make() -> None:
+            mine = _claimed(owned, raw)
+            _claimed(owned, preview)
             synthesize(raw, classes=cfg.synth_classes, per_class=cfg.synth_per_class,
-                       size=cfg.synth_size, seed=cfg.seed, force=True,
-                       preview=run / "data" / "preview.png")
-            shutil.rmtree(table, ignore_errors=True)
-            build_dataset(raw, table, seed=cfg.seed)
+                       size=cfg.synth_size, seed=cfg.seed, force=cfg.force and mine, preview=preview)
+            owned.record(raw, preview)
+            build_dataset(raw, table, seed=cfg.seed, force=_claimed(owned, table))
+            owned.record(table)
         params = {"classes": cfg.synth_classes, "per_class": cfg.synth_per_class,
                   "size": cfg.synth_size, "seed": cfg.seed}
     status, _ = ledger.run(Stage("data", make, outputs=[table / "dataset.csv", table / "mapping.json"],
@@ -140,8 +164,25 @@ def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log) ->
     return table
 
 
+def check_calibration(cfg: PipelineConfig, table: Path) -> None:
+    """Static INT8 needs calibration images from the train split: check before anything trains.
+    Like `fopt optimize`, no --calib-size takes 256, or every train image when 32..255 exist."""
+    methods = tuple(cfg.methods or supported_methods(cfg.device))
+    if not any(m.startswith("int8-static") or m == "tensorrt" for m in methods):
+        return
+    available = len(DatasetTable.load(table).split("train"))
+    if available < MIN_CALIB:
+        raise DataError(f"the train split of {table} has {available} image(s); static INT8 "
+                        f"calibration needs at least {MIN_CALIB} (add data, or leave out int8-static "
+                        f"with --method)")
+    if cfg.calib_size is not None and cfg.calib_size > available:
+        raise DataError(f"--calib-size {cfg.calib_size} but the train split of {table} has only "
+                        f"{available} image(s); pass --calib-size {available} or leave it out "
+                        f"(all of them are then used)")
+
+
 def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger: StageLedger,
-                log: Log) -> dict[str, Any]:
+                log: Log, owned: OwnedFolder) -> dict[str, Any]:
     tdir = mdir / "train"
     out = mdir / "train.json"
     tcfg = TrainConfig(data=str(table), model=model, out=str(tdir), epochs=cfg.epochs,
@@ -150,9 +191,10 @@ def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger
                        experiments=str(mdir.parent / "experiments.csv"))
 
     def make() -> None:
-        if tdir.exists():
-            shutil.rmtree(tdir)            # a changed input means a new run, not a resume
-        res = fit(tcfg.validate())
+        # A changed input means a new run, not a resume: start over in the folder fopt wrote.
+        mine = _claimed(owned, tdir)
+        owned.record(tdir, out)
+        res = fit(tcfg.validate(), force=mine)
         write_json_atomic(out, {
             "checkpoint": str(res.files.get("best.pt", tdir / "best.pt")), "best_epoch": res.best_epoch,
             "accuracy": res.val.get("accuracy"), "macro_f1": res.val.get("macro_f1"),
@@ -353,17 +395,31 @@ def _pts(value: float | None, ref: float | None) -> float | None:
 def run_pipeline(cfg: PipelineConfig, log: Log = print) -> dict[str, Any]:
     cfg.validate()
     run = Path(cfg.out).resolve()  # absolute paths in summaries: `fopt report` works from anywhere
-    run.mkdir(parents=True, exist_ok=True)
+    # the lock first: a second pipeline on this folder is refused before it looks at anything
+    with exclusive(run, what=f"run folder {run}", folder=True):
+        owned = OwnedFolder.claim(run, what="pipeline run folder")  # refuses a folder of the user's
+        return _run_pipeline(cfg, run, owned, log)
+
+
+def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) -> dict[str, Any]:
+    _claimed(owned, run / "stages.json")
+    owned.record(run / "stages.json")
     ledger = StageLedger(run / "stages.json")
-    table = stage_data(cfg, run, ledger, log)
+    table = stage_data(cfg, run, ledger, log, owned)
 
     DatasetTable.load(table)  # fail early on a bad table
+    check_calibration(cfg, table)  # before any training: an INT8 stage that cannot run fails now
+    for name in ("report.md", "report.json", "accuracy_vs_latency.png", "experiments.csv"):
+        _claimed(owned, run / name)
+        owned.record(run / name)
     calibrated = False
     summaries = []
     for model in cfg.models:
         mdir = run / model
-        mdir.mkdir(exist_ok=True)
-        train = stage_train(cfg, model, table, mdir, ledger, log)
+        if not _claimed(owned, mdir):
+            mdir.mkdir()
+            owned.record(mdir)                # the model folder and everything its stages write
+        train = stage_train(cfg, model, table, mdir, ledger, log, owned)
         ckpt = Path(train["checkpoint"])
         exported = stage_export(cfg, model, ckpt, mdir, ledger, log)
         optimized = stage_optimize(cfg, model, exported["onnx"], table, mdir, ledger, log)

@@ -8,6 +8,11 @@ themselves in `RUNNERS` under the artifact format they run (the card's ``format`
 Public methods validate; backends implement the ``_*_impl`` methods (Polygraphy BaseRunner).
 Timing-sensitive callers (bench) use ``prepare`` once and then ``run_prepared`` in the loop, so
 host-side conversion is not inside the timed region unless they want it to be.
+
+Trust: loading a TorchScript file runs the program stored in it, and a TensorRT engine is a
+native plan (with any plugin libraries it names); neither is a data format like ONNX or a
+weights-only checkpoint. When such a file was not written by fopt (no card, or a card whose
+sha256 is not the file's), `Runner.load` prints one line saying so, once per file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fopt.artifacts import InputSpec, read_card
+from fopt.artifacts import InputSpec, read_card, sha256_file
+from fopt.console import note
 from fopt.errors import DeviceUnavailable, InputError, ValidationError
 from fopt.registry import Registry
 
@@ -39,6 +45,40 @@ def resolve_device(device: str) -> str:
         return "cpu"
     raise DeviceUnavailable("--device cuda requested but no CUDA GPU is available "
                             "(torch.cuda.is_available() is False)")
+
+
+# Formats whose loading executes what the file contains, and what a user should know about it.
+CODE_FORMATS = {
+    "torchscript": "a TorchScript file runs the program stored in it",
+    "tensorrt": "a TensorRT engine is deserialized native code (plus any plugin it names)",
+}
+_TRUST_NOTED: set[str] = set()
+
+
+def written_by_fopt(path: str | Path, card: dict[str, Any] | None) -> bool:
+    """True when `path` has fopt's sidecar card and that card's sha256 is the file's own (the
+    card fopt writes records it); an embedded or hand-written card proves nothing about the file."""
+    path = Path(path)
+    sidecar = read_card(path, required=False)
+    if not sidecar or not isinstance(sidecar.get("versions"), dict) or "fopt" not in sidecar["versions"]:
+        return False
+    try:
+        return sidecar.get("sha256") == sha256_file(path)
+    except OSError:
+        return False
+
+
+def trust_note(path: str | Path, fmt: str, card: dict[str, Any] | None) -> str | None:
+    """The one-line note for a foreign code-bearing file, printed once per file; else None."""
+    what = CODE_FORMATS.get(fmt)
+    key = str(Path(path).resolve())
+    if what is None or key in _TRUST_NOTED or written_by_fopt(path, card):
+        return None
+    _TRUST_NOTED.add(key)
+    line = (f"note: {path} was not written by fopt (no fopt card with its sha256): {what} with your "
+            f"permissions; load only files from a source you trust")
+    note(line)
+    return line
 
 
 class Runner(abc.ABC):
@@ -87,6 +127,7 @@ class Runner(abc.ABC):
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self) -> "Runner":
         if not self._loaded:
+            trust_note(self.path, self.format or self.card.get("format", ""), self.card)
             self._load_impl()
             self._loaded = True
         return self
@@ -104,6 +145,9 @@ class Runner(abc.ABC):
 
     # -- inference -----------------------------------------------------------------------------
     def validate_batch(self, batch: Any) -> np.ndarray:
+        """The batch as contiguous float32 NCHW, checked against the card's input spec and then
+        against what the loaded model itself declares (`_check_batch_impl`); a mismatch is a
+        one-line ValidationError, never the backend's own error from deep inside a run."""
         arr = batch.detach().cpu().numpy() if hasattr(batch, "detach") else np.asarray(batch)
         spec = self.input_spec
         if arr.ndim != 4 or arr.shape[1] != spec.channels:
@@ -111,7 +155,11 @@ class Runner(abc.ABC):
                                   f"got {tuple(arr.shape)}")
         if arr.shape[0] < 1:
             raise ValidationError(f"{self.path.name}: empty batch")
-        return np.ascontiguousarray(arr, dtype=np.float32)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise ValidationError(f"{self.path.name}: expected a float image batch, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        self._check_batch_impl(arr)
+        return arr
 
     def prepare(self, batch: Any) -> Any:
         """Convert a host batch to what the backend consumes (done outside timed loops)."""
@@ -142,6 +190,9 @@ class Runner(abc.ABC):
 
     def _close_impl(self) -> None:
         pass
+
+    def _check_batch_impl(self, batch: np.ndarray) -> None:
+        """Compare `batch` with the loaded model's own declared input (backends that know it)."""
 
     def _prepare_impl(self, batch: np.ndarray) -> Any:
         return batch

@@ -14,7 +14,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from fopt.artifacts import ONNX_CARD_KEY, onnx_card_from_proto, read_card
-from fopt.errors import DeviceUnavailable, InputError, MissingDependency, first_line
+from fopt.errors import (
+    DeviceUnavailable,
+    InputError,
+    MissingDependency,
+    ValidationError,
+    first_line,
+)
+from fopt.onnxgraph import check_external_data
 from fopt.runtime.base import RUNNERS, Runner
 
 CPU = ("CPUExecutionProvider",)
@@ -95,6 +102,7 @@ class OnnxRuntimeRunner(Runner):
         return session_options(threads=self.threads)
 
     def _load_impl(self) -> None:
+        check_external_data(self.path)   # before onnxruntime follows any external-data path
         try:
             self.session = ort_session(self.path, threads=self.threads, providers=self.providers())
         except (DeviceUnavailable, MissingDependency):
@@ -109,11 +117,44 @@ class OnnxRuntimeRunner(Runner):
             raise DeviceUnavailable(f"--device cuda: onnxruntime could not start its CUDA provider "
                                     f"(active: {', '.join(active)}); check the CUDA/cuDNN libraries "
                                     f"onnxruntime-gpu needs")
-        self.input_name = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)   # ints for static dims, names/None for dynamic
+        self.input_type = inputs[0].type
         self.output_name = self.session.get_outputs()[0].name
+        if len(inputs) != 1:
+            raise InputError(f"{self.path}: the model has {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}); fopt feeds one image batch")
+
+    def _check_batch_impl(self, batch: np.ndarray) -> None:
+        """The batch against the session's real input: rank, static dims, element type."""
+        if not self._loaded or getattr(self, "session", None) is None:
+            return
+        shape, name = self.input_shape, self.input_name
+        declared = "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + ")"
+        if len(shape) != batch.ndim:
+            raise ValidationError(f"{self.path.name}: its input {name!r} has rank {len(shape)} "
+                                  f"{declared} but its card describes NCHW batches "
+                                  f"{tuple(batch.shape)}; the card does not match this ONNX file")
+        for axis, (want, got) in enumerate(zip(shape, batch.shape)):
+            if isinstance(want, int) and want > 0 and want != got:
+                what = ("batch size" if axis == 0 else "channels" if axis == 1
+                        else "height" if axis == 2 else "width")
+                raise ValidationError(f"{self.path.name}: expected input {declared} (its {what} is "
+                                      f"fixed at {want}), got {tuple(batch.shape)}")
+        if self.input_type != "tensor(float)":
+            raise ValidationError(f"{self.path.name}: its input {name!r} is {self.input_type}, fopt "
+                                  f"feeds float32 images (export with FP32 inputs, e.g. keep_io_types)")
 
     def _run_impl(self, prepared: np.ndarray):
-        return self.session.run([self.output_name], {self.input_name: prepared})[0]
+        try:
+            return self.session.run([self.output_name], {self.input_name: prepared})[0]
+        except Exception as e:
+            # onnxruntime's InvalidArgument carries a multi-line message: keep its first line
+            if type(e).__module__.startswith("onnxruntime") and type(e).__name__ == "InvalidArgument":
+                raise ValidationError(f"{self.path.name}: onnxruntime refused the batch "
+                                      f"{tuple(np.shape(prepared))}: {first_line(e)}") from None
+            raise
 
     def _close_impl(self) -> None:
         self.session = None

@@ -85,7 +85,13 @@ class CheckpointRunner(_TorchRunner):
 
 @RUNNERS.register("torchscript")
 class TorchScriptRunner(_TorchRunner):
-    """A TorchScript archive; its card is embedded (_extra_files) and beside it."""
+    """A TorchScript archive; its card is embedded (_extra_files) and beside it.
+
+    Trust: ``torch.jit.load`` runs the serialized program (its code and whatever operators it
+    calls) with your permissions; unlike a checkpoint, it is not loaded ``weights_only``. Load
+    TorchScript files only from sources you trust. A file fopt did not write (no sidecar card
+    whose sha256 is the file's) gets a one-line note when it is loaded, once per file.
+    """
     format = "torchscript"
     backend = "torchscript"
 

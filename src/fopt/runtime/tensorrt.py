@@ -10,6 +10,10 @@ An engine only runs on the GPU model and TensorRT version it was built with. Bef
 deserialising, the runner compares its card's ``tensorrt`` record (written by
 ``fopt optimize --tensorrt``) with this machine and refuses a mismatch in one line.
 ``import tensorrt`` happens in ``_load_impl`` only, so this module imports without it.
+
+Trust: an engine can carry plugins, which are native code that runs when it is deserialized.
+Load engines only from sources you trust; fopt says so in one line when it loads an engine it
+did not build (`fopt.runtime.base.Runner.load`).
 """
 
 from __future__ import annotations

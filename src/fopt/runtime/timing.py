@@ -24,8 +24,8 @@ Time comes from a pluggable clock (``time.perf_counter`` by default) so the stat
 stop logic are tested on a fake clock. On CUDA, `CudaEventTimer` brackets each iteration with CUDA
 events on the current stream and synchronises.
 
-Between processes this kind of VM varies far more than within one (MEASURED.md: 21-74% for torch
-eager), so `combine` pools several processes' samples and keeps each process's p50 and the spread
+Between processes a shared virtual machine varies far more than within one (tens of percent for
+torch eager on the 2-core VM fopt is developed on; README, "Measuring honestly"), so `combine` pools several processes' samples and keeps each process's p50 and the spread
 ``max/min - 1`` across them.
 """
 

@@ -26,7 +26,14 @@ from fopt.checkpoint import read_checkpoint, save_checkpoint
 from fopt.console import NoBar, epoch_bar, err_console
 from fopt.data.datasets import DatasetTable, ImageTableDataset
 from fopt.data.transforms import DEFAULT_MEAN, DEFAULT_STD, build_transform
-from fopt.errors import DataError, OutputExistsError, UsageError, first_line
+from fopt.errors import (
+    CheckpointError,
+    DataError,
+    FoptError,
+    OutputExistsError,
+    UsageError,
+    first_line,
+)
 from fopt.evaluation import classification_metrics, classification_report_text
 from fopt.models import IMAGENET_MEAN, IMAGENET_STD, count_params, frozen_norm_eval
 from fopt.runtime import resolve_device
@@ -40,6 +47,7 @@ from fopt.train.distributed import (
     gather_arrays,
     init_from_env,
 )
+from fopt.workdir import exclusive
 
 
 @dataclass
@@ -59,6 +67,24 @@ class FitResult:
 def note(message: str) -> None:
     """One unwrapped log line on stderr (greppable, whatever the terminal width)."""
     err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """The original one-line error of a DataLoader worker, else `e` itself.
+
+    A worker's exception reaches the main process re-created from one string, "Caught DataError
+    in DataLoader worker process 0. Original Traceback ...": the whole traceback as its message.
+    For fopt's own errors the user needs the last line only, the message the worker raised."""
+    msg = str(e)
+    if not isinstance(e, FoptError) or not msg.startswith("Caught ") or "DataLoader worker" not in msg:
+        return e
+    cls = type(e)
+    prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    for line in reversed(msg.splitlines()):
+        for prefix in prefixes:
+            if line.startswith(prefix) and line[len(prefix):].strip():
+                return cls(line[len(prefix):].strip())
+    return e
 
 
 # ----------------------------------------------------------------------------- seeds, devices
@@ -326,9 +352,42 @@ def evaluate(model, loader, device, *, amp: bool, dist: DistInfo) -> dict[str, n
 
 # ----------------------------------------------------------------------------- fit
 
-def load_train_state(run_dir: Path, model, optimizer, scheduler, scaler, dist: DistInfo, log):
+def _describe(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return f"{len(names)} classes ({shown})"
+
+
+def check_resume_matches(ckpt: Path, card: dict[str, Any], data: str, class_names: list[str],
+                         spec: InputSpec) -> None:
+    """A resume continues the same problem: the checkpoint's classes and input spec must be the
+    dataset's and the config's now, else one line saying what differs (before any weight loads)."""
+    hint = "start a new run (another --out, or --force to start over here)"
+    saved = list(card.get("class_names") or [])
+    if saved != list(class_names):
+        if len(saved) != len(class_names):
+            what = f"{_describe(saved)}, the dataset now has {_describe(list(class_names))}"
+        elif sorted(saved) == sorted(class_names):
+            what = "the same classes in another label order"
+        else:
+            diff = [f"{a!r} -> {b!r}" for a, b in zip(saved, class_names) if a != b]
+            what = f"other class names ({', '.join(diff[:3])}{', ...' if len(diff) > 3 else ''})"
+        raise CheckpointError(f"cannot resume {ckpt}: it was trained on {what} in {data} "
+                              f"(the dataset was rebuilt?); {hint}")
+    try:
+        old = InputSpec.from_dict(card.get("input_spec") or {})
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"cannot resume {ckpt}: its card has no readable input spec") from None
+    diffs = [f"{k} {getattr(old, k)} vs {getattr(spec, k)} now" for k in ("size", "channels", "mean", "std")
+             if tuple(np.atleast_1d(getattr(old, k))) != tuple(np.atleast_1d(getattr(spec, k)))]
+    if diffs:
+        raise CheckpointError(f"cannot resume {ckpt}: its input spec differs ({'; '.join(diffs)}); {hint}")
+
+
+def load_train_state(run_dir: Path, model, optimizer, scheduler, scaler, dist: DistInfo, log,
+                     expect: tuple[str, list[str], InputSpec] | None = None):
     """Restore everything last.pt holds; returns (history, start_epoch, best_f1, best_epoch,
-    best_state). Every rank reads the files, so multi-node resume needs RUN_DIR on shared storage."""
+    best_state). `expect` = (data, class names, input spec) the checkpoint must match. Every rank
+    reads the files, so multi-node resume needs RUN_DIR on shared storage."""
 
     if dist.is_main:  # temporaries of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
         for stale in run_dir.glob(".*.tmp"):
@@ -337,6 +396,8 @@ def load_train_state(run_dir: Path, model, optimizer, scheduler, scaler, dist: D
     ts = raw.get("train_state")
     if not ts:
         raise DataError(f"{run_dir / 'last.pt'}: has no training state to resume from")
+    if expect is not None:
+        check_resume_matches(run_dir / "last.pt", raw.get("card") or {}, *expect)
     model.load_state_dict(raw["state_dict"])
     optimizer.load_state_dict(ts["optimizer"])
     if scheduler is not None and ts.get("scheduler"):
@@ -371,7 +432,10 @@ def fit(cfg: TrainConfig, resume: bool = False, force: bool = False) -> FitResul
     try:
         if device_kind == "cpu":  # restored below: fit may run inside a larger program
             torch.use_deterministic_algorithms(True, warn_only=True)
-        return _fit(cfg, resume, force, dist)
+        if not dist.is_main:  # only rank 0 writes, so only rank 0 holds the run folder's lock
+            return _fit_plain_errors(cfg, resume, force, dist)
+        with exclusive(cfg.out, what=f"run folder {cfg.out}", folder=True):
+            return _fit_plain_errors(cfg, resume, force, dist)
     except BaseException as e:
         if dist.enabled:  # name the rank: torchrun's summary otherwise only shows exit codes
             first = first_line(e, "")
@@ -382,6 +446,17 @@ def fit(cfg: TrainConfig, resume: bool = False, force: bool = False) -> FitResul
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         cleanup(dist)
+
+
+def _fit_plain_errors(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResult:
+    """`_fit`, with a DataLoader worker's error turned back into its own one-line message."""
+    try:
+        return _fit(cfg, resume, force, dist)
+    except FoptError as e:
+        plain = unwrap_worker_error(e)
+        if plain is e:
+            raise
+        raise plain from None
 
 
 def _fit(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResult:
@@ -432,7 +507,8 @@ def _fit(cfg: TrainConfig, resume: bool, force: bool, dist: DistInfo) -> FitResu
     start_epoch, best_f1, best_epoch, best_state = 1, -1.0, 0, None
     if resume:
         history, start_epoch, best_f1, best_epoch, best_state = load_train_state(
-            run_dir, model, optimizer, scheduler, scaler, dist, log)
+            run_dir, model, optimizer, scheduler, scaler, dist, log,
+            expect=(cfg.data, class_names, spec))
     if cfg.freeze_backbone and not cfg.pretrained:
         log("warning: --freeze-backbone without --pretrained trains a head on random features")
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from fopt.artifacts import atomic_path, write_text_atomic
+from fopt.errors import BusyError
+from fopt.workdir import exclusive
+
+APPEND_WAIT_S = 60.0  # how long an append waits for another process's append to the same CSV
 
 
 def _save_figure(fig, path: str | Path) -> Path:
@@ -95,9 +100,25 @@ def write_rows_csv(path: str | Path, rows: Sequence[dict[str, Any]],
     return write_text_atomic(path, buf.getvalue())
 
 
-def append_row_csv(path: str | Path, row: dict[str, Any]) -> Path:
-    """Append one row, widening the header when the row brings new columns (rewritten atomically)."""
+def append_row_csv(path: str | Path, row: dict[str, Any], *, wait_s: float = APPEND_WAIT_S) -> Path:
+    """Append one row, widening the header when the row brings new columns (rewritten atomically).
+
+    The read-modify-write holds the CSV's lock (`fopt.workdir.exclusive`), so two runs finishing
+    at once both land their row; a writer waits up to `wait_s` for the other one's short turn."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with exclusive(path, what=f"experiments CSV {path}", folder=False):
+                return _append_locked(path, row)
+        except BusyError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _append_locked(path: Path, row: dict[str, Any]) -> Path:
     rows: list[dict[str, Any]] = []
     columns: list[str] = []
     if path.exists() and path.stat().st_size:

@@ -1,35 +1,25 @@
 """`fopt bench --calibrate`: measure this machine's effective rates once, fit, and cache them.
 
-What is measured (`fopt.bench.costmodel.probes`, synthetic networks only) and what is derived:
+`calibrate` returns (and with `save`, caches: `fopt.bench.costmodel.cache`) one record per
+device, thread count and clock. On the CPU it holds:
 
 - ``summary``: GEMM rate per precision (the ``peak_flops`` a device spec needs), DRAM and
-  cache-sized memory bandwidth, and the per-node dispatch overhead. This is what turns the
-  ``cpu`` device of `fopt analyze` into real numbers. The GEMM is timed again midway and at the
-  end (the fastest is kept);
-  ``stability`` records the change (another process on the machine shows up there).
-- ``backends``: for ``onnxruntime/fp32``, ``onnxruntime/int8`` and ``torch-eager/fp32``:
-  ``equations``: one per probe (ONNX Runtime: each probe branch cut out of the probe network
-  and run alone, its executed nodes from one profiled run - structure and shapes only - and its
-  *unprofiled* time, fastest of two passes; eager: each ATen call of each probe block, timed
-  inside real forward passes of that block). `fit_joint` solves them all at once for one linear
-  fit per kernel class (``overhead_s + work * sec_per_work``) plus a shared cost per byte beyond
-  the cache (``dram``); probes far slower than the fit predicts are timed once more
-  (`fit_with_retiming`). ``rate_points``: the achieved rate of every probe convolution/GEMM with
-  its shape features, which the estimate looks up by similarity (`fopt.bench.costmodel.predict.knn_rate`).
-  ``run_fixed_s``: one ``session.run``'s fixed cost; ``gap`` (eager): what a forward costs beyond
-  its ATen calls, per op and per byte the ops allocate.
-- ``probes.page_faults``: the cost of one page fault (`fopt.bench.measure.faults.page_fault_probe`). The
-  bench counts the faults of each measured row in its measuring processes and adds them at this
-  price to the calibrated estimate: a count from the measured run, never a timing of it.
+  cache-sized memory bandwidth, and the per-node dispatch overhead: what turns the ``cpu``
+  device of `fopt analyze` into real numbers. ``stability`` records how much the GEMM rate
+  changed between the start and the end (another process on the machine shows up there).
+- ``backends``: for each of `BACKEND_KEYS`, ``equations`` (one per probe: the nodes it executes
+  and its time; `fopt.bench.costmodel.probes` builds the probes), the per-kernel-class linear
+  fits and the shared cost per byte beyond the cache (`fopt.bench.costmodel.fit`), the achieved
+  rate of every probe convolution/GEMM with its shape features (``rate_points``), the fixed
+  cost of one run (``run_fixed_s``) and, for torch eager, what a forward costs beyond its ATen
+  calls (``gap``).
+- ``probes``: the raw probe results, among them the price of one page fault, at which the bench
+  adds the faults it counts in each measured row.
 
-Nothing here is fitted on registry models: the calibration is out of sample for every model it
-is later used to estimate. Its probe shapes are ordinary CNN layer shapes (some equal layers of
-torchvision models or of the tiny model), chosen on a grid; none is measured inside a registry
-model.
-
-The cache is one JSON file per machine (`fopt.bench.measure.machine.machine_key`: CPU model, CPU count,
-torch/onnxruntime/numpy versions) under ``$FOPT_CACHE_DIR/calibration/`` (default
-``~/.cache/fopt/calibration/``), holding one entry per device, thread count and clock.
+Nothing is fitted on registry models: the probes are synthetic networks with ordinary CNN layer
+shapes, so the calibration is out of sample for every model it later estimates. On a GPU
+(`calibrate_cuda`) only the summary is measured: there the calibrated estimate is the roofline
+with measured peaks.
 """
 
 from __future__ import annotations
@@ -39,6 +29,7 @@ import math
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,12 +72,7 @@ UNSTABLE_PCT = 10.0                  # GEMM rate at the end vs the start: more t
 BACKEND_KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
 
 
-# ----------------------------------------------------------------------------- cache
-
-
-# ----------------------------------------------------------------------------- fitting
-
-# ----------------------------------------------------------------------------- probes -> points
+# ----------------------------------------------------------------------------- probes -> equations
 
 def _ort_backend(model_path: str, branches, batches, threads: int | None, budget_s: float,
                  chain_equations: list[dict[str, Any]], workdir: Path, passes: int = 1) -> dict[str, Any]:
@@ -197,12 +183,13 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
 
 # ----------------------------------------------------------------------------- orchestration
 
-def _steps(quick: bool) -> dict[str, Any]:
+def _probe_config(quick: bool) -> dict[str, Any]:
+    """Sizes, time budgets, probe branches and passes of the full or the quick calibration."""
     if quick:
         return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50, "passes": 1,
-                "branches": QUICK_BRANCHES, "batches": (1, 2), "runs": 3, "chain_sizes": (20_000, 80_000)}
+                "branches": QUICK_BRANCHES, "batches": (1, 2), "chain_sizes": (20_000, 80_000)}
     return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.03, "torch_budget_s": 0.015, "torch_runs": 3, "delta_runs": 300, "passes": 2,
-            "branches": FULL_BRANCHES, "batches": (1, 8), "runs": 5, "chain_sizes": (50_000, 200_000)}
+            "branches": FULL_BRANCHES, "batches": (1, 8), "chain_sizes": (50_000, 200_000)}
 
 
 def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = False, clock: str = "wall",
@@ -235,13 +222,48 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
 def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
                    on_step: Callable[[str], None] | None) -> dict[str, Any]:
     step = on_step or (lambda msg: None)
-    cfg = _steps(quick)
+    cfg = _probe_config(quick)
     t_start = time.perf_counter()
     rec = machine_record()
+    rates = _machine_rates(cfg, threads, step)
+    net = probes.build_probenet(cfg["branches"])
+    # The GEMM is timed three times (start, here, end), the fastest kept: on a shared machine
+    # one slow spell can take 25% off a single timing (measured: 354 against 485 GFLOP/s).
+    step("GEMM rates, second timing")
+    mid_gemms = _gemm_rates(cfg, threads)
+    backends = _probe_backends(net, cfg, threads, rates, _cache_bytes(rec), step)
+    # The same GEMM at the end as at the start: if the machine's speed changed in between (another
+    # process, frequency), the calibration is suspect and says so.
+    end_gemms = _gemm_rates(cfg, threads)
+    cal = _cpu_record(rec, threads, clock=clock, quick=quick, cfg=cfg, rates=rates,
+                      gemm_timings=(rates.gemms, mid_gemms, end_gemms), backends=backends)
+    cal["duration_s"] = time.perf_counter() - t_start
+    if save:
+        cal["path"] = str(save_calibration(cal))
+    return cal
 
 
+@dataclass
+class _MachineRates:
+    """What the CPU does outside any kernel class: GEMM, memory copies, dispatch, page faults."""
+    gemms: list[probes.GemmResult]      # the first of the three GEMM timings
+    bw_cache: float                     # bytes/s, cache-sized copy
+    bw_dram: float                      # bytes/s, DRAM-sized copy
+    overhead: dict[str, Any]            # `probes.overhead_probes`, plus the profiler's cost per node
+    page_faults: dict[str, Any]         # `fopt.bench.measure.faults.page_fault_probe`
+
+    @property
+    def fault_price_s(self) -> float | None:
+        return self.page_faults.get("seconds_per_fault")
+
+
+def _gemm_rates(cfg: dict[str, Any], threads: int) -> list[probes.GemmResult]:
+    return probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
+
+
+def _machine_rates(cfg: dict[str, Any], threads: int, step: Callable[[str], None]) -> _MachineRates:
     step("GEMM rates")
-    gemms = probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
+    gemms = _gemm_rates(cfg, threads)
     step("memory bandwidth")
     bw_cache = probes.bandwidth_probe(cfg["bw_small"], cfg["budget_s"] * 4)
     bw_dram = probes.bandwidth_probe(cfg["bw_large"], cfg["budget_s"] * 8)
@@ -249,45 +271,53 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     over = probes.overhead_probes(threads, cfg["budget_s"] * 2, sizes=cfg["chain_sizes"])
     over["profiler"] = probes.profiler_delta_probe(threads, runs=cfg["delta_runs"])
     step("page fault cost")
-
     page_faults = page_fault_probe(threads, clock=probes.current_clock())
+    return _MachineRates(gemms, bw_cache, bw_dram, over, page_faults)
 
+
+def _cache_bytes(rec: dict[str, Any]) -> float:
+    """Bytes a node's tensors may take before it pays for DRAM: half the L3, when known."""
+    l3 = rec["cpu"].get("l3_bytes")
+    return l3 / 2 if l3 else DEFAULT_CACHE_BYTES
+
+
+def _relu_chain_equations(over: dict[str, Any]) -> list[dict[str, Any]]:
+    """Equations from the per-node times of the Relu chains: they pin ONNX Runtime's
+    element-wise class (plus the run's fixed cost, which the fit takes off every equation)."""
+    return [{"probe": f"Relu chain on {e} elements", "batch": 1, "seconds": sec + over["onnxruntime_run_fixed_s"],
+             "nodes": [["eltwise", float(e), 8.0 * int(e)]], "ops": ["Relu"]}
+            for e, sec in over["onnxruntime_node_s"].items() if int(e) >= 10_000]
+
+
+def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates, cache_bytes: float,
+                    step: Callable[[str], None]) -> dict[str, Any]:
+    """Per backend in `BACKEND_KEYS`: its probe equations, timed in whole passes, then fitted."""
     branches, batches = cfg["branches"], cfg["batches"]
-    net = probes.build_probenet(branches)
+    fault_price = rates.fault_price_s
     backends: dict[str, Any] = {}
-    # The GEMM is timed three times (start, here, end), the fastest kept: on a shared machine
-    # one slow spell can take 25% off a single timing (measured: 354 against 485 GFLOP/s).
-    step("GEMM rates, second timing")
-    mid_gemms = probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
     step("kernel classes: torch eager")
     # Compute only: which pages a model faults depends on its whole allocation sequence, so the
     # bench counts them in the measured run and prices them apart (`page_faults` above); the
     # probes' own faults are taken off their timings at that price.
-    fault_price = page_faults.get("seconds_per_fault")
     backends["torch-eager/fp32"] = _torch_backend(net, branches, batches, cfg["torch_budget_s"], cfg["torch_runs"],
                                                   fault_price_s=fault_price)
     backends["torch-eager/fp32"]["run_fixed_s"] = 0.0
-    # Per-node times of the Relu chains pin the element-wise class (plus the run's fixed cost,
-    # which the fit takes off every equation).
-    chain = [{"probe": f"Relu chain on {e} elements", "batch": 1, "seconds": sec + over["onnxruntime_run_fixed_s"],
-              "nodes": [["eltwise", float(e), 8.0 * int(e)]], "ops": ["Relu"]}
-             for e, sec in over["onnxruntime_node_s"].items() if int(e) >= 10_000]
+    chain = _relu_chain_equations(rates.overhead)
+    # The branch models cut out of the probe network live here until the fit has timed its
+    # outliers again.
     with tempfile.TemporaryDirectory(prefix="fopt-calib-") as tmp:
-        fp32 = str(Path(tmp) / "probe.onnx")
-        Path(fp32).write_bytes(probes.probenet_to_onnx(net, branches))
-        int8 = str(Path(tmp) / "probe.int8.onnx")
-        step("kernel classes: onnxruntime fp32")
         work = Path(tmp)
+        fp32, int8 = str(work / "probe.onnx"), str(work / "probe.int8.onnx")
+        Path(fp32).write_bytes(probes.probenet_to_onnx(net, branches))
+        step("kernel classes: onnxruntime fp32")
         backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work,
                                                     cfg["passes"])
         step("kernel classes: onnxruntime int8")
         probes.quantize_probe(fp32, int8, branches)
         backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work,
                                                     cfg["passes"])
-        l3 = rec["cpu"].get("l3_bytes")
-        cache_bytes = l3 / 2 if l3 else DEFAULT_CACHE_BYTES
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
-            backends[key]["run_fixed_s"] = over["onnxruntime_run_fixed_s"]
+            backends[key]["run_fixed_s"] = rates.overhead["onnxruntime_run_fixed_s"]
         # As for ONNX Runtime: further whole passes, the fastest timing kept per ATen call.
         for k in range(1, cfg["passes"]):
             step(f"kernel classes: torch eager, pass {k + 1}")
@@ -299,22 +329,35 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
             "onnxruntime/fp32": lambda eqs: _retime_ort(eqs, branches, threads, cfg["budget_s"]),
             "onnxruntime/int8": lambda eqs: _retime_ort(eqs, branches, threads, cfg["budget_s"]),
         }
-        for key, b in backends.items():
-            fit = fit_with_retiming(b["equations"], b["run_fixed_s"], cache_bytes, retimers[key])
-            b["classes"], b["dram"] = fit["classes"], fit["dram"]
-            for e, r in zip(fit["used"], fit["residuals"]):
-                e["fit_error_pct"] = r * 100
-            b["rate_points"] = rate_points(b["equations"], fit, b["run_fixed_s"])
-            for e in b["equations"]:
-                e.pop("model", None)  # a temporary file
-    # The same GEMM at the end as at the start: if the machine's speed changed in between (another
-    # process, frequency), the calibration is suspect and says so.
-    again = probes.gemm_probes(cfg["gemm_n"], threads, cfg["budget_s"] * 4)
-    drift = max(abs(b.ops_per_s / a.ops_per_s - 1) for a, b in zip(gemms, again)) * 100
-    gemms = [max(a, m, b, key=lambda g: g.ops_per_s) for a, m, b in zip(gemms, mid_gemms, again)]
+        _fit_backends(backends, retimers, cache_bytes)
+    return backends
+
+
+def _fit_backends(backends: dict[str, Any], retimers: dict[str, Callable[[list[dict[str, Any]]], None]],
+                  cache_bytes: float) -> None:
+    """Fit each backend's equations in place: ``classes``, ``dram``, ``rate_points``, and each
+    used equation's ``fit_error_pct``."""
+    for key, b in backends.items():
+        fit = fit_with_retiming(b["equations"], b["run_fixed_s"], cache_bytes, retimers[key])
+        b["classes"], b["dram"] = fit["classes"], fit["dram"]
+        for e, r in zip(fit["used"], fit["residuals"]):
+            e["fit_error_pct"] = r * 100
+        b["rate_points"] = rate_points(b["equations"], fit, b["run_fixed_s"])
+        for e in b["equations"]:
+            e.pop("model", None)  # a temporary file
+
+
+def _cpu_record(rec: dict[str, Any], threads: int, *, clock: str, quick: bool, cfg: dict[str, Any],
+                rates: _MachineRates, gemm_timings: tuple[list[probes.GemmResult], ...],
+                backends: dict[str, Any]) -> dict[str, Any]:
+    """The calibration record (module doc) from the measured parts; the fastest of the GEMM
+    timings is kept, and how far the last moved from the first is its ``stability``."""
+    first, last = gemm_timings[0], gemm_timings[-1]
+    drift = max(abs(b.ops_per_s / a.ops_per_s - 1) for a, b in zip(first, last)) * 100
+    gemms = [max(timings, key=lambda g: g.ops_per_s) for timings in zip(*gemm_timings)]
     gemm = {g.name: g.ops_per_s for g in gemms}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    cal = {
+    return {
         "schema": SCHEMA,
         "created": created,
         "device": "cpu",
@@ -326,27 +369,23 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
         "summary": {
             "name": "cpu",
             "peak_flops": {"fp32": gemm["onnxruntime/fp32"], "fp16": None, "int8": gemm["onnxruntime/int8"]},
-            "mem_bandwidth": bw_dram,
-            "cache_bandwidth": bw_cache,
-            "per_node_overhead_s": over["onnxruntime_dispatch_s"],
+            "mem_bandwidth": rates.bw_dram,
+            "cache_bandwidth": rates.bw_cache,
+            "per_node_overhead_s": rates.overhead["onnxruntime_dispatch_s"],
             "source": f"fopt bench --calibrate on {rec['cpu'].get('model')} ({threads} threads), {created}",
         },
         "stability": {"gemm_change_pct": drift, "stable": drift <= UNSTABLE_PCT},
         "probes": {
             "gemm": [{"name": g.name, "n": g.n, "seconds": g.seconds, "ops_per_s": g.ops_per_s} for g in gemms],
-            "bandwidth": {"cache_bytes": cfg["bw_small"], "cache_Bps": bw_cache,
-                          "dram_bytes": cfg["bw_large"], "dram_Bps": bw_dram},
-            "overhead": over,
-            "page_faults": page_faults,
-            "probe_branches": len(branches),
-            "batches": list(batches),
+            "bandwidth": {"cache_bytes": cfg["bw_small"], "cache_Bps": rates.bw_cache,
+                          "dram_bytes": cfg["bw_large"], "dram_Bps": rates.bw_dram},
+            "overhead": rates.overhead,
+            "page_faults": rates.page_faults,
+            "probe_branches": len(cfg["branches"]),
+            "batches": list(cfg["batches"]),
         },
         "backends": backends,
     }
-    cal["duration_s"] = time.perf_counter() - t_start
-    if save:
-        cal["path"] = str(save_calibration(cal))
-    return cal
 
 
 # ----------------------------------------------------------------------------- CUDA

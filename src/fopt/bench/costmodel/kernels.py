@@ -1,9 +1,10 @@
 """Kernel classes: what kind of work an executed node does, and how much.
 
-Achieved MAC rates differ 10-40x between kernel types on the same CPU (MEASURED.md), so the
-calibrated estimate gives each executed node a class and a work amount, and the calibration
-measures each class's rate on this machine. The same function classifies the calibration probes
-and the models being estimated, so a class means the same thing on both sides.
+Achieved MAC rates differ 10-40x between kernel types on the same CPU (`fopt bench
+--show-calibration` lists them per class), so the calibrated estimate gives each executed node
+a class and a work amount, and the calibration measures each class's rate on this machine. The
+same function classifies the calibration probes and the models being estimated, so a class
+means the same thing on both sides.
 
 Work units: MACs for convolutions and GEMMs (1 MAC = 2 FLOPs), weight elements for GEMMs with
 fewer than 16 output rows (``gemv``: bound by reading the weights), elements for everything else
@@ -17,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from fopt.bench.measure.profile import DTYPE_BYTES, ExecNode
+from fopt.onnxgraph import DYNAMIC_QUANTIZE_OPS, QDQ_OPS
 
 CONV_OPS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcFusedConv", "NhwcConv",
             "conv2d", "convolution", "_convolution", "mkldnn_convolution", "conv1d", "conv3d"}
@@ -51,7 +53,7 @@ OP_CLASS = {
         "GlobalAveragePool", "GlobalMaxPool", "QLinearGlobalAveragePool", "ReduceMean", "ReduceMax",
         "adaptive_avg_pool2d", "_adaptive_avg_pool2d", "mean", "amax")},
     **{op: "layout" for op in ("ReorderInput", "ReorderOutput", "Transpose", "permute")},
-    **{op: "quant" for op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")},
+    **{op: "quant" for op in QDQ_OPS | DYNAMIC_QUANTIZE_OPS},
     **{op: "noop" for op in (
         "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Gather", "Constant", "Expand",
         "Size", "ConstantOfShape", "flatten", "view", "reshape", "_reshape_alias", "t",
@@ -94,8 +96,8 @@ class NodeWork:
 
     @classmethod
     def from_equation_node(cls, node: list) -> "NodeWork":
-        """The inverse of `as_equation_node` (features and fused_act may be absent: older or
-        hand-written equations)."""
+        """The inverse of `as_equation_node`. Features and fused_act may be absent: equations
+        written by hand, such as the calibration's Relu chains, give only [class, work, bytes]."""
         feats = tuple(node[3]) if len(node) > 3 and node[3] else ()
         act = tuple(node[4]) if len(node) > 4 and node[4] else None
         return cls(node[0], node[1], 0.0, node[2], features=feats, fused_act=act)

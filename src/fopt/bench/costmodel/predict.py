@@ -1,44 +1,23 @@
-"""Estimates beside every measured row: naive, roofline (from `fopt analyze`) and calibrated.
+"""The calibrated estimate: every node of the graph a runtime executes, priced with this machine's fits.
 
-- ``naive``: total FLOPs / peak(precision) of the device: what a FLOP count alone predicts.
-- ``roofline``: analyze's per-node ``max(flops / peak, bytes / bandwidth) + overhead`` on the
-  exported graph. For ``cpu`` both use this machine's calibrated summary (GEMM rate, DRAM
-  bandwidth, dispatch overhead); without a calibration they are absent, with a note.
-- ``calibrated``: per node of the graph the runtime *executes* (`fopt.bench.measure.profile`). A
-  convolution or GEMM costs ``work / rate``, with the rate achieved by the most similar probe
-  layers of its class (nearest neighbours in log shape space: spatial size, channels, kernel,
-  stride, batch, channel alignment; `knn_rate`): depthwise convolutions, for one, run 1 to 90
-  GMAC/s on the same CPU depending on their shape. Every other node costs::
-      time = overhead[class] + work / rate[class] + max(0, bytes - cache) / dram_rate
+`calibrated_estimate(graph, cal, key)` costs each node of an executed graph
+(`fopt.bench.measure.profile`) with the fits of one backend and precision (`fit_key`), which
+`fopt bench --calibrate` made on synthetic probes, never on the model being estimated:
 
-  with ``class`` the kernel class (`fopt.bench.costmodel.kernels`: dense/stem/pointwise/depthwise/grouped/
-  SE convs, GEMM, element-wise, transcendental, pooling, layout, Q/DQ ...) and ``rate`` and
-  ``overhead`` fitted for this backend and precision by ``fopt bench --calibrate`` on synthetic
-  probes (never on the model being estimated); the last term, shared by all classes, is what a
-  node pays once its tensors outgrow the cache (half the L3), fitted with the rest. It is added
-  rather than taken as ``max(compute, bytes / bandwidth)``: on the probes, large activations
-  cost on top of the arithmetic, not instead of it. The model's time is the sum over nodes, plus the
-  backend's fixed cost per run (ONNX Runtime) or, in eager mode, what a forward costs beyond its
-  ATen calls (module calls, and freeing what each op allocated: a cost per op and per byte).
-  Weights come from memory: in a forward pass the other layers' weights and activations evict
-  them before they are used again, while the probes, timed in a loop, find theirs in the cache
-  (measured: MobileNetV3-Small's 576x1024 classifier layer took 3x its probe's time in eager
-  mode). So a convolution also pays ``weight_bytes * (1 / dram_bandwidth - 1 / cache_bandwidth)``
-  (both measured by the calibration), and a matrix-vector product (``gemv``, a classifier at
-  small batch), whose probe rate already is a weight-streaming rate, takes at least
-  ``weight_bytes / dram_bandwidth`` (VGG-16's first classifier layer, 411 MB: estimated 10.1 ms
-  at batch 1, profiled 9.0 ms in ONNX Runtime).
-  For ONNX Runtime the executed graph and its shapes come from one short profiled run whose
-  *times are not used*. No convolution is estimated faster than 1.25x the calibrated GEMM rate of
-  its precision (`GEMM_PEAK_MARGIN`), and in an INT8 graph the convolutions that compute in float
-  use the FP32 fits.
-  `fopt.bench.run` then adds the page faults counted in the measured run at the calibrated
-  price per fault (`fopt.bench.measure.faults`).
+- a convolution or GEMM: ``work / rate``, the rate the most similar probe layers of its kernel
+  class achieved (`knn_rate`), never above `GEMM_PEAK_MARGIN` x the calibrated GEMM rate of its
+  precision; with no similar probe layer, the linear fit below;
+- any other node: ``overhead[class] + work / rate[class] + max(0, bytes - cache) * dram_cost``
+  (`predict_node`; kernel classes from `fopt.bench.costmodel.kernels`);
+- plus what reading its weights from DRAM adds, as the probes, timed in a loop, found theirs in
+  the cache (`cold_weights_s`);
+- plus, once per run, the backend's fixed cost: ONNX Runtime's ``session.run``, or in eager
+  mode a cost per op and per allocated byte beyond the ATen calls.
 
-Error is ``(estimate / measured_p50 - 1) * 100``: positive means the estimate is too high.
-`benchmarks/bench_quality.py` measures how often it lands within 25% (75-86% of 36 points at
-224 px in six runs on the 2-core VM this was developed on, against 17-25% for FLOPs / peak;
-12 of 12 for EfficientNet-B7 and VGG-16 in two runs).
+In an INT8 graph, convolutions and GEMMs that compute in float use the FP32 fits. The executed
+graph's profiled times are never read. `error_pct` is ``(estimate / measured - 1) * 100``:
+positive means too high. How often the estimate lands within 25% is what
+`benchmarks/bench_quality.py` measures (README, "Measuring honestly").
 """
 
 from __future__ import annotations
@@ -58,25 +37,24 @@ from fopt.bench.costmodel.kernels import (
 )
 from fopt.bench.measure.profile import ExecGraph, ort_exec_graph, torch_exec_graph
 from fopt.errors import UsageError
+from fopt.onnxgraph import INTEGER_MAC_OPS
 
 # Which calibrated backend a runner's rows use.
 _BACKEND_FITS = {"torch-eager": "torch-eager", "torchscript": "torch-eager", "onnxruntime": "onnxruntime"}
 
 
 def fit_key(backend: str, precision: str) -> str | None:
+    """The calibration entry (``backend/precision``) whose fits price a runner's rows; None for a
+    backend the cost model does not cover."""
     base = _BACKEND_FITS.get(backend)
     return f"{base}/{precision}" if base else None
 
 
-# Convolutions and GEMMs that compute in integers. In an INT8 artifact every other convolution
-# or GEMM runs in FP32: all of them after dynamic quantization of MatMul/Gemm only, and those a
-# static model keeps FP32 (--exclude, --keep-fp32, a Q/DQ pair ONNX Runtime could not fuse).
-INTEGER_COMPUTE_OPS = {"QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger",
-                       "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
 
 
 @dataclass
-class NodeEstimate:
+class CalibratedNode:
+    """One executed node's calibrated estimate, and the fit it came from."""
     name: str
     op: str
     kernel_class: str
@@ -97,7 +75,7 @@ class NodeEstimate:
 @dataclass
 class CalibratedEstimate:
     total_ms: float
-    nodes: list[NodeEstimate]
+    nodes: list[CalibratedNode]
     fixed_ms: float                      # per-run constant (session.run) + per-op module calls
     notes: list[str] = field(default_factory=list)
     weights_ms: float = 0.0              # part of the nodes' estimates: weights read from memory
@@ -177,7 +155,7 @@ def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | N
     most similar probe layers (`knn_rate`), never above `max_rate` (the machine's GEMM peak at
     this precision, with a margin: a probe layer timed far faster is a profiling artefact, such as a
     small node whose time the profiler gave to its neighbours). Everything else: overhead +
-    work/rate + bytes beyond the cache at the fitted DRAM cost (`fopt.bench.costmodel.calibrate.fit_joint`)."""
+    work/rate + bytes beyond the cache at the fitted DRAM cost (`fopt.bench.costmodel.fit.fit_joint`)."""
 
     far = False
     if points and nw.kernel_class in COMPUTE_CLASSES and nw.work > 0 and len(points.get(nw.kernel_class) or []) >= 2:
@@ -210,9 +188,10 @@ def predict_node(nw: NodeWork, fits: dict[str, dict], dram: dict[str, float] | N
 
 def cold_weights_s(nw: NodeWork, warm_s: float, dram_bps: float | None, cache_bps: float | None) -> float:
     """What reading a node's weights from DRAM adds to `warm_s`, its estimate from probes that
-    found their weights in the cache (see the module docstring): a convolution pays the
-    difference between the two bandwidths on its weights; a GEMM/GEMV, which streams its
-    weights, takes at least their DRAM time."""
+    found their weights in the cache: in a forward pass the other layers' weights and
+    activations evict them before they are used again. A convolution pays the difference
+    between the two bandwidths on its weights; a GEMM/GEMV, whose probe rate already is a
+    weight-streaming rate, takes at least their DRAM time."""
     if not dram_bps or not nw.weight_bytes:
         return 0.0
     dram_s = nw.weight_bytes / dram_bps
@@ -246,7 +225,9 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
     for node in graph.nodes:
         nw = classify(node)
         b, p = backend, precision
-        if float_backend is not None and nw.kernel_class in COMPUTE_CLASSES and node.op not in INTEGER_COMPUTE_OPS:
+        # in an INT8 artifact every convolution or GEMM that is not an integer kernel runs in FP32
+        # (dynamic quantization of MatMul/Gemm only; --exclude, --keep-fp32; unfused Q/DQ pairs)
+        if float_backend is not None and nw.kernel_class in COMPUTE_CLASSES and node.op not in INTEGER_MAC_OPS:
             b, p = float_backend, "fp32"
             n_float += 1
         sec, used, bound = predict_node(nw, b["classes"], b.get("dram"), b.get("rate_points"), caps[p])
@@ -259,7 +240,7 @@ def calibrated_estimate(graph: ExecGraph, cal: dict[str, Any], key: str) -> Cali
             borrowed[nw.kernel_class] = used
         if nw.unknown:
             unknown[node.op] = unknown.get(node.op, 0) + 1
-        nodes.append(NodeEstimate(node.name, node.op, nw.kernel_class, used, nw.work, nw.macs,
+        nodes.append(CalibratedNode(node.name, node.op, nw.kernel_class, used, nw.work, nw.macs,
                                   nw.bytes_moved, sec * 1e3, bound, node.measured_ms, nw.unknown))
     n = len(nodes)
     fixed_s = backend.get("run_fixed_s", 0.0)
@@ -312,6 +293,7 @@ def exec_graph_for(runner: Any, batch: np.ndarray, profile_runs: int = 1,
 
 
 def error_pct(estimate_ms: float | None, measured_ms: float | None) -> float | None:
+    """``(estimate / measured - 1) * 100`` (positive: the estimate is too high); None without both."""
     if estimate_ms is None or not measured_ms:
         return None
     return (estimate_ms / measured_ms - 1.0) * 100.0

@@ -3,7 +3,7 @@
 - GEMM rate per precision: ONNX Runtime MatMul (FP32) and MatMulInteger (u8 x s8, INT8), torch.mm.
 - Memory bandwidth: a numpy copy of a cache-sized and of a DRAM-sized buffer (read + write counted).
 - Dispatch overhead: chains of N element-wise nodes on real-sized tensors (ORT, torch). Tiny
-  tensors skip the thread pool and make the per-node cost look 20x too small (MEASURED.md), so the
+  tensors skip the thread pool and make the per-node cost look about 20x too small, so the
   chains run at several sizes and the overhead is the intercept of time per node vs size; and
   what ONNX Runtime's profiler adds per node (`profiler_delta_probe`), shown beside per-layer times.
 - Kernel classes: `ProbeNet`, one synthetic network with many independent branches - dense,
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -384,10 +386,6 @@ def profiler_delta_probe(threads: int | None, *, elements: int = 100_000, length
 
     Runs are short (a fraction of a millisecond), so taking the 25th percentile over many of them
     keeps the runs that another process did not disturb."""
-    import json as _json
-    import tempfile
-
-
     model = _relu_chain(length, elements)
     x = np.random.default_rng(0).standard_normal((1, elements)).astype(np.float32)
     plain = ort_session(model, threads=threads)
@@ -403,7 +401,7 @@ def profiler_delta_probe(threads: int | None, *, elements: int = 100_000, length
         prof = ort_session(model, threads=threads, profile_prefix=str(Path(tmp) / "p"))
         for _ in range(runs + 1):
             prof.run(None, {"x": x})
-        events = _json.loads(Path(prof.end_profiling()).read_text())
+        events = json.loads(Path(prof.end_profiling()).read_text())
         del prof
     # per-run node sums: a node's durations come back per run in run order
     per_node, _ = parse_ort_profile(events, skip_runs=1, quantile=50.0)

@@ -3,15 +3,8 @@
 Torch eager allocates every activation afresh. With glibc's malloc, blocks above the mmap
 threshold (at most 32 MiB) are mapped and unmapped on every call, and a heap whose free top
 grows past the trim threshold is handed back to the kernel; either way the next forward pass
-touches new pages, and each first touch is a page fault in which the kernel zeroes 4 KiB. On
-this 2-core VM that is about 1.4 us per page, 0.33 ms per MB (one thread, CPU time, with
-MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=4294967295 as the fault-free reference):
-
-    tiny b8             10.4 ms, 3,104 faults   ->  5.8 ms, 0 faults
-    efficientnet_b0 b1  21.2 ms, 3,496 faults   -> 16.3 ms, 0 faults
-    efficientnet_b0 b8   238 ms, 76,217 faults  ->  125 ms, 0 faults
-
-and fault-free time + faults x 1.36 us matched the default time within 4% for all three.
+touches new pages, and each first touch is a page fault in which the kernel zeroes 4 KiB. That
+can be a large share of an eager row's time (README, "Measuring honestly").
 
 How many pages fault depends on the allocation sequence of the whole model and the allocator's
 history, which no layer-by-layer model predicts well, so the bench counts them

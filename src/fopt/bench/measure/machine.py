@@ -13,6 +13,7 @@ import hashlib
 import os
 import platform
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +155,6 @@ def cpus_busy(window_s: float = 0.3, stat_path: str | Path = "/proc/stat", cpus:
 
     The load average is not used: it trails by minutes, so it still counts a training run that
     has just finished."""
-    import time
-
     a = _cpu_jiffies(stat_path)
     (sleep or time.sleep)(window_s)
     b = _cpu_jiffies(stat_path)

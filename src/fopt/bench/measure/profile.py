@@ -1,7 +1,8 @@
 """The graph a runtime actually executes, node by node, with measured time where it can profile.
 
-Estimates that work from the exported FP32 graph miss much of the time (MEASURED.md): layout
-reorders (NCHWc), fused activations, QLinear element-wise ops, leftover Q/DQ, transposes. So the
+Estimates that work from the exported FP32 graph miss much of the time: layout reorders
+(NCHWc), fused activations, QLinear element-wise ops, leftover Q/DQ, transposes (README,
+"Measuring honestly"; `benchmarks/bench_quality.py` explains its misses per layer). So the
 calibrated estimate and ``--per-layer`` both start from the executed graph:
 
 - ONNX Runtime: one session with session profiling *and* ``optimized_model_filepath``. The
@@ -23,7 +24,7 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,23 +55,15 @@ class ExecNode:
     weight_dtype: str | None = None
     measured_ms: float | None = None           # profiled time per run (inflated by the profiler)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class ExecGraph:
+    """The nodes one runtime executed for one batch, in execution order."""
     backend: str
     precision: str
     batch_size: int
     nodes: list[ExecNode]
-    run_ms: float | None = None                # profiled whole-run time (median), when profiled
-    run_min_ms: float | None = None            # ... and its fastest run
     source: str = ""                           # how the graph was obtained
-
-    def measured_total_ms(self) -> float | None:
-        vals = [n.measured_ms for n in self.nodes if n.measured_ms is not None]
-        return sum(vals) if vals else None
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
@@ -183,7 +176,7 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
         del sess
     # Scaled runs: the mean, whose sum over nodes is the runs' mean CPU time (a low quantile
     # would pick the nodes that the uniform scaling deflated).
-    per_node, run_times = parse_ort_profile(events, skip_runs=1, quantile=None if cpu_clock else node_quantile,
+    per_node, _ = parse_ort_profile(events, skip_runs=1, quantile=None if cpu_clock else node_quantile,
                                             run_scale=scales if cpu_clock else None)
     graph_nodes = {n.name: n for n in optimized.graph.node if n.name}
     inits = {i.name: i for i in optimized.graph.initializer}
@@ -205,9 +198,7 @@ def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None =
                               output_shapes=out_shapes, output_dtypes=out_dtypes, attrs=attrs,
                               weight_shape=wshape, weight_dtype=wdtype, measured_ms=rec["ms"]))
     return ExecGraph(backend="onnxruntime", precision="", batch_size=int(batch.shape[0]) if batch is not None else 0,
-                     nodes=nodes, run_ms=statistics.median(run_times) if run_times else None,
-                     run_min_ms=min(run_times) if run_times else None,
-                     source="onnxruntime profile + optimized model")
+                     nodes=nodes, source="onnxruntime profile + optimized model")
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -229,11 +220,8 @@ def _tensors(obj: Any) -> list[Any]:
 
 @dataclass
 class TorchCall:
-    """A recorded top-level ATen call; `func`/`args` let calibration replay it."""
+    """A recorded top-level ATen call."""
     node: ExecNode
-    func: Any
-    args: tuple
-    kwargs: dict
 
 
 def _torch_attrs(op: str, args: tuple) -> dict[str, Any]:
@@ -248,7 +236,7 @@ def _torch_attrs(op: str, args: tuple) -> dict[str, Any]:
     return {}
 
 
-def record_torch_calls(model: Any, batch: Any, keep_args: bool = False) -> list[TorchCall]:
+def record_torch_calls(model: Any, batch: Any) -> list[TorchCall]:
     """The top-level ATen calls of one forward pass (inference mode)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -275,10 +263,7 @@ def record_torch_calls(model: Any, batch: Any, keep_args: bool = False) -> list[
                             attrs=_torch_attrs(op, args),
                             weight_shape=list(weight.shape) if weight is not None else None,
                             weight_dtype=_TORCH_DTYPE.get(str(weight.dtype)) if weight is not None else None)
-            if keep_args:
-                calls.append(TorchCall(node, func, args, kwargs))
-            else:
-                calls.append(TorchCall(node, None, (), {}))
+            calls.append(TorchCall(node))
             return out
 
     with torch.inference_mode(), _Recorder():
