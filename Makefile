@@ -6,7 +6,7 @@ FOPT   := $(VENV)/bin/fopt
 STAMP  := $(VENV)/.fopt-installed
 DEMO_OUT ?= artifacts/demo
 
-.PHONY: install demo test test-faults test-all bench clean
+.PHONY: install demo test test-faults test-all bench clean mutate
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test-all: $(STAMP)
 # Speed and estimate-quality benchmarks; JSON and plots under artifacts/bench/.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out artifacts/bench
+
+# Mutation testing of the core modules (not part of `make test`); report under artifacts/mutate/.
+# MUTATE_ARGS e.g. "--modules timing,receptive --limit 20" (default: 8 mutants per module).
+MUTATE_ARGS ?=
+mutate: $(STAMP)
+	$(PY) benchmarks/mutate.py --out artifacts/mutate $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -176,3 +176,105 @@ def test_atomic_temp_file_lives_beside_the_target_and_is_gone_after(tmp_path):
             raise ValueError("killed")
     assert not tmp.exists() and target.read_bytes() == b"ok"
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]
+
+
+# ----------------------------------------------------------------------------- temp place, several targets
+
+@pytest.fixture
+def system_tmp(tmp_path, monkeypatch):
+    """The system temp folder, redirected to an empty folder this test can watch: a temporary
+    made there (mkstemp without dir=) would show up in it."""
+    import tempfile
+
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_atomic_paths_put_each_temp_beside_its_own_target(tmp_path, system_tmp):
+    import os
+    import re
+
+    from fopt.artifacts import atomic_paths
+
+    a = tmp_path / "run" / "nested" / "model.onnx"            # folders that do not exist yet
+    b = tmp_path / "elsewhere" / "deeper" / "model.onnx.json"
+    with atomic_paths(a, b) as (ta, tb):
+        assert (ta.parent, tb.parent) == (a.parent, b.parent)  # not the system temp folder
+        assert list(system_tmp.iterdir()) == []
+        # hidden, named after target and process: the names sweep_stale and resume clean up
+        assert re.fullmatch(rf"\.model\.onnx\.{os.getpid()}\..+\.tmp", ta.name), ta.name
+        assert re.fullmatch(rf"\.model\.onnx\.json\.{os.getpid()}\..+\.tmp", tb.name), tb.name
+        ta.write_bytes(b"graph")
+        tb.write_text("{}")
+    assert a.read_bytes() == b"graph" and b.read_text() == "{}"
+    assert not ta.exists() and not tb.exists()
+    assert [p.name for p in a.parent.iterdir()] == ["model.onnx"]
+    assert [p.name for p in b.parent.iterdir()] == ["model.onnx.json"]
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_atomic_paths_failures_leave_no_temp_and_no_target_changed(tmp_path, system_tmp):
+    from fopt.artifacts import atomic_paths
+
+    a = tmp_path / "one" / "a.bin"
+    b = tmp_path / "two" / "sub" / "b.bin"
+    a.parent.mkdir()
+    a.write_bytes(b"old-a")
+
+    def leftovers():
+        return sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+
+    # 1. an exception inside the block: both temps existed beside their targets, both are gone
+    with pytest.raises(RuntimeError), atomic_paths(a, b) as (ta, tb):
+        ta.write_bytes(b"new-a")
+        tb.write_bytes(b"half")
+        assert ta.exists() and tb.exists()
+        raise RuntimeError("killed")
+    assert not ta.exists() and not tb.exists()
+    assert a.read_bytes() == b"old-a" and not b.exists()
+    assert leftovers() == ["one/a.bin"]
+
+    # 2. a failure at commit (nothing was written for b): a is not replaced either
+    with pytest.raises(OSError, match="nothing was written"), atomic_paths(a, b) as (ta, tb):
+        ta.write_bytes(b"new-a")
+    assert not ta.exists() and not tb.exists()
+    assert a.read_bytes() == b"old-a" and not b.exists()
+    assert leftovers() == ["one/a.bin"]
+
+    # 3. the second temp cannot even be made (its folder is a file): the first one is removed
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a file, not a folder")
+    with pytest.raises(OSError), atomic_paths(a, blocker / "c.bin"):
+        pytest.fail("the block must not run")
+    assert leftovers() == ["blocker", "one/a.bin"]
+    assert a.read_bytes() == b"old-a"
+    assert list(system_tmp.iterdir()) == []
+
+
+def test_write_helpers_never_touch_the_system_temp_folder(tmp_path, system_tmp, monkeypatch):
+    """The helpers that hide their temporary (write_files_atomic, write_json_atomic) stage it
+    beside the target too: watch every file created while they run."""
+    import tempfile
+
+    from fopt.artifacts import write_files_atomic
+
+    made = []
+    real_mkstemp = tempfile.mkstemp
+
+    def spy(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        made.append(Path(path))
+        return fd, path
+
+    monkeypatch.setattr(tempfile, "mkstemp", spy)
+    x = tmp_path / "t" / "table.csv"
+    y = tmp_path / "m" / "mapping.json"
+    write_files_atomic({x: "a,b\n", y: b"{}"})
+    write_json_atomic(tmp_path / "c" / "card.json", {"k": 1})
+    assert [p.parent for p in made] == [x.parent, y.parent, tmp_path / "c"]
+    assert not any(p.exists() for p in made)
+    assert x.read_text() == "a,b\n" and y.read_bytes() == b"{}"
+    assert json.loads((tmp_path / "c" / "card.json").read_text()) == {"k": 1}
+    assert list(system_tmp.iterdir()) == []

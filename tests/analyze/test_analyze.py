@@ -74,7 +74,28 @@ def test_efficientnet_b0_at_256_reproduces_the_corrected_seed_figures():
     assert 2 * conv_gemm_macs == pytest.approx(1.0e9, rel=0.03)
     assert r.estimate.naive_ms == pytest.approx(1e3 * r.flops / 8.1e12)
     assert r.estimate.roofline_ms > r.estimate.naive_ms
-    assert r.rf.global_ is True and r.rf.conv_path_size == 851
+    assert r.rf.global_ is True and r.rf.conv_path_size == _efficientnet_b0_conv_path_rf() == 851
+
+
+def _efficientnet_b0_conv_path_rf() -> int:
+    """The closed form r = 1 + sum_l (k_l - 1) * prod_{m<l} s_m over the chain of convolutions.
+
+    EfficientNet-B0 is a chain (residuals add a shorter path, squeeze-and-excitation is global and
+    not on the conv path); only the stem and the depthwise convs have k > 1. From the paper's table:
+    stem 3x3/2; stages (k, s, repeats) = (3,1,1) (3,2,2) (5,2,2) (3,2,3) (5,1,3) (5,2,4) (3,1,1), the
+    stride on each stage's first block. Jumps 1, 2, 2, 4, 8, 16, 16, 32, 32 give
+    1 + 2*1 + 2*2 + 2*(2+4) + 4*(4+8) + 2*(8+16+16) + 4*3*16 + 4*(16+3*32) + 2*32 = 851.
+    Computed here from torchvision's modules in definition order (1x1 convs add nothing).
+    """
+    import torch
+    from torchvision.models import efficientnet_b0
+
+    rf, jump = 1, 1
+    for m in efficientnet_b0().modules():
+        if isinstance(m, torch.nn.Conv2d):
+            rf += (m.kernel_size[0] - 1) * m.dilation[0] * jump
+            jump *= m.stride[0]
+    return rf
 
 
 def test_checkpoint_target_equals_its_module_and_its_onnx_export(tiny_ckpt, tmp_path):

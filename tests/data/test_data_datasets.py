@@ -109,8 +109,18 @@ def test_calibration_batch(synth_dataset):
     assert a.dtype == np.float32 and a.shape == (12, 3, 32, 32)
     assert np.array_equal(a, calibration_batch(synth_dataset, 12, 32, seed=0))
     assert not np.array_equal(a, calibration_batch(synth_dataset, 12, 32, seed=1))
-    # real images, not noise: pixels are on the 1/255 grid of the normalised range
-    assert a.std() > 0.1
+    # real images, not noise: the eval preset resizes the 8-bit PIL image (the result is still
+    # 8-bit) before ToTensor (/255) and Normalize, so undoing the normalisation lands every value
+    # on the 1/255 grid; a float resize, a missing /255 or a wrong mean/std would leave the grid
+    mean = np.asarray(DEFAULT_MEAN, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(DEFAULT_STD, np.float32).reshape(1, 3, 1, 1)
+    levels = (a * std + mean) * 255
+    assert np.abs(levels - np.round(levels)).max() < 1e-4
+    assert levels.min() > -1e-4 and levels.max() < 255 + 1e-4
+    assert len(np.unique(np.round(levels))) > 50 and a.std() > 0.1   # and not a flat image
+    noise = np.random.default_rng(0).standard_normal(a.shape).astype(np.float32)
+    off_grid = (noise * std + mean) * 255                                # the check can fail
+    assert np.abs(off_grid - np.round(off_grid)).max() > 0.4
     n_train = len(DatasetTable.load(synth_dataset).split("train"))
     with pytest.raises(DataError, match=f"has only {n_train}"):
         calibration_batch(synth_dataset, n_train + 1, 32)

@@ -80,18 +80,55 @@ def test_unwritable_output_folder(ckpt, tmp_path):
     assert leftovers(ckpt.parent) == []
 
 
+def _without_dac_override() -> list[str] | None:
+    """A command prefix under which folder permissions apply, or None where there is none.
+
+    Root ignores folder permissions (CAP_DAC_OVERRIDE). `unshare --user` runs the command in a new
+    user namespace, where it keeps root's uid on the files (so it can still read the checkpoint in
+    pytest's 0700 temp folder) but has no capability over them: the owner bits decide, exactly
+    as for an ordinary user. Non-root needs no prefix.
+    """
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        return []
+    prefix = [shutil.which("unshare") or "unshare", "--user", "--map-user=65534"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30, check=False).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return prefix if ok else None
+
+
 def test_read_only_output_folder(ckpt, tmp_path):
     import os
+    import subprocess
+    import sys
 
-    if os.geteuid() == 0:
-        pytest.skip("root ignores folder permissions")
+    prefix = _without_dac_override()
+    if prefix is None:
+        pytest.skip("running as root and `unshare --user` is not permitted here (no user namespaces), "
+                    "so nothing makes root respect folder permissions")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        assert_one_error(run(ckpt, "--out", ro), "writ")
+        # the same permission check the CLI will meet: a plain write must fail under the prefix
+        probe = subprocess.run([*prefix, sys.executable, "-c", f"open({str(ro / 'probe')!r}, 'w')"],
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        proc = subprocess.run([*prefix, sys.executable, "-m", "fopt", "export", str(ckpt), "--out", str(ro)],
+                              capture_output=True, text=True, timeout=300, env=env, check=False)
     finally:
         ro.chmod(0o700)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "writ" in errors[0].lower() and str(ro) in errors[0], errors[0]
+    assert list(ro.iterdir()) == [] and leftovers(ckpt.parent) == []
 
 
 def test_existing_output_needs_force(ckpt, tmp_path):

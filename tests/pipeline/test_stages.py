@@ -1,3 +1,5 @@
+import pytest
+
 from fopt.pipeline.stages import Stage, StageLedger
 
 
@@ -28,13 +30,42 @@ def test_stage_skips_when_inputs_and_params_unchanged(tmp_path):
 
 
 def test_failed_stage_is_not_recorded(tmp_path):
-    ledger = StageLedger(tmp_path / "stages.json")
+    ledger_path = tmp_path / "stages.json"
+    ledger = StageLedger(ledger_path)
+    src = tmp_path / "in.txt"
+    src.write_text("v1")
+    out = tmp_path / "out.txt"
+    fail = []
+
+    def make():
+        if fail:
+            out.write_text("half")                        # a partial output, then the crash
+            raise RuntimeError("x")
+        out.write_text(src.read_text())
 
     def boom():
         raise RuntimeError("x")
 
-    try:
+    ok = Stage("ok", make, inputs=[src], outputs=[out])
+    assert ledger.run(ok)[0] == "ran"
+    before = ledger_path.read_bytes()
+
+    with pytest.raises(RuntimeError, match="^x$"):
         ledger.run(Stage("s", boom))
-    except RuntimeError:
-        pass
-    assert "s" not in StageLedger(tmp_path / "stages.json").records
+    # neither the in-memory ledger nor the file on disk learned about the failed stage
+    assert set(ledger.records) == {"ok"}
+    assert ledger_path.read_bytes() == before
+    assert set(StageLedger(ledger_path).records) == {"ok"}
+
+    # a recorded stage that fails on re-run keeps its old record, but that record no longer
+    # matches the inputs, so the stage is not skipped next time despite its (partial) output
+    src.write_text("v2")
+    fail.append(1)
+    with pytest.raises(RuntimeError, match="^x$"):
+        ledger.run(ok)
+    assert ledger_path.read_bytes() == before and out.read_text() == "half"
+    fresh = StageLedger(ledger_path)
+    assert not fresh.is_fresh(ok)
+    fail.clear()
+    assert fresh.run(ok)[0] == "ran" and out.read_text() == "v2"
+    assert fresh.run(ok)[0] == "skipped"

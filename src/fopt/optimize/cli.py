@@ -54,8 +54,9 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
               help="Static INT8: node name to keep FP32 (repeatable or comma-separated).")
 @click.option("--keep-fp32", default="", help="Static INT8: 'first', 'last' or 'first,last' Conv/Gemm to keep FP32.")
 @click.option("--per-tensor", is_flag=True, help="Static INT8: per-tensor weight scales (default per-channel).")
-@click.option("--reduce-range", is_flag=True,
-              help="Static INT8: 7-bit weights (only for x86 CPUs without VNNI, where U8S8 can overflow).")
+@click.option("--reduce-range/--full-range", default=None,
+              help="Static INT8: 7-bit or 8-bit weights (default: 7-bit on x86 CPUs without VNNI, where "
+                   "ONNX Runtime's U8S8 sums overflow with 8-bit weights; 8-bit elsewhere).")
 @click.option("--int8-target", type=click.Choice(["auto", "ort", "tensorrt", "both"]), default="auto",
               show_default=True,
               help="Static INT8 encoding: 'ort' = uint8 activations for ONNX Runtime CPU (MODEL.int8.onnx); "

@@ -28,6 +28,13 @@ Two pure functions, each ``(src, dst, **settings) -> settings record``:
       TensorRT 11 has no INT8 flag or calibrator). ONNX Runtime runs it too, slowly, so its
       accuracy can be measured on CPU.
 
+Weights are 8-bit by default, 7-bit (``reduce_range``) on an x86 CPU without VNNI: there ONNX
+Runtime's U8S8 kernels add pairs of u8 x s8 products in 16 bits (``pmaddubsw``), which saturate
+with full-range weights. Measured on a 2-core AVX2 VM (tiny model, 123 test images): FP32 0.911,
+INT8 with 8-bit weights 0.829, with 7-bit weights 0.911 (`tests/optimize/test_int8_end_to_end.py`).
+The choice and its reason go into the artifact's card; a file made on a VNNI machine and run on
+an AVX2-only one can be remade with ``--reduce-range``.
+
 Calibration never uses random data (`fopt.optimize.calib`).
 """
 
@@ -273,12 +280,35 @@ def onnx_to_int8_dynamic(src: str | Path, dst: str | Path, *,
 
 # ----------------------------------------------------------------------------- static
 
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def default_reduce_range(target: str, flags: set[str] | None = None) -> tuple[bool, str]:
+    """(7-bit weights?, why) for static INT8 on this machine (see the module docstring)."""
+    if target != "ort":
+        return False, "TensorRT computes INT8 without 16-bit intermediate sums"
+    flags = _cpu_flags() if flags is None else flags
+    if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+        return True, "x86 CPU without VNNI: 8-bit weights overflow ONNX Runtime's 16-bit U8S8 sums"
+    return False, "this CPU's INT8 dot products (VNNI, or not x86) do not saturate"
+
+
+
 def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: CalibrationSet,
                         target: str = "ort", calib_method: str = DEFAULT_CALIB_METHOD, per_channel: bool = True,
                         exclude: Sequence[str] = (), keep_fp32: Sequence[str] = (),
-                        reduce_range: bool = False, calibration_cache: str | Path | None = None,
+                        reduce_range: bool | None = None, calibration_cache: str | Path | None = None,
                         percentile: float = 99.999) -> dict[str, Any]:
-    """Static QDQ INT8 calibrated on `calibration` (see the module docstring for `target`)."""
+    """Static QDQ INT8 calibrated on `calibration` (see the module docstring for `target`).
+
+    `reduce_range` None: 7-bit weights where this CPU needs them (`default_reduce_range`)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -289,6 +319,10 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
 
     if target not in STATIC_TARGETS:
         raise UsageError(f"INT8 target must be one of {', '.join(STATIC_TARGETS)}, got {target!r}")
+    if reduce_range is None:
+        reduce_range, range_reason = default_reduce_range(target)
+    else:
+        range_reason = "asked for" if reduce_range else "full-range weights asked for"
     if calib_method not in CALIB_METHODS:
         raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {calib_method!r}")
     method = {"avg-minmax": CalibrationMethod.MinMax, "minmax": CalibrationMethod.MinMax,
@@ -340,7 +374,7 @@ def onnx_to_int8_static(src: str | Path, dst: str | Path, *, calibration: Calibr
         "activation_type": "int8" if target == "tensorrt" else "uint8",
         "activation_symmetric": target == "tensorrt",
         "weight_type": "int8", "weight_symmetric": True, "per_channel": per_channel,
-        "reduce_range": reduce_range, "bias": "fp32" if target == "tensorrt" else "int32",
+        "reduce_range": reduce_range, "reduce_range_reason": range_reason, "bias": "fp32" if target == "tensorrt" else "int32",
         "calib_method": calib_method, "calib_batch": CALIB_BATCH,
         **({"calib_percentile": percentile} if calib_method == "percentile" else {}),
         "excluded_nodes": excl["exclude"], "keep_fp32": list(keep_fp32),

@@ -66,7 +66,7 @@ class OptimizeOptions:
     exclude: tuple[str, ...] = ()
     keep_fp32: tuple[str, ...] = ()
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool | None = None      # None: 7-bit weights where this CPU needs them
     int8_target: str = "auto"             # auto = "both" when engines are built, else "ort"
     seed: int = 0
     # TensorRT
