@@ -35,6 +35,7 @@ from fopt.artifacts import (
     json_text,
     make_card,
     sealed_card,
+    write_card,
 )
 from fopt.checkpoint import load_checkpoint
 from fopt.errors import ExportError, OutputExistsError, UsageError
@@ -245,3 +246,5 @@ def _save(built: Built, path: Path, card: dict[str, Any]) -> None:
         raise ExportError(f"cannot write {path.parent.parent / path.name}: {e.strerror or e}") from e
     if not path.is_file() or path.stat().st_size == 0:
         raise ExportError(f"the exporter wrote nothing for {path.name}")
+    # the staged file is fopt's: its sealed sidecar lets the parity check's runner say so
+    write_card(path, card)
