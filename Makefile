@@ -6,7 +6,7 @@ FOPT   := $(VENV)/bin/fopt
 STAMP  := $(VENV)/.fopt-installed
 DEMO_OUT ?= artifacts/demo
 
-.PHONY: install demo test test-faults test-all bench clean mutate
+.PHONY: install demo test test-slow test-faults test-all bench clean mutate
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 # Fast test suite (slow/GPU tests skip themselves).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Only the tests marked slow (CI runs them after `make test`): every registry model exported at
+# 224 px, FLOPs against fvcore/ptflops, DDP failure modes, the slow fault cases.
+test-slow: $(STAMP)
+	FOPT_SLOW=1 $(PY) -m pytest -q -m slow
 
 # The whole fault suite (kill -9, disk full, concurrent runs), slow cases included (~5 min).
 test-faults: $(STAMP)

@@ -49,7 +49,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "artifacts": ("src/fopt/artifacts.py", ["tests/test_artifacts.py"]),
     "receptive": ("src/fopt/analyze/receptive.py", ["tests/analyze/test_receptive.py"]),
     "counting": ("src/fopt/analyze/counting.py",
-                 ["tests/analyze/test_flops.py", "tests/analyze/test_roofline.py"]),
+                 ["tests/analyze/test_flops.py", "tests/analyze/test_roofline.py", "tests/analyze/test_analyze.py"]),
     "quantize": ("src/fopt/optimize/quantize.py", ["tests/optimize/test_quantize.py"]),
     "validate": ("src/fopt/export/validate.py", ["tests/export/test_export_validate.py"]),
 }
@@ -315,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.md").write_text("\n".join(md) + "\n")
     print(f"{killed} killed, {len(survived)} survived in {total_s:.0f} s -> {out / 'report.md'}")
     if not restored or (git_clean_before and not git_clean):
-        print("error: src/ differs from how it was before the run (git diff src/)", file=sys.stderr)
+        changed = [MODULES[k][0] for k in keys if _sha(REPO / MODULES[k][0]) != before[k]]
+        dirty = subprocess.run(["git", "diff", "--name-only", "--", "src/"], cwd=REPO, capture_output=True,
+                               text=True, check=False).stdout.split()
+        print(f"error: src/ differs from how it was before the run: targets changed {changed}, "
+              f"git diff src/ lists {dirty}. The runner writes only into its copy, so this is an edit "
+              f"(or a commit) made by someone else during the run; rerun on a quiet checkout to be sure.",
+              file=sys.stderr)
         return 1
     return 0
 

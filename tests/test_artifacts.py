@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,22 @@ def test_write_helpers_never_touch_the_system_temp_folder(tmp_path, system_tmp, 
     assert x.read_text() == "a,b\n" and y.read_bytes() == b"{}"
     assert json.loads((tmp_path / "c" / "card.json").read_text()) == {"k": 1}
     assert list(system_tmp.iterdir()) == []
+
+
+def test_a_killed_runs_temporaries_are_swept_and_a_live_ones_kept(tmp_path):
+    """Temporaries carry their writer's pid: the next write removes those of processes that are
+    gone (a kill -9 leftover) and leaves those of a process still writing."""
+    import subprocess
+    import sys
+
+    from fopt.artifacts import write_json_atomic
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f".out.json.{int(dead.stdout)}.abc.tmp"
+    live = tmp_path / f".out.json.{os.getppid()}.def.tmp"      # our parent: alive
+    stale.write_text("{half")
+    live.write_text("{half")
+    write_json_atomic(tmp_path / "out.json", {"a": 1})
+    assert not stale.exists() and live.exists()
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}

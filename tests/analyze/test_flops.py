@@ -81,12 +81,14 @@ def test_gemm_matmul_convtranspose_by_arithmetic():
     g.op("Gemm", ["x", w, b], transB=1)
     c = count(g.build(), batch=4)
     assert c.macs == 4 * 10 * 64 and c.params == 10 * 64 + 10
+    assert c.layers[0].flops == 2 * c.layers[0].macs   # one multiply and one add per MAC
 
     g = GraphBuilder(("batch", 3, 4, 5))
     w = g.init(np.random.rand(5, 6).astype(np.float32))
     g.op("MatMul", ["x", w])
     c = count(g.build(), batch=2)
     assert c.macs == 2 * 3 * 4 * 6 * 5 and c.params == 30
+    assert c.layers[0].flops == 2 * c.layers[0].macs
 
     g = GraphBuilder(("batch", 8, 8, 8))
     w = g.init(np.random.rand(8, 4, 3, 3).astype(np.float32))

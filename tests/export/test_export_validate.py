@@ -38,6 +38,11 @@ def test_tolerance_is_relative_to_each_images_largest_logit():
     small_row = ref + np.array([[0.0, 0.0, 0.0], [0.0, 7e-4, 0.0]])
     c = compare_outputs(small_row, ref, atol=1e-4, rtol=1e-3)
     assert not c.within_tolerance and c.max_rel_diff == pytest.approx(7e-4 / 0.5)
+    # the bound itself passes: "within" means diff <= atol + rtol * scale (exact in binary here)
+    exact = np.array([[2.0, 1.0]])
+    assert compare_outputs(exact + np.array([[0.0, 0.5]]), exact, atol=0.25, rtol=0.125).within_tolerance
+    assert not compare_outputs(exact + np.array([[0.0, 0.5 + 2 ** -20]]), exact, atol=0.25,
+                               rtol=0.125).within_tolerance
 
 
 def test_shape_mismatch_is_fatal_and_nan_fails():
