@@ -289,6 +289,8 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
                         _source_card(step, card, produced), force=opts.force, precision=step.precision,
                         card_extra=extra, **settings)
             log(f"{step.method}: wrote {p.path.name} in {p.seconds:.1f} s")
+            if p.record.get("note"):   # e.g. FP16's one-line count of clamped weights
+                log(f"{step.method}: note: {p.record['note']}")
             produced.append(p)
 
     return _measure(path, info, produced, eval_dir, eval_from, opts, notes, log)
