@@ -48,6 +48,7 @@ from typing import Any, Sequence
 from fopt.errors import UsageError
 from fopt.onnxgraph import compute_nodes, input_shape
 from fopt.optimize.calib import ArrayCalibrationReader, CalibrationSet
+from fopt.runtime.base import cpu_flags
 
 DYNAMIC_DEFAULT_OPS = ("MatMul", "Gemm")
 # avg-minmax: per tensor, the mean over calibration batches of the batch min and max (onnxruntime's
@@ -280,21 +281,11 @@ def onnx_to_int8_dynamic(src: str | Path, dst: str | Path, *,
 
 # ----------------------------------------------------------------------------- static
 
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def default_reduce_range(target: str, flags: set[str] | None = None) -> tuple[bool, str]:
     """(7-bit weights?, why) for static INT8 on this machine (see the module docstring)."""
     if target != "ort":
         return False, "TensorRT computes INT8 without 16-bit intermediate sums"
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     if "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         return True, "x86 CPU without VNNI: 8-bit weights overflow ONNX Runtime's 16-bit U8S8 sums"
     return False, "this CPU's INT8 dot products (VNNI, or not x86) do not saturate"

@@ -55,7 +55,7 @@ CODE_FORMATS = {
 _TRUST_NOTED: set[str] = set()
 
 
-def written_by_fopt(path: str | Path, card: dict[str, Any] | None) -> bool:
+def written_by_fopt(path: str | Path) -> bool:
     """True when `path` has fopt's sidecar card and that card's sha256 is the file's own (the
     card fopt writes records it); an embedded or hand-written card proves nothing about the file."""
     path = Path(path)
@@ -68,11 +68,11 @@ def written_by_fopt(path: str | Path, card: dict[str, Any] | None) -> bool:
         return False
 
 
-def trust_note(path: str | Path, fmt: str, card: dict[str, Any] | None) -> str | None:
+def trust_note(path: str | Path, fmt: str) -> str | None:
     """The one-line note for a foreign code-bearing file, printed once per file; else None."""
     what = CODE_FORMATS.get(fmt)
     key = str(Path(path).resolve())
-    if what is None or key in _TRUST_NOTED or written_by_fopt(path, card):
+    if what is None or key in _TRUST_NOTED or written_by_fopt(path):
         return None
     _TRUST_NOTED.add(key)
     line = (f"note: {path} was not written by fopt (no fopt card with its sha256): {what} with your "
@@ -127,7 +127,7 @@ class Runner(abc.ABC):
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self) -> "Runner":
         if not self._loaded:
-            trust_note(self.path, self.format or self.card.get("format", ""), self.card)
+            trust_note(self.path, self.format or self.card.get("format", ""))
             self._load_impl()
             self._loaded = True
         return self
@@ -233,3 +233,23 @@ def _nvidia_driver() -> str | None:
         return Path("/proc/driver/nvidia/version").read_text().split("Kernel Module", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+
+
+def cpu_info() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo as a dict (empty where it does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out.setdefault(k.strip(), v.strip())
+    return out
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (x86 ``flags``, ARM ``Features``); empty where unknown."""
+    info = cpu_info()
+    return set((info.get("flags") or info.get("Features") or "").split())

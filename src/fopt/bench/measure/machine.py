@@ -18,25 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from fopt.artifacts import library_versions
-from fopt.runtime.base import gpu_record
+from fopt.runtime.base import cpu_flags, cpu_info, gpu_record
 
 # Flags that change which kernels the runtimes pick (INT8 dot products, bf16, wide vectors).
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
                      "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "neon", "asimd")
-
-
-def _cpuinfo() -> dict[str, str]:
-    """The first processor block of /proc/cpuinfo as a dict (empty where it does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    out: dict[str, str] = {}
-    for line in text.split("\n\n", 1)[0].splitlines():
-        if ":" in line:
-            k, v = line.split(":", 1)
-            out.setdefault(k.strip(), v.strip())
-    return out
 
 
 def _cache_bytes(level: int) -> int | None:
@@ -68,7 +54,7 @@ def usable_cpus() -> int:
 
 
 def physical_cores() -> int | None:
-    info = _cpuinfo()
+    info = cpu_info()
     try:
         per_socket = int(info["cpu cores"])
     except (KeyError, ValueError):
@@ -82,8 +68,8 @@ def physical_cores() -> int | None:
 
 
 def cpu_record() -> dict[str, Any]:
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    info = cpu_info()
+    flags = cpu_flags()
     return {
         "model": info.get("model name") or platform.processor() or platform.machine(),
         "vendor": info.get("vendor_id"),
