@@ -205,8 +205,8 @@ def test_atomic_paths_put_each_temp_beside_its_own_target(tmp_path, system_tmp):
         assert (ta.parent, tb.parent) == (a.parent, b.parent)  # not the system temp folder
         assert list(system_tmp.iterdir()) == []
         # hidden, named after target and process: the names sweep_stale and resume clean up
-        assert re.fullmatch(rf"\.model\.onnx\.{os.getpid()}\..+\.tmp", ta.name), ta.name
-        assert re.fullmatch(rf"\.model\.onnx\.json\.{os.getpid()}\..+\.tmp", tb.name), tb.name
+        assert re.fullmatch(rf"\.model\.onnx\.fopt-{os.getpid()}\..+\.tmp", ta.name), ta.name
+        assert re.fullmatch(rf"\.model\.onnx\.json\.fopt-{os.getpid()}\..+\.tmp", tb.name), tb.name
         ta.write_bytes(b"graph")
         tb.write_text("{}")
     assert a.read_bytes() == b"graph" and b.read_text() == "{}"
@@ -291,10 +291,14 @@ def test_a_killed_runs_temporaries_are_swept_and_a_live_ones_kept(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    stale = tmp_path / f".out.json.{int(dead.stdout)}.abc.tmp"
-    live = tmp_path / f".out.json.{os.getppid()}.def.tmp"      # our parent: alive
-    stale.write_text("{half")
-    live.write_text("{half")
+    stale = tmp_path / f".out.json.fopt-{int(dead.stdout)}.abc.tmp"
+    scratch = tmp_path / f".fopt-export.{int(dead.stdout)}.0.tmp"
+    live = tmp_path / f".out.json.fopt-{os.getppid()}.def.tmp"      # our parent: alive
+    users = tmp_path / f".notes.{int(dead.stdout)}.draft.tmp"        # not a name fopt makes
+    for path in (stale, live, users):
+        path.write_text("{half")
+    scratch.mkdir()
     write_json_atomic(tmp_path / "out.json", {"a": 1})
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and not scratch.exists()
+    assert live.exists() and users.exists()
     assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}

@@ -100,18 +100,24 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(folder: str | os.PathLike, prefix: str, suffix: str) -> None:
-    """Remove temporaries ``<prefix><pid>.<anything><suffix>`` in `folder` whose process is gone:
-    a killed run's leftovers. A temporary of a live process (another fopt run) is left alone."""
+# Every temporary fopt makes, and nothing a user would name so (the sweep deletes what matches):
+# ".<target name>.fopt-<pid>.<random>.tmp" (files, `atomic_paths`) and ".fopt-<kind>.<pid>.<n>.tmp"
+# (scratch folders, `fopt.workdir.scratch_dir`).
+_TEMP_NAME = re.compile(r"\..+\.fopt-(\d+)\.[^./]+\.tmp|\.fopt-[\w-]+\.(\d+)\.\d+\.tmp")
+
+
+def sweep_stale_temps(folder: str | os.PathLike) -> None:
+    """Remove fopt's temporaries in `folder` whose writing process is gone: a killed run's
+    leftovers. A temporary of a live process (another fopt run) is left alone."""
     import shutil
 
     folder = Path(folder)
     if not folder.is_dir():
         return
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.[^/]*" + re.escape(suffix) + "$")
     for entry in folder.iterdir():
-        m = pattern.match(entry.name)
-        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+        m = _TEMP_NAME.fullmatch(entry.name)
+        pid = int(m.group(1) or m.group(2)) if m else None
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
             with contextlib.suppress(OSError):
                 if entry.is_dir() and not entry.is_symlink():
                     shutil.rmtree(entry)
@@ -121,11 +127,10 @@ def sweep_stale(folder: str | os.PathLike, prefix: str, suffix: str) -> None:
 
 def _temp_beside(target: Path) -> Path:
     """An empty temporary file in `target`'s folder (a rename across filesystems is not atomic),
-    named after this process so the next run can tell a killed run's leftover (`sweep_stale`)."""
+    named after this process so the next run can tell a killed run's leftover (`sweep_stale_temps`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}."
-    sweep_stale(target.parent, prefix, ".tmp")
-    fd, tmp = tempfile.mkstemp(prefix=f"{prefix}{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    sweep_stale_temps(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.fopt-{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     return Path(tmp)
 

@@ -21,7 +21,12 @@ import socket
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from fopt.artifacts import apply_umask_mode, pid_alive, sweep_stale, write_json_atomic
+from fopt.artifacts import (
+    apply_umask_mode,
+    pid_alive,
+    sweep_stale_temps,
+    write_json_atomic,
+)
 from fopt.errors import BusyError, InputError, OutputExistsError
 
 LEDGER_NAME = ".fopt-owned.json"
@@ -85,6 +90,17 @@ class OwnedFolder:
         parts = rel.split("/")
         return any("/".join(parts[:i]) in self.paths for i in range(1, len(parts) + 1))
 
+    def replaceable(self, path: str | os.PathLike) -> bool:
+        """True when fopt wrote `path` (so it may replace it), False when it does not exist yet;
+        an existing path fopt did not write is refused (`OutputExistsError`): it is the user's."""
+        p = Path(path)
+        if not (p.exists() or p.is_symlink()):
+            return False
+        if not self.owns(p):
+            raise OutputExistsError(f"{p} was not written by fopt; it is left as it is (move it away "
+                                    f"or choose another folder)")
+        return True
+
     def remove(self, path: str | os.PathLike) -> None:
         """Delete `path` if fopt wrote it; a path fopt did not write is refused, never deleted."""
         p = Path(path)
@@ -92,9 +108,7 @@ class OwnedFolder:
             self.paths.discard(self._rel(p))
             self._save()
             return
-        if not self.owns(p):
-            raise OutputExistsError(f"{p} was not written by fopt; it is left as it is (move it away "
-                                    f"or choose another folder)")
+        self.replaceable(p)
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         else:
@@ -192,11 +206,11 @@ def _holder(path: Path) -> tuple[int, str] | None:
 def scratch_dir(parent: str | os.PathLike, kind: str) -> Path:
     """A new folder ``.fopt-<kind>.<pid>.<n>.tmp`` in `parent` to build an output in before it
     is renamed into place: on the same filesystem, with the mode the umask gives (mkdtemp's is
-    0700). Scratch folders of the same kind left by killed runs are removed first."""
+    0700). fopt's temporaries left in `parent` by killed runs are removed first."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     prefix = f".fopt-{kind}."
-    sweep_stale(parent, prefix, ".tmp")
+    sweep_stale_temps(parent)
     for n in range(1000):
         path = parent / f"{prefix}{os.getpid()}.{n}.tmp"
         try:

@@ -54,9 +54,10 @@ def claim_outputs(out: Path, outputs: Mapping[str, re.Pattern | None], *, force:
             raise OutputExistsError(f"{out} already holds {', '.join(p.name for p in present)} from an "
                                     f"earlier run; pass --force to replace them")
         for p in present:
-            if not owned.owns(p) or p.is_symlink():
-                raise OutputExistsError(f"{p} was not written by fopt; it is left as it is (move it away "
-                                        f"or choose another folder)")
+            if p.is_symlink():   # fopt never writes a link: it points at somebody's files
+                raise OutputExistsError(f"{p} is a link fopt did not make; it is left as it is (move it "
+                                        f"away or choose another folder)")
+            owned.replaceable(p)
             stray = _stray_files(p, out, outputs[p.name])
             if stray:
                 raise OutputExistsError(f"{stray[0]} was not written by fopt ({len(stray)} such file(s) in "

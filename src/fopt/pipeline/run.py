@@ -39,7 +39,7 @@ from fopt.bench.run import bench_artifacts
 from fopt.data.build import build_dataset
 from fopt.data.datasets import DatasetTable
 from fopt.data.synth import synthesize
-from fopt.errors import DataError, OutputExistsError, UsageError, one_line
+from fopt.errors import DataError, UsageError, one_line
 from fopt.evaluation import evaluate_artifact
 from fopt.export.run import export_checkpoint
 from fopt.models import MODELS
@@ -120,17 +120,6 @@ def supported_methods(device: str) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- stages
 
-def _claimed(owned: OwnedFolder, path: Path) -> bool:
-    """True when fopt wrote `path` (it is in the run's ledger); a path that does not exist yet is
-    fopt's to write. An existing path fopt did not write is refused: it is the user's."""
-    if not (path.exists() or path.is_symlink()):
-        return False
-    if not owned.owns(path):
-        raise OutputExistsError(f"{path} was not written by fopt; it is left as it is (move it away "
-                                f"or choose another --out)")
-    return True
-
-
 def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log,
                owned: OwnedFolder) -> Path:
     table = run / "data" / "table"
@@ -142,19 +131,19 @@ def stage_data(cfg: PipelineConfig, run: Path, ledger: StageLedger, log: Log,
 
         def make() -> None:
             # a redo replaces the table fopt wrote here (and nothing else); never the user's
-            build_dataset(raw, table, seed=cfg.seed, force=_claimed(owned, table))
+            build_dataset(raw, table, seed=cfg.seed, force=owned.replaceable(table))
             owned.record(table)
         params = {"raw": str(raw.resolve())}
     else:
         raw = run / "data" / "raw"
 
         def make() -> None:
-            mine = _claimed(owned, raw)
-            _claimed(owned, preview)
+            mine = owned.replaceable(raw)
+            owned.replaceable(preview)
             synthesize(raw, classes=cfg.synth_classes, per_class=cfg.synth_per_class,
                        size=cfg.synth_size, seed=cfg.seed, force=cfg.force and mine, preview=preview)
             owned.record(raw, preview)
-            build_dataset(raw, table, seed=cfg.seed, force=_claimed(owned, table))
+            build_dataset(raw, table, seed=cfg.seed, force=owned.replaceable(table))
             owned.record(table)
         params = {"classes": cfg.synth_classes, "per_class": cfg.synth_per_class,
                   "size": cfg.synth_size, "seed": cfg.seed}
@@ -192,7 +181,7 @@ def stage_train(cfg: PipelineConfig, model: str, table: Path, mdir: Path, ledger
 
     def make() -> None:
         # A changed input means a new run, not a resume: start over in the folder fopt wrote.
-        mine = _claimed(owned, tdir)
+        mine = owned.replaceable(tdir)
         owned.record(tdir, out)
         res = fit(tcfg.validate(), force=mine)
         write_json_atomic(out, {
@@ -402,7 +391,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> dict[str, Any]:
 
 
 def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) -> dict[str, Any]:
-    _claimed(owned, run / "stages.json")
+    owned.replaceable(run / "stages.json")
     owned.record(run / "stages.json")
     ledger = StageLedger(run / "stages.json")
     table = stage_data(cfg, run, ledger, log, owned)
@@ -410,13 +399,13 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
     DatasetTable.load(table)  # fail early on a bad table
     check_calibration(cfg, table)  # before any training: an INT8 stage that cannot run fails now
     for name in ("report.md", "report.json", "accuracy_vs_latency.png", "experiments.csv"):
-        _claimed(owned, run / name)
+        owned.replaceable(run / name)
         owned.record(run / name)
     calibrated = False
     summaries = []
     for model in cfg.models:
         mdir = run / model
-        if not _claimed(owned, mdir):
+        if not owned.replaceable(mdir):
             mdir.mkdir()
             owned.record(mdir)                # the model folder and everything its stages write
         train = stage_train(cfg, model, table, mdir, ledger, log, owned)

@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from fopt import models
-from fopt.artifacts import InputSpec, write_json_atomic, write_text_atomic
+from fopt.artifacts import (
+    InputSpec,
+    sweep_stale_temps,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fopt.checkpoint import read_checkpoint, save_checkpoint
 from fopt.console import NoBar, epoch_bar, err_console
 from fopt.data.datasets import DatasetTable, ImageTableDataset
@@ -389,9 +394,8 @@ def load_train_state(run_dir: Path, model, optimizer, scheduler, scaler, dist: D
     best_state). `expect` = (data, class names, input spec) the checkpoint must match. Every rank
     reads the files, so multi-node resume needs RUN_DIR on shared storage."""
 
-    if dist.is_main:  # temporaries of writes a kill interrupted (atomic_path names them .NAME.*.tmp)
-        for stale in run_dir.glob(".*.tmp"):
-            stale.unlink()
+    if dist.is_main:  # temporaries of writes a kill interrupted; a live writer's are kept
+        sweep_stale_temps(run_dir)
     raw = read_checkpoint(run_dir / "last.pt")
     ts = raw.get("train_state")
     if not ts:
