@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from fopt.bench.measure.machine import default_threads, machine_record
-    from fopt.bench.measure.harness import make_input
+    from fopt.artifacts import Feed
     from fopt.bench.run import bench_artifacts
     from fopt.runtime.timing import StopRule
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in args.models:
         path = export(model, args.img_size, work)
-        x = make_input(3, args.img_size, 1)
+        x = Feed((None, 3, args.img_size, args.img_size)).random(1)
         rounds = []
         for r in range(args.rounds):
             order = ("harness", "bare") if r % 2 == 0 else ("bare", "harness")

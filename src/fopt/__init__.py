@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 # Top first. Each entry is a package or module prefix; a longer prefix wins over a shorter one
 # (fopt.bench.measure is below fopt.bench.costmodel, which is below the rest of fopt.bench).
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("fopt.track",),                         # experiment trackers observing the stages' outputs
     ("fopt.pipeline",),                      # all stages on one model; report, recommendation
     ("fopt.bench",),                         # bench runs: rows, the estimates beside them, report, plots
     ("fopt.bench.costmodel",),               # the calibrated latency model: probes, fit, prediction
@@ -21,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fopt.export",),                        # checkpoint -> TorchScript, ONNX (parity-checked)
     ("fopt.train",),                         # training loop, DDP, training config
     ("fopt.evaluation",),                    # accuracy of any artifact through its runner
+    ("fopt.describe",),                      # the card of any model file, foreign ones included
     ("fopt.runtime",),                       # one Runner per format; the timing loop
     ("fopt.data",),                          # dataset tables, synthetic data, transforms
     ("fopt.checkpoint", "fopt.onnxgraph", "fopt.models", "fopt.console", "fopt.workdir", "fopt.artifacts",

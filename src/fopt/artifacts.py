@@ -32,7 +32,7 @@ from fopt.errors import InputError, OutputExistsError
 
 CARD_SCHEMA = 1
 # Runner registry keys; also the "format" field of a card.
-FORMATS = ("checkpoint", "torchscript", "onnx", "tensorrt")
+FORMATS = ("checkpoint", "torchscript", "onnx", "tensorrt", "openvino")  # openvino: IR .xml + .bin
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 
 
@@ -53,6 +53,56 @@ class InputSpec:
     def from_dict(cls, d: dict[str, Any]) -> "InputSpec":
         return cls(size=int(d["size"]), channels=int(d.get("channels", 3)),
                    mean=tuple(float(x) for x in d["mean"]), std=tuple(float(x) for x in d["std"]))
+
+
+def image_spec(card: dict[str, Any], path: str | os.PathLike) -> InputSpec:
+    """How to feed `card`'s model normalised NCHW images, or one line saying what is missing.
+
+    Cards fopt writes always have it. A foreign model's card (`fopt.describe`) lacks it when its
+    input is not an image batch, and lacks mean/std until the user states them."""
+    spec = card.get("input_spec")
+    name = Path(path).name
+    if not spec:
+        why = (card.get("input") or {}).get("not_images") or "its card has no input_spec"
+        raise InputError(f"{name}: fopt cannot feed it images: {why}")
+    if spec.get("mean") is None or spec.get("std") is None:
+        raise InputError(f"{name}: its normalisation is unknown; pass --preset imagenet|inception|none "
+                         f"or --mean/--std (or store them once with `fopt card {name} --preset ...`)")
+    return InputSpec.from_dict(spec)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """The tensor a model takes: shape with None where any size runs (the batch), element type."""
+
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+
+    def at_batch(self, batch: int) -> tuple[int, ...]:
+        """The concrete shape at `batch`; a dynamic non-batch dim is an error naming it."""
+        if any(d is None for d in self.shape[1:]):
+            dims = "x".join("?" if d is None else str(d) for d in self.shape)
+            raise InputError(f"the model's input has dynamic dims ({dims}); pass --input-shape")
+        return (batch, *self.shape[1:])  # type: ignore[return-value]
+
+    def random(self, batch: int, seed: int = 0):
+        """The one input every backend gets for this (shape, batch) when timed: standard normal
+        with a fixed seed for float inputs, uniform 0..127 for integer ones."""
+        import numpy as np
+
+        shape, rng = self.at_batch(batch), np.random.default_rng(seed)
+        if np.issubdtype(np.dtype(self.dtype), np.integer):
+            return rng.integers(0, 128, size=shape).astype(self.dtype)
+        return rng.standard_normal(shape, dtype=np.float32).astype(self.dtype, copy=False)
+
+
+def feed_of(card: dict[str, Any]) -> Feed:
+    """The input tensor of `card`'s model: ``input`` (foreign cards) or the image spec (NCHW float32)."""
+    given = card.get("input")
+    if given and given.get("shape"):
+        return Feed(tuple(None if d is None else int(d) for d in given["shape"]), given.get("dtype") or "float32")
+    spec = card["input_spec"]
+    return Feed((None, int(spec.get("channels", 3)), int(spec["size"]), int(spec["size"])))
 
 
 # ----------------------------------------------------------------------------- hashing, writes
@@ -223,7 +273,7 @@ def library_versions() -> dict[str, str]:
 
     out = {"fopt": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim",
-                 "onnxconverter-common", "tensorrt", "numpy"):
+                 "onnxconverter-common", "tensorrt", "openvino", "nncf", "numpy"):
         try:
             out[dist] = md.version(dist)
         except md.PackageNotFoundError:
@@ -238,8 +288,8 @@ def card_path(artifact: str | os.PathLike) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
-def make_card(*, kind: str, format: str, precision: str, input_spec: InputSpec | dict,
-              class_names: list[str], parent: str | os.PathLike | None = None,
+def make_card(*, kind: str, format: str, precision: str, input_spec: InputSpec | dict | None,
+              class_names: list[str] | None, parent: str | os.PathLike | None = None,
               model: dict[str, Any] | None = None, opset: int | None = None,
               metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """Build a card dict. `parent` is hashed now, so a later change to it is detectable."""
@@ -247,7 +297,8 @@ def make_card(*, kind: str, format: str, precision: str, input_spec: InputSpec |
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    spec = input_spec.to_dict() if isinstance(input_spec, InputSpec) else dict(input_spec)
+    spec = (input_spec.to_dict() if isinstance(input_spec, InputSpec)
+            else None if input_spec is None else dict(input_spec))
     parent_info = None
     if parent is not None:
         p = Path(parent)
@@ -260,7 +311,7 @@ def make_card(*, kind: str, format: str, precision: str, input_spec: InputSpec |
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "parent": parent_info,
         "model": model,
-        "class_names": list(class_names),
+        "class_names": None if class_names is None else list(class_names),
         "input_spec": spec,
         "opset": opset,
         "versions": library_versions(),
@@ -324,6 +375,8 @@ def detect_format(path: str | os.PathLike) -> str:
         return "onnx"
     if suffix in (".engine", ".plan", ".trt"):
         return "tensorrt"
+    if suffix == ".xml":
+        return "openvino"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -331,8 +384,8 @@ def detect_format(path: str | os.PathLike) -> str:
             return "torchscript"
         if any(n.endswith("data.pkl") for n in names):
             return "checkpoint"
-    raise InputError(f"{path}: unknown artifact format (expected a fopt checkpoint, TorchScript, "
-                     f".onnx or TensorRT engine)")
+    raise InputError(f"{path}: unknown artifact format: neither an ONNX nor a TorchScript file (nor a "
+                     f"fopt checkpoint, TensorRT engine or OpenVINO IR .xml)")
 
 
 # ----------------------------------------------------------------------------- card inside ONNX

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("fopt.bench.cli:bench", "Measure latency/throughput beside the analytical estimate."),
     "pipeline": ("fopt.pipeline.cli:pipeline", "Run every stage on one or more models and write one report."),
     "report": ("fopt.pipeline.cli:report", "Rebuild the comparison report from existing pipeline runs."),
+    "card": ("fopt.describe.cli:card", "Write (or --show) the card of a model fopt did not make."),
 }
 
 

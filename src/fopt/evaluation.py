@@ -66,9 +66,7 @@ def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_s
     """Run `runner` over a dataset split; returns accuracy, macro_f1, n, per_class and more."""
     table = DatasetTable.load(dataset_dir)
     names = list(table.class_names)
-    if names != runner.class_names:
-        raise DataError(f"{dataset_dir}: its classes {_short(names)} differ from the ones "
-                        f"{runner.path.name} was trained on {_short(runner.class_names)}")
+    class_map = check_class_map(runner.card, names, dataset_dir, runner.path.name)
     n_total = len(table.split(split))
     if n_total == 0:
         raise DataError(f"{dataset_dir}: the {split!r} split is empty")
@@ -82,24 +80,51 @@ def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_s
         for batch, y in iter_batches(dataset_dir, split, spec.size, spec.mean, spec.std, batch_size):
             logits = runner.infer(batch)
             infer_s += runner.last_infer_s or 0.0
+            if np.ndim(logits) != 2 or np.shape(logits)[1] != len(names):
+                raise DataError(f"{runner.path.name} outputs {tuple(np.shape(logits))[1:]} scores per image; "
+                                f"{dataset_dir} has {len(names)} classes")
             preds.append(np.asarray(logits).argmax(axis=1))
             labels.append(np.asarray(y))
             bar.advance(task, len(y))
     y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
     result = classification_metrics(y_true, y_pred, names)
-    result.update({"split": split, "artifact": str(runner.path), "format": runner.card.get("format"),
-                   "backend": runner.backend, "precision": runner.precision,
+    result.update({"split": split, "class_map": class_map,
+                   "artifact": str(runner.path), "format": runner.card.get("format"),
+                   "backend": runner.backend, "runtime": runner.runtime, "precision": runner.precision,
+                   "execution": runner.execution,
                    "device": runner.device, "batch_size": batch_size,
                    "seconds": round(time.perf_counter() - t0, 3),
                    "infer_seconds": round(infer_s, 3)})
     return result
 
 
+def check_class_map(card: dict[str, Any], names: list[str], dataset_dir: str | Path, model: str) -> str:
+    """How the model's outputs map to the dataset's classes: ``"names"`` (its card names them, in
+    the dataset's order) or ``"index"`` (a foreign model without names: output i is class i).
+    Anything else is one DataError, raised before any image is run."""
+    own = card.get("class_names")
+    if own is not None:
+        if list(own) != names:
+            raise DataError(f"{dataset_dir}: its classes {_short(names)} differ from the ones "
+                            f"{model} was trained on {_short(list(own))}")
+        return "names"
+    width = card.get("num_classes")
+    if width is not None and width != len(names):
+        raise DataError(f"{model} outputs {width} scores; {dataset_dir} has {len(names)} classes "
+                        f"(pass --classes FILE to name its outputs)")
+    return "index"
+
+
+INDEX_MAP_NOTE = "the model names no classes: output index i was scored as the dataset's class i"
+
+
 def evaluate_artifact(path: str | Path, dataset_dir: str | Path, split: str = "val",
                       device: str = "cpu", batch_size: int = 64, threads: int | None = None,
-                      show_progress: bool = False) -> dict[str, Any]:
-    """Open any artifact with its runner and evaluate it on `split` of `dataset_dir`."""
-    with open_runner(path, device=device, threads=threads) as runner:
+                      show_progress: bool = False, card: dict[str, Any] | None = None,
+                      runtime: str | None = None) -> dict[str, Any]:
+    """Open any artifact with its runner and evaluate it on `split` of `dataset_dir` (`card`:
+    a foreign model's, from `fopt.describe`; `runtime`: None = the format's default runtime)."""
+    with open_runner(path, device=device, threads=threads, card=card, runtime=runtime) as runner:
         return evaluate_runner(runner, dataset_dir, split, batch_size, show_progress=show_progress)
 
 

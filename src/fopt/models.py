@@ -8,11 +8,12 @@ input of ``fc`` during training only, keeping the state-dict keys and the export
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.errors import CheckpointError, InputError, UsageError, first_line
+from fopt.errors import CheckpointError, InputError, MissingDependency, UsageError, first_line
 from fopt.registry import Registry
 
 
@@ -25,7 +26,35 @@ class ModelEntry:
     description: str = ""
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
+class ModelRegistry(Registry[ModelEntry]):
+    """fopt's short names, plus three open families resolved on demand:
+
+    - ``torchvision:NAME``: any torchvision classification model (``torchvision.models.get_model``);
+    - ``timm:NAME``: any timm model (``pip install fopt[timm]``);
+    - ``module:package.module:factory``: the user's own ``nn.Module``, from ``factory(num_classes=N)``
+      imported from the current environment.
+
+    None of them downloads weights: ``--weights FILE`` (export) or ``--pretrained FILE`` (train) loads them.
+    """
+
+    PREFIXES = ("torchvision", "timm", "module")
+
+    def get(self, name: str) -> ModelEntry:
+        prefix, _, rest = name.partition(":")
+        if rest and prefix in self.PREFIXES:
+            return _RESOLVERS[prefix](rest, name)
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        """Known short names, and any well-formed prefixed name (`get` says if it resolves)."""
+        if isinstance(name, str):
+            prefix, _, rest = name.partition(":")
+            if rest and prefix in self.PREFIXES:
+                return prefix != "module" or rest.count(":") == 1
+        return super().__contains__(name)
+
+
+MODELS = ModelRegistry("model")
 
 
 def _register(name: str, default_size: int, weights: str | None, description: str):
@@ -111,6 +140,90 @@ def _tiny(num_classes: int, dropout: float | None):
         block(3, 16, 2), block(16, 32, 2), block(32, 64, 2), block(64, 128, 2),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Dropout(0.2 if dropout is None else dropout), nn.Linear(128, num_classes))
+
+
+# ----------------------------------------------------------------------------- open families
+
+def _torchvision_entry(rest: str, name: str) -> ModelEntry:
+    import torchvision.models as tvm
+
+    known = tvm.list_models(module=tvm)   # classification models only
+    if rest not in known:
+        close = difflib.get_close_matches(rest, known, n=1)
+        raise UsageError(f"unknown model {name!r}: torchvision has no classification model {rest!r}"
+                         f"{f'; did you mean torchvision:{close[0]}?' if close else ''}")
+
+    def build(num_classes: int, dropout: float | None):
+        kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if dropout is not None:
+            kwargs["dropout"] = dropout
+        try:
+            return tvm.get_model(rest, **kwargs)
+        except TypeError:  # an architecture without a dropout argument
+            kwargs.pop("dropout", None)
+            return tvm.get_model(rest, **kwargs)
+
+    return ModelEntry(name, build, 224, None, f"torchvision {rest}")
+
+
+def _timm_entry(rest: str, name: str) -> ModelEntry:
+    try:
+        import timm
+    except ImportError:
+        raise MissingDependency(f"model {name!r} needs timm: pip install fopt[timm]") from None
+    if not timm.is_model(rest):
+        close = difflib.get_close_matches(rest, timm.list_models(), n=1)
+        raise UsageError(f"unknown model {name!r}: timm has no model {rest!r}"
+                         f"{f'; did you mean timm:{close[0]}?' if close else ''}")
+
+    def build(num_classes: int, dropout: float | None):
+        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes}
+        if dropout is not None:
+            kwargs["drop_rate"] = dropout
+        return timm.create_model(rest, **kwargs)
+
+    cfg = timm.get_pretrained_cfg(rest)
+    size = int(cfg.input_size[-1]) if cfg is not None and getattr(cfg, "input_size", None) else 224
+    return ModelEntry(name, build, size, None, f"timm {rest}")
+
+
+def _module_entry(rest: str, name: str) -> ModelEntry:
+    import importlib
+
+    module_name, sep, attr = rest.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"--module {rest!r}: expected package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or the module failing as it runs
+        raise InputError(f"--module {rest}: cannot import {module_name} ({type(e).__name__}: "
+                         f"{first_line(e)})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"--module {rest}: {module_name} has no callable {attr!r}")
+
+    def build(num_classes: int, dropout: float | None):
+        import torch.nn as nn
+
+        try:
+            model = factory(num_classes=num_classes)
+        except Exception as e:
+            raise InputError(f"--module {rest}: {attr}(num_classes={num_classes}) failed "
+                             f"({type(e).__name__}: {first_line(e)})") from None
+        if not isinstance(model, nn.Module):
+            raise InputError(f"--module {rest}: {attr}(num_classes={num_classes}) returned "
+                             f"{type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return ModelEntry(name, build, 224, None, f"{rest} (your module)")
+
+
+_RESOLVERS = {"torchvision": _torchvision_entry, "timm": _timm_entry, "module": _module_entry}
+
+
+def folder_name(name: str) -> str:
+    """A model name as a file-system name: timm:resnet18 -> timm-resnet18."""
+    return name.replace(":", "-").replace("/", "_")
 
 
 def build_model(name: str, num_classes: int, dropout: float | None = None):
@@ -231,17 +344,7 @@ def load_pretrained(model, name: str, source: str) -> dict[str, Any]:
         if not path.is_file():
             raise InputError(f"--pretrained {source}: no such file (expected a state-dict .pt/.pth, "
                              f"or 'imagenet')")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling/zip failure is the user's file, reported in one line
-        first = first_line(e)
-        raise CheckpointError(f"{path}: not a loadable state dict ({first})") from None
-    if isinstance(raw, dict) and "fopt_checkpoint" in raw and "state_dict" in raw:
-        raw = raw["state_dict"]
-    if not isinstance(raw, dict) or not raw or not all(hasattr(v, "shape") for v in raw.values()):
-        raise CheckpointError(f"{path}: not a state dict (expected a mapping of parameter names "
-                              f"to tensors)")
-    state = {k.removeprefix("module."): v for k, v in raw.items()}
+    state = read_state_dict(path)
     own = model.state_dict()
     head = head_name(model)
     skipped = [k for k, v in state.items()
@@ -258,3 +361,52 @@ def load_pretrained(model, name: str, source: str) -> dict[str, Any]:
                               f"{' ...' if max(len(missing), len(unexpected), len(wrong)) > 3 else ''})")
     model.load_state_dict(state, strict=False)
     return {"source": source, "file": str(path), "skipped": skipped}
+
+
+# Where checkpoints written by common training code keep the weights (timm, torchvision references,
+# Lightning-style dicts); fopt's own checkpoint uses "state_dict".
+STATE_DICT_KEYS = ("state_dict", "model", "ema", "model_ema", "state_dict_ema", "model_state_dict")
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """The parameter tensors in a weights file: a bare state_dict, a checkpoint dict holding one
+    under a usual key (`STATE_DICT_KEYS`), or fopt's checkpoint. Loaded ``weights_only=True`` (no
+    code in the file runs); a DDP ``module.`` prefix is dropped."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such weights file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling/zip failure is the user's file, reported in one line
+        raise CheckpointError(f"{path}: not a loadable state dict ({first_line(e)})") from None
+    if isinstance(raw, dict) and not _is_tensor_map(raw):
+        raw = next((raw[k] for k in STATE_DICT_KEYS if isinstance(raw.get(k), dict) and _is_tensor_map(raw[k])),
+                   raw)
+    if not isinstance(raw, dict) or not _is_tensor_map(raw):
+        raise CheckpointError(f"{path}: no state dict in it (expected a mapping of parameter names to "
+                              f"tensors, or one under {', '.join(STATE_DICT_KEYS)})")
+    return {k.removeprefix("module."): v for k, v in raw.items()}
+
+
+def _is_tensor_map(d: dict[str, Any]) -> bool:
+    return bool(d) and all(isinstance(k, str) and hasattr(v, "shape") for k, v in d.items())
+
+
+def load_weights(model, path: str | Path, name: str) -> dict[str, Any]:
+    """Load every parameter of `model` from `path`, strictly: any missing, unexpected or misshapen
+    key is one CheckpointError listing them (a file for another architecture never half-loads)."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {len(keys)}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                 if keys]
+        raise CheckpointError(f"{path}: weights do not fit {name} ({'; '.join(parts)})")
+    model.load_state_dict(state)
+    return {"file": str(Path(path).resolve()), "tensors": len(state)}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from timing_helpers import FakeClock
 
+from fopt.errors import InputError
 from fopt.runtime.timing import StopRule
 
 
@@ -51,7 +52,7 @@ def test_processes_run_in_rounds_over_artifacts_and_pool_per_artifact(monkeypatc
 
     calls = []
 
-    def fake(path, *, device, batch_sizes, threads, rule, clock):
+    def fake(path, *, device, batch_sizes, threads, rule, clock, card=None, runtime=None):
         calls.append(Path(path).name)
         k = sum(c == Path(path).name for c in calls)  # this artifact's k-th process
         ms = {"a.onnx": 1.0, "b.onnx": 4.0}[Path(path).name] * (2 if k == 2 else 1)  # one slow process
@@ -69,11 +70,15 @@ def test_processes_run_in_rounds_over_artifacts_and_pool_per_artifact(monkeypatc
 
 
 def test_every_backend_gets_the_same_input():
-    from fopt.bench.measure.harness import make_input
+    from fopt.artifacts import Feed
 
-    a, b = make_input(3, 8, 2), make_input(3, 8, 2)
+    a, b = Feed((None, 3, 8, 8)).random(2), Feed((None, 3, 8, 8)).random(2)
     assert a.dtype == np.float32 and a.shape == (2, 3, 8, 8)
     assert np.array_equal(a, b)
+    ints = Feed((None, 8, 8, 3), "uint8").random(1)
+    assert ints.dtype == np.uint8 and ints.shape == (1, 8, 8, 3) and ints.max() > 0
+    with pytest.raises(InputError, match="--input-shape"):
+        Feed((None, 3, None, None)).random(1)
 
 
 def test_ort_profile_parsing_with_run_scaling():

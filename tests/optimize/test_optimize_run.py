@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fopt.artifacts import onnx_card_from_proto, read_card, sha256_file
 from fopt.cli import cli
-from fopt.errors import InputError, OutputExistsError
+from fopt.errors import InputError, OutputExistsError, UsageError
 from fopt.onnxgraph import graph_summary, load_onnx, param_count
 from fopt.optimize.base import METHODS, OptimizeError, output_path, produce
 from fopt.optimize.lineage import lineage_dataset, onnx_card
@@ -249,8 +249,15 @@ def test_onnx_without_card(model_copy, tiny_onnx):
     model = onnx.load(str(path))
     del model.metadata_props[:]
     onnx.save(model, str(path))
-    with pytest.raises(InputError, match="no fopt card"):
+    # a model fopt did not make: it never writes beside it unless asked
+    with pytest.raises(UsageError, match="pass --out"):
         optimize_onnx(path, OptimizeOptions(methods=("fp16",)))
+    out = path.parent / "out"
+    result = optimize_onnx(path, OptimizeOptions(methods=("fp16",), out_dir=str(out), latency=False))
+    card = read_card(out / "tiny.fp16.onnx")
+    assert card["parent"]["sha256"] == sha256_file(path) and card["foreign"]["sha256"] == sha256_file(path)
+    assert result["rows"][1]["d_accuracy_pts"] is None   # no --eval: not measured
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, "out"])
 
 
 def test_output_exists_checked_before_work(model_copy, tiny_onnx):
@@ -283,5 +290,5 @@ def test_eval_dataset_with_other_classes_is_refused_before_writing(model_copy, t
     build_dataset(tmp_path / "raw3", other)
     path = model_copy(tiny_onnx)
     code, output = fopt("optimize", path, "--fp16", "--eval", other)
-    assert code == 2 and "classes differ" in output
+    assert code == 2 and "differ from the ones" in output
     assert _no_outputs(path.parent)

@@ -37,6 +37,7 @@ from fopt.analyze.receptive import ReceptiveField, receptive_field
 from fopt.analyze.roofline import LatencyEstimate, estimate_layers
 from fopt.artifacts import detect_format
 from fopt.checkpoint import load_checkpoint
+from fopt.describe.infer import own_card
 from fopt.errors import (
     AnalysisIncomplete,
     ExportError,
@@ -46,6 +47,7 @@ from fopt.errors import (
 )
 from fopt.export.onnx import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 from fopt.models import MODELS, build_model
+from fopt.runtime.base import trust_note
 
 CONVENTION = ("macs = multiply-accumulates of Conv/Gemm/MatMul; flops = 2*macs + per-element counts "
               "of element-wise/activation/norm/pool ops; bytes at the node's precision "
@@ -56,7 +58,7 @@ CONVENTION = ("macs = multiply-accumulates of Conv/Gemm/MatMul; flops = 2*macs +
 class Source:
     """Where the analysed graph came from."""
     target: str
-    kind: str                 # model | checkpoint | onnx | module | graph
+    kind: str                 # model | checkpoint | onnx | torchscript | module | graph
     model_name: str | None
     img_size: int | None
     channels: int = 3
@@ -228,6 +230,9 @@ def load_target(target: Any, *, img_size: int | None = None,
             size = img_size or spec.size
             return (module_to_analysis_onnx(ckpt.model, size, spec.channels),
                     Source(text, "checkpoint", ckpt.model_name, size, spec.channels))
+        if fmt == "torchscript":
+            _no_num_classes(num_classes, "a TorchScript file")
+            return _torchscript_target(path, img_size)
         raise UsageError(f"{path} is a {fmt} artifact; analyze works on ONNX graphs: pass the "
                          f"checkpoint it came from or its .onnx export")
 
@@ -237,6 +242,27 @@ def load_target(target: Any, *, img_size: int | None = None,
     size = img_size or entry.default_size
     model = build_model(text, num_classes or 1000)
     return module_to_analysis_onnx(model, size), Source(text, "model", text, size)
+
+
+def _torchscript_target(path: Path, img_size: int | None) -> tuple[Any, Source]:
+    """A TorchScript file, exported in memory at its card's size (or `img_size`). Loading it runs
+    the program inside, so a file fopt did not write gets the same one-line note as its runner."""
+    import torch
+
+    spec = (own_card(path, "torchscript") or {}).get("input_spec") or {}
+    size = img_size or spec.get("size")
+    if not size:
+        raise UsageError(f"{path}: a TorchScript file declares no input size; pass --img-size")
+    trust_note(path, "torchscript")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch.jit.load is deprecated in 2.14
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise InputError(f"{path}: not a loadable TorchScript file ({first_line(e)})") from None
+    channels = int(spec.get("channels", 3))
+    return (module_to_analysis_onnx(module, int(size), channels),
+            Source(str(path), "torchscript", None, int(size), channels))
 
 
 def _no_num_classes(num_classes: int | None, what: str) -> None:

@@ -19,14 +19,13 @@ for one artifact, so one unreadable file never costs the other rows their estima
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from fopt.analyze.devices import DEVICES, DeviceSpec
+from fopt.analyze.devices import DeviceSpec, spec_for_gpu
 from fopt.analyze.roofline import estimate_latency
 from fopt.analyze.run import analyze
 from fopt.artifacts import read_card
@@ -38,7 +37,7 @@ from fopt.bench.costmodel.predict import (
     exec_graph_for,
     fit_key,
 )
-from fopt.bench.measure.harness import make_input
+from fopt.bench.measure.harness import INPUT_SEED
 from fopt.bench.measure.profile import ExecGraph, torch_op_times
 from fopt.bench.rows import BenchRow
 from fopt.errors import one_line
@@ -68,23 +67,25 @@ def calibration_info(cal: Calibration | None) -> dict[str, Any] | None:
 
 
 def estimate_rows(rows: list[BenchRow], *, cal: Calibration | None, machine: dict[str, Any], per_layer: bool,
-                  threads: int, clock: str = "wall") -> None:
+                  threads: int, clock: str = "wall", cards: dict[str, dict[str, Any]] | None = None) -> None:
     """Fill ``estimate_ms``, ``estimate_notes``, ``estimate_detail`` (and ``layers`` with
     `per_layer`) of every ok row, in place. `cal` None leaves the calibrated estimate out (and,
     on the CPU, naive and roofline too: they need its rates); `machine` names the GPU. `clock`
-    ``thread-cpu`` scales profiled node times by each run's CPU share (`fopt.bench.measure.profile`)."""
-    by_artifact: dict[str, list[BenchRow]] = {}
+    ``thread-cpu`` scales profiled node times by each run's CPU share (`fopt.bench.measure.profile`).
+    `cards` are the cards given for models fopt did not make, by path (`fopt.describe`)."""
+    by_artifact: dict[tuple[str, str | None], list[BenchRow]] = {}   # one runner per (artifact, runtime)
     for r in rows:
         if r.status == "ok":
-            by_artifact.setdefault(r.artifact, []).append(r)
+            by_artifact.setdefault((r.artifact, r.runtime), []).append(r)
     cpu_clock = get_clock(clock) if clock == "thread-cpu" else None
-    for path, arows in by_artifact.items():
+    for (path, _), arows in by_artifact.items():
         _estimate_artifact(path, arows, cal=cal, machine=machine, per_layer=per_layer, threads=threads,
-                           cpu_clock=cpu_clock)
+                           cpu_clock=cpu_clock, card=(cards or {}).get(path))
 
 
 def _estimate_artifact(path: str, arows: list[BenchRow], *, cal: Calibration | None, machine: dict[str, Any],
-                       per_layer: bool, threads: int, cpu_clock: Callable[[], float] | None) -> None:
+                       per_layer: bool, threads: int, cpu_clock: Callable[[], float] | None,
+                       card: dict[str, Any] | None = None) -> None:
     """The rows of one artifact (all on one device): one analysis, one loaded runner for all."""
     device = arows[0].device
     spec, note = device_spec_for(device, cal, machine)
@@ -93,7 +94,7 @@ def _estimate_artifact(path: str, arows: list[BenchRow], *, cal: Calibration | N
         analysis, note = _analysis(path, arows[0], spec, note)
     runner = None
     try:
-        runner = open_runner(path, device=device, threads=threads)
+        runner = open_runner(path, device=device, threads=threads, card=card, runtime=arows[0].runtime)
         runner.load()
     except Exception as e:  # the analytical estimates may still work: note it and go on
         for r in arows:
@@ -121,12 +122,12 @@ def device_spec_for(device: str, cal: Calibration | None,
             return None, "no CPU calibration for these threads: run `fopt bench --calibrate`"
         return cal.to_device_spec(), None
     gpu = (machine.get("gpu") or {}).get("name", "")
-    for name, spec in DEVICES.items():
-        if re.search(rf"\b{re.escape(name.lower())}\b", gpu.lower()):
-            return spec, None
+    spec, why = spec_for_gpu(gpu)   # the exact board variant, or none (never SXM figures for a PCIe card)
+    if spec is not None:
+        return spec, None
     if cal is not None:
-        return cal.to_device_spec(), None
-    return None, f"GPU {gpu!r} is not in the device table and not calibrated: run `fopt bench --calibrate --device cuda`"
+        return cal.to_device_spec(), f"{why}; naive/roofline use this GPU's calibration"
+    return None, f"{why}, and this GPU is not calibrated: run `fopt bench --calibrate --device cuda`"
 
 
 def _analysis(path: str, row: BenchRow, spec: DeviceSpec, note: str | None) -> tuple[Any, str | None]:
@@ -146,7 +147,7 @@ def analysis_target(path: str) -> tuple[str, str | None]:
     is the parent."""
 
     card = read_card(path, required=False) or {}
-    if card.get("format") in ("torchscript", "tensorrt"):
+    if card.get("format") in ("torchscript", "tensorrt", "openvino"):
         parent = (card.get("parent") or {}).get("path")
         if parent and Path(parent).exists():
             return parent, f"naive/roofline counted on its parent {Path(parent).name}"
@@ -183,6 +184,14 @@ def _cuda_calibrated(row: BenchRow, analysis: Any, cal: Calibration | None) -> N
 def _calibrated_for_row(row: BenchRow, runner: Any, cal: Calibration | None, per_layer: bool,
                         cpu_clock: Callable[[], float] | None = None) -> None:
     """The cost model on the graph `runner` executes at this row's batch (and its layers)."""
+    if runner.runtime == "openvino":   # no cost-model fits for it yet; its own counters give layers
+        row.estimate_notes.append("calibrated: not calibrated for openvino")
+        if per_layer:
+            try:
+                row.layers = runner.layer_times(runner.feed.random(row.batch_size, INPUT_SEED), runs=PER_LAYER_RUNS)
+            except Exception as e:
+                row.estimate_notes.append(f"per-layer: {one_line(e)}")
+        return
     key = fit_key(runner.backend, runner.precision)
     want_estimate = cal is not None and key is not None and key in cal.get("backends", {})
     if not want_estimate and not per_layer:
@@ -192,8 +201,7 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: Calibration | None, per
             row.estimate_notes.append(f"calibrated: no calibration for {key}")
         return
     try:
-        spec = runner.input_spec
-        batch = make_input(spec.channels, spec.size, row.batch_size)
+        batch = runner.feed.random(row.batch_size, INPUT_SEED)
         graph = exec_graph_for(runner, batch, profile_runs=PER_LAYER_RUNS if per_layer else 1, cpu_clock=cpu_clock)
     except Exception as e:
         row.estimate_notes.append(f"calibrated: executed graph unavailable ({one_line(e)})")

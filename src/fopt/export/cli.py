@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from fopt.console import force_option, json_option, print_table, write_json
+from fopt.describe.hints import hint_options
 
 
 def _batch(ctx, param, value: str) -> int | None:
@@ -24,7 +25,16 @@ def _batch(ctx, param, value: str) -> int | None:
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
+@click.option("--model", "model_name", help="Export a model fopt did not train: torchvision:NAME, timm:NAME "
+                                            "or a registry name (with --weights FILE).")
+@click.option("--module", "module", help="Export your own nn.Module: package.module:factory, called as "
+                                        "factory(num_classes=N) from this environment.")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="With --model/--module: a state_dict file, a checkpoint holding one (state_dict, model, "
+                   "ema, model_state_dict) or a fopt checkpoint; loaded weights_only, every key must fit.")
+@click.option("--num-classes", type=click.IntRange(min=2), default=None,
+              help="With --model/--module: the classifier's width (default: the --classes count).")
 @click.option("--onnx", "want_onnx", is_flag=True, help="Export ONNX (<stem>.onnx).")
 @click.option("--torchscript", "want_ts", is_flag=True, help="Export TorchScript (<stem>.torchscript.pt).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
@@ -45,8 +55,9 @@ def _batch(ctx, param, value: str) -> int | None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the parity check runs (export itself always runs on the CPU).")
 @force_option
-def export(checkpoint, want_onnx, want_ts, out_dir, json_path, opset, batch, img_size, simplify, freeze,
-           atol, rtol, device, force):
+@hint_options(only=("mean", "std", "preset", "classes"))
+def export(checkpoint, model_name, module, weights, num_classes, want_onnx, want_ts, out_dir, json_path, opset,
+           batch, img_size, simplify, freeze, atol, rtol, device, force, hints):
     """Export a checkpoint to TorchScript and/or ONNX, each proven equal to the checkpoint.
 
     Both formats when neither --onnx nor --torchscript is given. ONNX: input 'input', output
@@ -59,9 +70,36 @@ def export(checkpoint, want_onnx, want_ts, out_dir, json_path, opset, batch, img
     Default opset 17: the newest opset that onnxruntime (1.18+), TensorRT 10 and 11 and the INT8
     quantizer all accept, and these CNNs need nothing newer.
 
+    A model fopt did not train: --model torchvision:NAME or timm:NAME with --weights FILE, or
+    --module package.module:factory, plus --num-classes or --classes, and --out. It is first saved
+    as a fopt checkpoint in --out (its card names the weights file and what was assumed, e.g.
+    ImageNet normalisation unless --preset/--mean/--std say otherwise), then exported from there.
+
     Example: fopt export artifacts/run1/best.pt --onnx --out artifacts/run1
+    Example: fopt export --model timm:resnet18 --weights w.pth --classes classes.txt --onnx --out out/
     """
+    from fopt.errors import UsageError
     from fopt.export.run import export_checkpoint
+
+    if module:
+        if model_name:
+            raise UsageError("give --model or --module, not both")
+        model_name = f"module:{module}"
+    if model_name:
+        if checkpoint:
+            raise UsageError(f"give a CHECKPOINT or --model/--module, not both ({checkpoint})")
+        if not out_dir:
+            raise UsageError("--model/--module need --out DIR (fopt does not write beside your weights)")
+        from fopt.export.imported import import_model
+
+        checkpoint = import_model(model_name, out_dir, weights=weights, num_classes=num_classes,
+                                  img_size=img_size, hints=hints, force=force,
+                                  log=lambda m: click.echo(m, err=True))
+    elif checkpoint is None:
+        raise UsageError("give a CHECKPOINT to export, or --model NAME / --module package.module:factory")
+    elif weights or num_classes or not hints.empty:
+        raise UsageError("--weights, --num-classes, --classes and the normalisation options go with "
+                         "--model/--module; a fopt checkpoint's card already says them")
 
     formats = [f for f, on in (("torchscript", want_ts), ("onnx", want_onnx)) if on] or ["torchscript", "onnx"]
     results = export_checkpoint(checkpoint, formats, out_dir, img_size=img_size,

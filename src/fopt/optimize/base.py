@@ -45,6 +45,8 @@ class Method:
     format: str                     # card format: "onnx" | "tensorrt"
     precision: str                  # "int8" | "fp16"; None = the source's precision (engines)
     description: str
+    companions: tuple[str, ...] = ()  # suffixes of files written beside the target (IR: ".bin");
+                                      # the function gets a temporary path for each after `dst`
 
 
 def _lazy(module: str, attr: str) -> Callable[..., dict]:
@@ -71,6 +73,10 @@ for _m in (
            "onnx", "fp16", "FP16 weights/compute with FP32 inputs/outputs, for GPUs"),
     Method("tensorrt", _lazy("fopt.optimize.tensorrt", "onnx_to_engine"), ".engine",
            "tensorrt", "", "TensorRT engine (precision from the ONNX file)"),
+    Method("openvino", _lazy("fopt.optimize.openvino", "onnx_to_openvino"), ".openvino.xml",
+           "openvino", "fp32", "OpenVINO IR, FP32 weights, for OpenVINO on CPU", (".bin",)),
+    Method("openvino-int8", _lazy("fopt.optimize.openvino", "onnx_to_openvino_int8"), ".openvino-int8.xml",
+           "openvino", "int8", "OpenVINO IR, NNCF post-training INT8 calibrated on real images", (".bin",)),
 ):
     METHODS.add(_m.name, _m)
 
@@ -99,8 +105,9 @@ def produce(method: Method, source: Path, target: Path, parent_card: dict[str, A
     t0 = time.perf_counter()
     precision = precision or method.precision or parent_card.get("precision", "fp32")
     try:  # the artifact and its card replace the previous pair together, or not at all
-        with atomic_paths(target, card_path(target)) as (tmp, tmp_card):
-            record = method.func(source, tmp, **settings)
+        companions = [target.with_suffix(s) for s in method.companions]
+        with atomic_paths(target, *companions, card_path(target)) as (tmp, *tmp_companions, tmp_card):
+            record = method.func(source, tmp, *tmp_companions, **settings)
             seconds = time.perf_counter() - t0
             card = _card(method, source, parent_card, precision, record, seconds, card_extra)
             _check_and_embed(tmp, method.format, card)
@@ -115,7 +122,8 @@ def produce(method: Method, source: Path, target: Path, parent_card: dict[str, A
 
 def _card(method: Method, source: Path, parent_card: dict[str, Any], precision: str,
           record: dict[str, Any], seconds: float, extra: dict[str, Any] | None) -> dict[str, Any]:
-    key = "tensorrt" if method.format == "tensorrt" else ("fp16" if method.name == "fp16" else "quantization")
+    key = {"tensorrt": "tensorrt", "openvino": "openvino"}.get(method.format) or (
+        "fp16" if method.name == "fp16" else "quantization")
     return make_card(
         kind="optimized", format=method.format, precision=precision,
         input_spec=parent_card["input_spec"], class_names=parent_card["class_names"],
@@ -123,7 +131,13 @@ def _card(method: Method, source: Path, parent_card: dict[str, Any], precision: 
         opset=parent_card.get("opset") if method.format == "onnx" else None,
         method=method.name, optimize={"method": method.name, "seconds": round(seconds, 3),
                                       "source_precision": parent_card.get("precision", "fp32")},
-        **{key: record}, **(extra or {}))
+        **_carried(parent_card), **{key: record}, **(extra or {}))
+
+
+def _carried(parent_card: dict[str, Any]) -> dict[str, Any]:
+    """What a child of a model fopt did not make keeps from its card: the input tensor, the output
+    width, and the foreign file with the assumptions it was run under."""
+    return {k: parent_card[k] for k in ("input", "num_classes", "foreign") if parent_card.get(k) is not None}
 
 
 def _check_and_embed(tmp: Path, fmt: str, card: dict[str, Any]) -> None:

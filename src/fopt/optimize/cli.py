@@ -16,6 +16,8 @@ from fopt.console import (
     write_csv,
     write_json,
 )
+from fopt.describe.hints import hint_options
+from fopt.track import track_options, tracked
 
 
 def _csv_list(value: str | None) -> tuple[str, ...]:
@@ -23,12 +25,15 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
 
 
 @click.command("optimize")
+@track_options("optimize")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--int8-dynamic", is_flag=True, help="Dynamic INT8 (weights INT8, activations per batch).")
 @click.option("--int8-static", is_flag=True, help="Static QDQ INT8 calibrated on real images.")
 @click.option("--fp16", is_flag=True, help="FP16 weights/compute, FP32 inputs/outputs (for GPUs).")
 @click.option("--tensorrt", is_flag=True, help="TensorRT engine(s): from MODEL and from the FP16/INT8 files "
                                               "made in this run (needs a CUDA GPU and tensorrt).")
+@click.option("--openvino", is_flag=True, help="OpenVINO IR: FP32, and NNCF INT8 calibrated on the same real "
+                                              "images as --int8-static (needs fopt[openvino]).")
 @click.option("--all", "all_methods", is_flag=True, help="Every method this machine supports.")
 @click.option("--eval", "eval_dir", type=click.Path(file_okay=False),
               help="Dataset folder to evaluate on (val split). Default: the dataset in MODEL's lineage.")
@@ -74,22 +79,28 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
               help="CPU threads for evaluation and latency (default: the runtime's default).")
 @click.option("--batch-size", "eval_batch_size", type=int, default=64, show_default=True,
               help="Evaluation batch size.")
-def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, all_methods, eval_dir, no_eval, no_latency,
+@hint_options
+def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_methods, eval_dir, no_eval, no_latency,
              out_dir, json_path, csv_path, force, op_types, calib_data, calib_size, calib_method, exclude,
              keep_fp32, per_tensor, reduce_range, int8_target, seed, min_batch, opt_batch, max_batch,
-             workspace_mb, timing_cache, threads, eval_batch_size):
+             workspace_mb, timing_cache, threads, eval_batch_size, hints):
     """Turn an FP32 ONNX export into INT8, FP16 and TensorRT artifacts, each with its accuracy cost.
 
     Every artifact gets a card (<file>.json) and is evaluated on the validation split through its
     own runner; the table shows size, parameters, accuracy and macro-F1 with their change against
     the FP32 parent, and a quick batch-1 latency (use `fopt bench` for real measurements).
 
+    Any ONNX file works, not only fopt's exports: dynamic INT8 and FP16 need nothing more; static
+    INT8 needs --calib-data and the normalisation (--preset or --mean/--std); accuracy deltas need
+    --eval DATASET (and --classes, or output i is scored as the dataset's class i).
+
     Example: fopt optimize artifacts/run1/model.onnx --int8-static --int8-dynamic --fp16
+    Example: fopt optimize their.onnx --int8-static --calib-data data/ds --preset imagenet --eval data/ds
     """
     from fopt.optimize.run import OptimizeOptions, optimize_onnx
 
     methods = tuple(m for m, on in (("int8-dynamic", int8_dynamic), ("int8-static", int8_static),
-                                    ("fp16", fp16), ("tensorrt", tensorrt)) if on)
+                                    ("fp16", fp16), ("tensorrt", tensorrt), ("openvino", openvino)) if on)
     opts = OptimizeOptions(
         methods=methods, all_methods=all_methods, out_dir=out_dir, eval_dir=eval_dir,
         evaluate=not no_eval, latency=not no_latency, force=force, op_types=_csv_list(op_types),
@@ -97,8 +108,9 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, all_methods, eval
         exclude=tuple(x for e in exclude for x in _csv_list(e)), keep_fp32=_csv_list(keep_fp32),
         per_channel=not per_tensor, reduce_range=reduce_range, int8_target=int8_target, seed=seed,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
-        timing_cache=timing_cache, threads=threads, eval_batch_size=eval_batch_size)
+        timing_cache=timing_cache, threads=threads, eval_batch_size=eval_batch_size, hints=hints)
     result = optimize_onnx(model, opts, log=note)
+    tracked(result)
     from fopt.optimize.report import ROW_COLUMNS, ROW_HEADERS
 
     print_table(result["rows"], ROW_COLUMNS, title=f"fopt optimize {result['model']}", headers=ROW_HEADERS)

@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from fopt.evaluation import evaluate_artifact
 from fopt.runtime import open_runner
@@ -27,20 +26,20 @@ QUICK_LATENCY_LABEL = ("quick check: batch 1, median of <= 1 s of runs in one pr
                        "(use `fopt bench` for real numbers)")
 
 
-def evaluate(path: Path, dataset: Path, device: str, threads: int | None, batch_size: int) -> dict[str, Any]:
-    r = evaluate_artifact(path, dataset, split="val", device=device, batch_size=batch_size, threads=threads)
+def evaluate(path: Path, dataset: Path, device: str, threads: int | None, batch_size: int,
+             card: dict[str, Any] | None = None) -> dict[str, Any]:
+    r = evaluate_artifact(path, dataset, split="val", device=device, batch_size=batch_size, threads=threads,
+                          card=card)
     return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n": r["n"], "split": "val",
             "dataset": str(Path(dataset).resolve()), "device": device, "backend": r.get("backend")}
 
 
 def quick_latency_ms(path: Path, device: str = "cpu", threads: int | None = None, budget_s: float = 1.0,
-                     warmup: int = 3, min_iters: int = 5, max_iters: int = 200) -> dict[str, Any]:
+                     warmup: int = 3, min_iters: int = 5, max_iters: int = 200,
+                     card: dict[str, Any] | None = None) -> dict[str, Any]:
     """Median batch-1 latency of `path` through its runner (see the module docstring)."""
-    with open_runner(path, device=device, threads=threads) as runner:
-        spec = runner.input_spec
-        x = np.random.default_rng(0).standard_normal((1, spec.channels, spec.size, spec.size),
-                                                     dtype=np.float32)
-        prepared = runner.prepare(x)
+    with open_runner(path, device=device, threads=threads, card=card) as runner:
+        prepared = runner.prepare(runner.feed.random(1))
         rule = StopRule(min_time_s=budget_s, warmup_iters=warmup, warmup_s=0.0, min_iters=min_iters,
                         max_iters=max_iters)
         times = measure(WallTimer(lambda: runner.run_prepared(prepared), runner.synchronize), rule).samples_s

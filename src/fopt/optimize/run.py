@@ -4,11 +4,13 @@ Order of work, so that a bad input fails before anything is written:
 
 1. Read and check the ONNX file and its card; refuse an already quantized / FP16 file for the
    quantization and FP16 methods (a TensorRT engine may still be built from it).
-2. Check that TensorRT and a GPU exist when ``tensorrt`` is asked for (``--all`` skips it with
-   a note instead), that no output exists (unless forced), and load the calibration images.
+2. Check that TensorRT and a GPU exist when ``tensorrt`` is asked for, and OpenVINO and NNCF when
+   ``openvino`` is (``--all`` skips either with a note instead), that no output exists (unless forced), and load the calibration images.
 3. Produce the artifacts (`fopt.optimize.base.produce`): dynamic INT8, static INT8 (ONNX Runtime
    flavour, plus the TensorRT flavour when engines are built), FP16, then TensorRT engines from
-   the FP32 input and from the FP16 / INT8-TensorRT files just written.
+   the FP32 input and from the FP16 / INT8-TensorRT files just written; OpenVINO IR (FP32, and
+   NNCF INT8 on the same calibration images). An OpenVINO step that fails (an op its ONNX
+   frontend lacks) is a failed row; the other artifacts go on.
 4. Evaluate the FP32 parent and every artifact on the validation split of the dataset
    (``--eval``, else the dataset recorded in the lineage), time each at batch 1 (quick check),
    write the metrics into each card and return one row per artifact.
@@ -21,9 +23,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.artifacts import InputSpec, update_card_metrics
+from fopt.artifacts import InputSpec, image_spec, update_card_metrics
 from fopt.data.datasets import DatasetTable
-from fopt.errors import DataError, InputError, OutputExistsError, UsageError, one_line
+from fopt.describe.hints import ModelHints
+from fopt.describe.infer import describe_model
+from fopt.errors import InputError, OutputExistsError, UsageError, one_line
 from fopt.onnxgraph import (
     check_onnx,
     graph_summary,
@@ -32,18 +36,22 @@ from fopt.onnxgraph import (
     precision_of,
 )
 from fopt.optimize import report
-from fopt.optimize.base import METHODS, Produced, output_path, produce
+from fopt.optimize.base import METHODS, OptimizeError, Produced, output_path, produce
 from fopt.optimize.calib import DEFAULT_CALIB, load_calibration_set, validate_calib_size
 from fopt.optimize.fp16 import CPU_NOTE
-from fopt.optimize.lineage import lineage_dataset, onnx_card
+from fopt.evaluation import INDEX_MAP_NOTE, check_class_map
+from fopt.optimize.lineage import lineage_dataset
 from fopt.optimize.quantize import (
     CALIB_METHODS,
     DEFAULT_CALIB_METHOD,
     DYNAMIC_DEFAULT_OPS,
 )
+from fopt.optimize.openvino import require_openvino
+from fopt.runtime.openvino import openvino_unavailable_reason
 from fopt.runtime.tensorrt import require_tensorrt, tensorrt_unavailable_reason
 
-USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt")
+USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt", "openvino")
+CALIBRATED = ("int8-static", "int8-static-trt", "openvino-int8")   # methods that need real images
 INT8_TARGETS = ("auto", "ort", "tensorrt", "both")
 ACCURACY_HINT_PTS = 1.0  # an INT8 drop beyond this (accuracy or macro-F1) gets a what-to-try note
 
@@ -78,6 +86,8 @@ class OptimizeOptions:
     # measurement
     threads: int | None = None
     eval_batch_size: int = 64
+    # what the user says about an input fopt did not make (input shape, normalisation, classes)
+    hints: ModelHints | None = None
 
     def validate(self) -> "OptimizeOptions":
         unknown = [m for m in self.methods if m not in USER_METHODS]
@@ -85,7 +95,7 @@ class OptimizeOptions:
             raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(USER_METHODS)}")
         if not self.methods and not self.all_methods:
             raise UsageError("no method chosen: pass --int8-dynamic, --int8-static, --fp16, "
-                             "--tensorrt or --all")
+                             "--tensorrt, --openvino or --all")
         if self.calib_method not in CALIB_METHODS:
             raise UsageError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}")
         if self.int8_target not in INT8_TARGETS:
@@ -116,14 +126,14 @@ def _quiet(_: str) -> None:
 
 # ----------------------------------------------------------------------------- input checks
 
-def inspect_input(path: Path) -> dict[str, Any]:
-    """Load/check the ONNX file; returns its card, graph summary and precision."""
+def inspect_input(path: Path, hints: ModelHints | None = None) -> dict[str, Any]:
+    """Load/check the ONNX file; returns its card (its own, or one described from the file and
+    `hints` when fopt did not make it), graph summary and precision."""
     model = load_onnx(path)
     check_onnx(path)
-    card = onnx_card(path, model)
-    for key in ("input_spec", "class_names"):
-        if key not in card:
-            raise InputError(f"{path}: its card has no {key!r}; re-export it with `fopt export`")
+    card = describe_model(path, hints)
+    if card.get("format") != "onnx":
+        raise InputError(f"{path}: a {card.get('format')} file; optimize takes an ONNX model")
     summary = graph_summary(model)
     return {"card": card, "summary": summary, "precision": precision_of(model),
             "contrib_ops": sorted({n.op_type for n in model.graph.node if n.domain == "com.microsoft"})}
@@ -179,6 +189,9 @@ def _plan(path: Path, info: dict[str, Any], methods: list[str], opts: OptimizeOp
                                {**common, "target": t}))
     if "fp16" in methods:
         steps.append(_Step("fp16", path, output_path(METHODS.get("fp16"), path, out_dir)))
+    if "openvino" in methods:   # the FP32 IR and the NNCF INT8 IR
+        for name in ("openvino", "openvino-int8"):
+            steps.append(_Step(name, path, output_path(METHODS.get(name), path, out_dir)))
     if "tensorrt" in methods:
         engine = METHODS.get("tensorrt")
         sources: list[tuple[Path, str]] = []
@@ -222,7 +235,7 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
     """Run the methods in `opts` on one ONNX file; returns rows, artifacts and notes (module doc)."""
     opts.validate()
     path = Path(model_path)
-    info = inspect_input(path)
+    info = inspect_input(path, opts.hints)
     card = info["card"]
     notes: list[str] = []
 
@@ -239,10 +252,20 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
                 say(f"skipping --tensorrt: {reason}")
         else:
             require_tensorrt()
+    if "openvino" in methods:
+        reason = openvino_unavailable_reason() if opts.all_methods and "openvino" not in opts.methods else None
+        if reason:
+            methods.remove("openvino")
+            say(f"skipping --openvino: {reason}")
+        else:
+            require_openvino()
     cpu_methods = [m for m in methods if m != "tensorrt"]
     if cpu_methods:
         _refuse_non_fp32(path, info, cpu_methods)
 
+    if card.get("kind") == "foreign" and not opts.out_dir:
+        raise UsageError(f"{path.name} was not made by fopt, which does not write beside a model it did "
+                         f"not make: pass --out DIR")
     out_dir = Path(opts.out_dir) if opts.out_dir else path.parent
     steps = _plan(path, info, methods, opts, out_dir)
     if not opts.force:
@@ -250,13 +273,10 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
             if step.target.exists():
                 raise OutputExistsError(f"{step.target} exists (pass --force to overwrite)")
 
-    spec = InputSpec.from_dict(card["input_spec"])
     calibration = None
-    if any(s.method.startswith("int8-static") for s in steps):
+    if any(s.method in CALIBRATED for s in steps):
         calib_dir, calib_from = _resolve_dataset(opts.calib_data, card, "--calib-data", log)
-        if calib_dir is None:
-            raise UsageError(f"static INT8 needs real calibration images: pass --calib-data DIR "
-                             f"(no usable dataset is recorded in the lineage of {path.name})")
+        spec = _calibration_spec(path, card, calib_dir)
         calibration = load_calibration_set(calib_dir, spec, opts.calib_size, seed=opts.seed)
         calibration.info["from"] = calib_from
         if opts.calib_size is None and calibration.info["n"] < DEFAULT_CALIB:
@@ -271,11 +291,15 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
     if opts.evaluate:
         eval_dir, eval_from = _resolve_dataset(opts.eval_dir, card, "--eval", log)
         if eval_dir is None:
-            say("no evaluation: pass --eval DATASET_DIR (no dataset is recorded in the model's lineage)")
+            say("no evaluation, accuracy deltas not measured: pass --eval DATASET_DIR (no dataset is "
+                "recorded in the model's lineage)")
         else:
-            _check_eval_classes(eval_dir, card)
+            image_spec(card, path)  # the normalisation is known, or one line says how to give it
+            if check_class_map(card, DatasetTable.load(eval_dir).class_names, eval_dir, path.name) == "index":
+                say(f"note: {INDEX_MAP_NOTE}")
 
     produced: list[Produced] = []
+    failed: list[tuple[_Step, str]] = []
     with tempfile.TemporaryDirectory(prefix="fopt-calib-") as tmp:
         cache = Path(tmp) / "calibration.json"
         for step in steps:
@@ -283,25 +307,50 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
             extra: dict[str, Any] = {}
             if step.method.startswith("int8-static"):
                 settings.update(calibration=calibration, calibration_cache=cache)
+            if step.method in CALIBRATED:
+                settings.setdefault("calibration", calibration)
                 extra["calibration"] = calibration.info
             log(f"{step.method}: {step.source.name} -> {step.target}")
-            p = produce(METHODS.get(step.method), step.source, step.target,
-                        _source_card(step, card, produced), force=opts.force, precision=step.precision,
-                        card_extra=extra, **settings)
+            try:
+                p = produce(METHODS.get(step.method), step.source, step.target,
+                            _source_card(step, card, produced), force=opts.force, precision=step.precision,
+                            card_extra=extra, **settings)
+            except OptimizeError as e:
+                if not step.method.startswith("openvino"):
+                    raise
+                # e.g. an op OpenVINO's ONNX frontend lacks: this artifact fails, the others go on
+                say(f"{step.method}: failed: {e}")
+                failed.append((step, str(e)))
+                continue
             log(f"{step.method}: wrote {p.path.name} in {p.seconds:.1f} s")
             if p.record.get("note"):   # e.g. FP16's one-line count of clamped weights
                 log(f"{step.method}: note: {p.record['note']}")
             produced.append(p)
 
-    return _measure(path, info, produced, eval_dir, eval_from, opts, notes, log)
+    result = _measure(path, info, produced, eval_dir, eval_from, opts, notes, log)
+    for step, why in failed:
+        result["rows"].append(report.make_row(
+            artifact=step.target, method=step.method, precision=METHODS.get(step.method).precision,
+            runs_on="openvino cpu", params=None, metrics=None, parent_metrics=None, latency=None,
+            parent_latency=None, note=f"failed: {why}"))
+    return result
 
 
-def _check_eval_classes(dataset: Path, card: dict[str, Any]) -> None:
-    """Refuse a dataset with other classes before anything is written (not after the artifacts)."""
-    names = DatasetTable.load(dataset).class_names
-    if names != list(card["class_names"]):
-        raise DataError(f"--eval {dataset}: its {len(names)} classes differ from the "
-                        f"{len(card['class_names'])} the model was trained on; pass the model's dataset")
+def _calibration_spec(path: Path, card: dict[str, Any], calib_dir: Path | None) -> InputSpec:
+    """The image spec static INT8 calibrates with; refuses, naming everything missing, before any
+    file is written (it never calibrates on random data)."""
+    missing = []
+    if calib_dir is None:
+        missing.append("real calibration images: --calib-data DIR (a dataset folder or a folder of "
+                       "images; none is recorded in the model's lineage)")
+    try:
+        spec = image_spec(card, path)
+    except InputError as e:
+        missing.append(str(e).split(": ", 1)[-1])
+        spec = None
+    if missing:
+        raise UsageError(f"static INT8 of {path.name} needs " + "; and ".join(missing))
+    return spec
 
 
 def _source_card(step: _Step, input_card: dict[str, Any], produced: list[Produced]) -> dict[str, Any]:
@@ -318,9 +367,10 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
     parent_metrics = parent_latency = None
     if eval_dir is not None:
         log(f"evaluating {path.name} on {eval_dir} [val]")
-        parent_metrics = report.evaluate(path, eval_dir, "cpu", opts.threads, opts.eval_batch_size)
+        parent_metrics = report.evaluate(path, eval_dir, "cpu", opts.threads, opts.eval_batch_size,
+                                         card=info["card"])
     if opts.latency:
-        parent_latency = report.quick_latency_ms(path, "cpu", opts.threads)
+        parent_latency = report.quick_latency_ms(path, "cpu", opts.threads, card=info["card"])
     rows = [report.make_row(artifact=path, method="parent", precision=info["precision"],
                             runs_on="onnxruntime cpu", params=parent_params, metrics=parent_metrics,
                             parent_metrics=parent_metrics, latency=parent_latency,
@@ -336,7 +386,8 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
         "parent": {"metrics": parent_metrics, "latency_b1_quick": parent_latency, "params": parent_params},
         "rows": rows, "artifacts": artifacts, "notes": notes,
         "latency_note": report.QUICK_LATENCY_LABEL if opts.latency else None,
-        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+        "options": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
+                    "hints": opts.hints.to_dict() if opts.hints else None},
     }
 
 
@@ -352,6 +403,7 @@ def _measure_artifact(p: Produced, parent: Path, eval_dir: Path | None, opts: Op
     get theirs."""
     is_engine = p.card["format"] == "tensorrt"
     device = "cuda" if is_engine else "cpu"
+    runs_on = {"tensorrt": "tensorrt cuda", "openvino": "openvino cpu"}.get(p.card["format"], "onnxruntime cpu")
     problems: list[str] = []
     metrics = latency = None
     if eval_dir is not None:
@@ -367,12 +419,12 @@ def _measure_artifact(p: Produced, parent: Path, eval_dir: Path | None, opts: Op
             problems.append(f"latency failed: {one_line(e)}")
     entry: dict[str, Any] = {"method": p.method, "path": str(p.path), "seconds": p.seconds,
                              "precision": p.card["precision"]}
-    if not is_engine:
+    if p.card["format"] == "onnx":
         _describe_onnx(entry, p.path, opts.threads, problems)
-    # An engine's parameters are its source ONNX file's: the engine file holds no readable graph.
-    params = _params_of(Path(p.card["parent"]["path"])) if is_engine else _params_of(p.path)
+    # An engine's or IR's parameters are its source ONNX file's (no ONNX graph to count in it).
+    params = _params_of(Path(p.card["parent"]["path"])) if p.card["format"] != "onnx" else _params_of(p.path)
     row = report.make_row(artifact=p.path, method=p.method, precision=p.card["precision"],
-                          runs_on="tensorrt cuda" if is_engine else "onnxruntime cpu", params=params,
+                          runs_on=runs_on, params=params,
                           metrics=metrics, parent_metrics=parent_metrics, latency=latency,
                           parent_latency=parent_latency, note="")
     row["note"] = "; ".join(problems + _method_notes(p, row, is_engine, opts))

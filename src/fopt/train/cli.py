@@ -11,6 +11,7 @@ import click
 
 from fopt.console import (
     console,
+    note,
     csv_option,
     device_option,
     json_option,
@@ -18,7 +19,10 @@ from fopt.console import (
     write_csv,
     write_json,
 )
+from fopt.describe.hints import hint_options
 from fopt.errors import UsageError
+from fopt.runtime.base import RUNTIMES
+from fopt.track import track_options, tracked
 from fopt.train.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
@@ -31,6 +35,7 @@ _CONFIG_OPTIONS = ("data", "model", "out", "epochs", "batch_size", "lr", "optimi
 
 
 @click.command("train")
+@track_options("train")
 @click.option("--data", type=click.Path(file_okay=False), help="Dataset folder (from `fopt data`).")
 @click.option("--model", help="Registry model name (see --list-models).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder to write (RUN_DIR).")
@@ -112,6 +117,7 @@ def train(ctx: click.Context, resume_dir: str | None, force: bool, list_models: 
     if resume_dir and force:
         raise UsageError("--resume continues a run and --force starts it over: pass one")
     result = fit(cfg, resume=bool(resume_dir), force=force)
+    tracked(result)
     if not result.is_main:
         return  # one summary per job, from rank 0
     rows = [{"split": name, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
@@ -142,28 +148,37 @@ def _list_models(num_classes: int | None, data: str | None) -> None:
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op CPU threads for the runner.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Runtime to run it on (default: the format's own; ONNX files also run on openvino).")
 @device_option
 @json_option
 @csv_option
-def eval_cmd(artifact: str, data: str, split: str, batch_size: int, threads: int | None,
-             device: str, json_path: str | None, csv_path: str | None) -> None:
+@hint_options
+def eval_cmd(artifact: str, data: str, split: str, batch_size: int, threads: int | None, runtime: str | None,
+             device: str, json_path: str | None, csv_path: str | None, hints) -> None:
     """Accuracy, macro-F1 and the per-class report of any artifact (checkpoint, TorchScript, ONNX,
-    TensorRT engine) on a dataset split. The artifact's card says how to feed it.
+    TensorRT engine) on a dataset split. The artifact's card says how to feed it; for a model fopt
+    did not make, say it with --preset (or --mean/--std), --input-shape and --classes.
 
     JSON keys: accuracy, macro_f1, n, per_class (name -> precision, recall, f1, support).
 
     Example: fopt eval artifacts/runs/tiny/best.pt --data data/synth --split test --json eval.json
     """
-    from fopt.evaluation import evaluate_artifact
+    from fopt.describe.infer import describe_model
+    from fopt.evaluation import INDEX_MAP_NOTE, evaluate_artifact
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    card = describe_model(artifact, hints)
     result = evaluate_artifact(artifact, data, split=split, device=device, batch_size=batch_size,
-                               threads=threads, show_progress=True)
+                               threads=threads, show_progress=True, card=card, runtime=runtime)
+    if result["class_map"] == "index":
+        note(f"note: {INDEX_MAP_NOTE}")
     per_class = [{"class": name, **m} for name, m in result["per_class"].items()]
     print_table(per_class, ["class", "precision", "recall", "f1", "support"],
                 title=f"{artifact} [{split}] per class")
     print_table([{"n": result["n"], "accuracy": result["accuracy"], "macro_f1": result["macro_f1"],
-                  "backend": result["backend"], "seconds": result["seconds"]}], title="summary")
+                  "runtime": result["runtime"], "backend": result["backend"],
+                  "seconds": result["seconds"]}], title="summary")
     write_json(json_path, result)
     write_csv(csv_path, per_class, ["class", "precision", "recall", "f1", "support"])

@@ -1,7 +1,7 @@
 """The process harness: time one artifact at every batch size, here or in a fresh Python process.
 
 `measure_artifact` loads one runner and times it at each batch size with the one input every
-backend gets (`make_input`), returning plain dicts (samples, stop reason, timer, host-to-device
+backend gets (`fopt.artifacts.Feed.random`), returning plain dicts (samples, stop reason, timer, host-to-device
 copy, page faults) that cross a process boundary as JSON. `measure_in_subprocess` runs the same
 in a new interpreter (``python -m fopt.bench.measure.harness --worker SPEC OUT``), so that the
 bench can report the spread between processes (README, "Measuring honestly"). Nothing here
@@ -39,42 +39,38 @@ WORKER_MODULE = "fopt.bench.measure.harness"
 _CUDA_EVENT_BACKENDS = ("torch-eager", "torchscript", "tensorrt")
 
 
-def make_input(channels: int, size: int, batch: int, seed: int = INPUT_SEED) -> np.ndarray:
-    """The one input every backend gets for this (size, batch): standard normal, fixed seed."""
-    return np.random.default_rng(seed).standard_normal((batch, channels, size, size), dtype=np.float32)
-
-
 def rule_dict(rule: StopRule) -> dict[str, Any]:
     """`rule` as JSON-ready keyword arguments of `StopRule`."""
     return dict(rule.__dict__)
 
 
 def measure_artifact(path: str | Path, *, device: str, batch_sizes: Sequence[int], threads: int,
-                     rule: StopRule, clock: Clock | str = "wall") -> list[dict[str, Any]]:
+                     rule: StopRule, clock: Clock | str = "wall",
+                     card: dict[str, Any] | None = None, runtime: str | None = None) -> list[dict[str, Any]]:
     """Measure one artifact at every batch size in this process; one dict per batch size.
 
     Each dict has ``batch_size``, ``status``, ``error`` and, when it worked, ``samples_s``,
     ``stop_reason``, ``warmup_iters``, ``timer``, ``h2d_ms``, ``page_faults``, ``backend``,
-    ``precision``.
+    ``precision``, ``runtime``, ``execution`` (what the runtime ran with). `runtime` None is the
+    format's default runtime. `card` describes a model fopt did not make (`fopt.describe`).
     """
 
     clock_label = clock if isinstance(clock, str) else "custom-clock"
     clock = get_clock(clock)
     meta: dict[str, Any] = {}
     try:
-        runner = open_runner(path, device=device, threads=threads)
-        meta = {"backend": runner.backend, "precision": runner.precision}
+        runner = open_runner(path, device=device, threads=threads, card=card, runtime=runtime)
+        meta = {"backend": runner.backend, "precision": runner.precision, "runtime": runner.runtime}
         runner.load()
+        meta["execution"] = runner.execution
     except Exception as e:  # recorded in every row of this artifact; the run goes on
         return [{"batch_size": b, "status": "error", "error": one_line(e), **meta} for b in batch_sizes]
     out = []
     try:
-        spec = runner.input_spec
         for b in batch_sizes:
             row: dict[str, Any] = {"batch_size": b, **meta}
             try:
-                row.update(_measure_batch(runner, make_input(spec.channels, spec.size, b), rule, clock,
-                                          clock_label))
+                row.update(_measure_batch(runner, runner.feed.random(b, INPUT_SEED), rule, clock, clock_label))
             except Exception as e:  # one failing row is recorded; the others still run
                 row.update(status="error", error=one_line(e))
             out.append(row)
@@ -110,7 +106,8 @@ def _h2d_ms(runner: Any, host: np.ndarray, clock: Clock, iters: int = 20) -> flo
 
 
 def measure_in_subprocess(path: str, *, device: str, batch_sizes: Sequence[int], threads: int,
-                          rule: StopRule, clock: str = "wall") -> list[dict[str, Any]]:
+                          rule: StopRule, clock: str = "wall",
+                          card: dict[str, Any] | None = None, runtime: str | None = None) -> list[dict[str, Any]]:
     """`measure_artifact` in a fresh Python process; the same dicts back.
 
     A process that dies or writes nothing gives an error row per batch size, with the last line
@@ -118,7 +115,8 @@ def measure_in_subprocess(path: str, *, device: str, batch_sizes: Sequence[int],
     with tempfile.TemporaryDirectory(prefix="fopt-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps({"path": str(path), "device": device, "batch_sizes": list(batch_sizes),
-                                         "threads": threads, "rule": rule_dict(rule), "clock": clock}))
+                                         "threads": threads, "rule": rule_dict(rule), "clock": clock,
+                                         "card": card, "runtime": runtime}))
         proc = subprocess.run([sys.executable, "-m", WORKER_MODULE, "--worker", str(spec_path), str(out_path)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not out_path.exists():
@@ -132,7 +130,8 @@ def measure_in_subprocess(path: str, *, device: str, batch_sizes: Sequence[int],
 def _worker_main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     rows = measure_artifact(spec["path"], device=spec["device"], batch_sizes=spec["batch_sizes"],
-                            threads=spec["threads"], rule=StopRule(**spec["rule"]), clock=spec["clock"])
+                            threads=spec["threads"], rule=StopRule(**spec["rule"]), clock=spec["clock"],
+                            card=spec.get("card"), runtime=spec.get("runtime"))
     Path(out_path).write_text(json.dumps(rows))
     return 0
 
