@@ -135,15 +135,18 @@ def test_bad_targets_and_options(tmp_path):
             analyze("tiny", **kwargs)
 
 
-def test_torchscript_is_refused_with_a_hint(tmp_path):
+def test_torchscript_from_elsewhere_is_counted_at_the_size_given(tmp_path):
     import torch
 
     from fopt.models import build_model
 
     path = tmp_path / "m.pt"
     torch.jit.trace(build_model("tiny", 6).eval(), torch.zeros(1, 3, 32, 32)).save(str(path))
-    with pytest.raises(UsageError, match="checkpoint it came from or its .onnx"):
+    with pytest.raises(UsageError, match="--img-size"):   # a TorchScript file declares no size
         analyze(str(path))
+    counted = analyze(str(path), img_size=32)
+    assert counted.source.kind == "torchscript"
+    assert counted.macs == analyze("tiny", img_size=32, num_classes=6).macs > 0
 
 
 def test_precision_what_if_on_a_float_graph():

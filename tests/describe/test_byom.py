@@ -192,10 +192,31 @@ def test_layouts_fopt_cannot_feed_get_one_clear_error_but_bench_times_them(forei
     from fopt.bench.run import bench_artifacts
 
     code, out = run("eval", foreign_dir["nhwc"], "--data", synth_dataset, "--preset", "imagenet")
-    assert code == 2 and "'pixels'" not in out or "channels-last" in out
-    assert "(1, 32, 32, 3)" in out
+    assert code == 2 and "'pixels' (1, 32, 32, 3)" in out and "channels-last" in out
     res = bench_artifacts([foreign_dir["nhwc"]], batch_sizes=(1,), threads=1, min_time_s=0.05, estimate=False)
     assert res.results[0].status == "ok" and res.results[0].p50 > 0
+
+
+def test_bench_times_a_uint8_nhwc_model_given_shape_and_dtype(tmp_path, synth_dataset):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("raw", TensorProto.UINT8, ["n", "h", "w", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, 1, 1])
+    nodes = [helper.make_node("Cast", ["raw"], ["f"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["f"], ["y"], keepdims=1)]
+    model = helper.make_model(helper.make_graph(nodes, "u8", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "u8.onnx")
+    code, out = run("eval", tmp_path / "u8.onnx", "--data", synth_dataset, "--preset", "none")
+    assert code == 2 and "'raw' (?, ?, ?, 3) is uint8" in out
+    code, out = run("bench", tmp_path / "u8.onnx", "--input-shape", "1x16x16x3", "--dtype", "float32")
+    assert code == 2 and "is uint8" in out
+    code, out = run("bench", tmp_path / "u8.onnx", "--input-shape", "1x16x16x3", "--dtype", "uint8",
+                    "--batch-sizes", "1,2", "--min-time", "0.05", "--no-estimate", "--threads", "1",
+                    "--json", tmp_path / "b.json")
+    assert code == 0, out
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["latency_ms"]["p50"] > 0 for r in rows)
 
 
 def test_several_inputs_are_refused_naming_them(tmp_path):

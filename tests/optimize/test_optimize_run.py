@@ -14,7 +14,8 @@ from fopt.cli import cli
 from fopt.errors import InputError, OutputExistsError, UsageError
 from fopt.onnxgraph import graph_summary, load_onnx, param_count
 from fopt.optimize.base import METHODS, OptimizeError, output_path, produce
-from fopt.optimize.lineage import lineage_dataset, onnx_card
+from fopt.describe.infer import own_card
+from fopt.optimize.lineage import lineage_dataset
 from fopt.optimize.run import OptimizeOptions, optimize_onnx
 
 
@@ -97,13 +98,13 @@ def test_existing_outputs_need_force(full_run, tiny_onnx):
 
 
 def test_lineage_dataset_through_checkpoint(tiny_onnx, synth_dataset):
-    assert lineage_dataset(onnx_card(tiny_onnx)) == Path(synth_dataset)
+    assert lineage_dataset(own_card(tiny_onnx)) == Path(synth_dataset)
 
 
 def test_onnx_card_embedded_when_sidecar_is_gone(model_copy, tiny_onnx):
     path = model_copy(tiny_onnx)
     path.with_name(path.name + ".json").unlink()
-    assert onnx_card(path)["format"] == "onnx"
+    assert own_card(path)["format"] == "onnx"
 
 
 def test_registry_names_and_output_paths(tmp_path):

@@ -104,7 +104,7 @@ def _foreign_card(path: Path, fmt: str, hints: ModelHints) -> dict[str, Any]:
                     "hints": hints.to_dict()},
         "sha256": sha, "size_bytes": path.stat().st_size,
     }
-    card["input_spec"], why_not = _image_spec(shape, dtype, hints, assumed)
+    card["input_spec"], why_not = _image_spec(name, shape, dtype, hints, assumed)
     if why_not:
         card["input"]["not_images"] = why_not
     return card
@@ -167,14 +167,14 @@ def _merge_shape(path: Path, name: str, declared: list[int | None] | None, hints
     return [declared[0], *given[1:]]
 
 
-def _image_spec(shape: list[int | None], dtype: str, hints: ModelHints,
+def _image_spec(name: str, shape: list[int | None], dtype: str, hints: ModelHints,
                 assumed: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     """fopt's image `input_spec` for an NCHW float input with square static H, W; else why not."""
-    text = _shape_text(shape)
+    text = f"{name!r} {_shape_text(shape)}"
     if len(shape) != 4:
-        return None, f"its input has rank {len(shape)} {text}, not an NCHW image batch"
+        return None, f"its input {text} has rank {len(shape)}, not an NCHW image batch"
     if dtype != "float32":
-        return None, f"its input is {dtype} {text}, not float32"
+        return None, f"its input {text} is {dtype}, not float32"
     channels, h, w = shape[1:]
     if channels not in (1, 3) and shape[3] in (1, 3):
         return None, f"its input {text} looks channels-last (NHWC); fopt feeds NCHW"

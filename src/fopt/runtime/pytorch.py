@@ -10,7 +10,7 @@ import numpy as np
 from fopt.artifacts import read_card
 from fopt.checkpoint import load_checkpoint, read_checkpoint
 from fopt.errors import InputError, one_line
-from fopt.runtime.base import RUNNERS, Runner
+from fopt.runtime.base import FOREIGN_HINT, RUNNERS, Runner
 
 CARD_FILE = "fopt_card.json"  # the _extra_files key `fopt export` writes the card under
 
@@ -39,6 +39,7 @@ def embedded_torchscript_card(path) -> dict[str, Any] | None:
 
 
 class _TorchRunner(Runner):
+    runtime = "torch"
     model: Any = None
 
     def _apply_threads(self) -> None:
@@ -109,7 +110,7 @@ class TorchScriptRunner(_TorchRunner):
             card = embedded_torchscript_card(self.path)
         if card is None:
             raise InputError(f"{self.path}: TorchScript file has no fopt card (neither "
-                             f"{self.path.name}.json beside it nor {CARD_FILE} inside it)")
+                             f"{self.path.name}.json beside it nor {CARD_FILE} inside it){FOREIGN_HINT}")
         return card
 
     def _load_impl(self) -> None:
