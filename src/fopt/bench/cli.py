@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from fopt.console import csv_option, json_option
+from fopt.describe.hints import hint_options
+from fopt.runtime.base import RUNTIMES
+from fopt.track import track_options, tracked
 
 
 def _batch_sizes(ctx, param, value: str) -> list[int]:
@@ -18,6 +21,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 
 
 @click.command("bench")
+@track_options("bench")
 @click.argument("artifacts", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
               help="Where to run (and which calibration to use).")
@@ -32,6 +36,9 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 @click.option("--clock", type=click.Choice(["wall", "thread-cpu"]), default="wall", show_default=True,
               help="thread-cpu: CPU time of the one measuring thread (needs --threads 1); "
                    "ignores time other processes take on a shared machine.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Run every artifact on this runtime (default: each format's own; ONNX files also run "
+                   "on openvino).")
 @click.option("--per-layer", is_flag=True, help="Profile each row and show time per layer beside its estimate.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True,
               help="Layers shown per row with --per-layer.")
@@ -45,8 +52,9 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 @csv_option
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False),
               help="Write measured-vs-estimated, latency-vs-batch and per-layer plots here.")
-def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock, per_layer, top, estimate,
-          do_calibrate, quick_calibration, show_calibration, json_path, csv_path, plot_dir):
+@hint_options
+def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock, runtime, per_layer, top, estimate,
+          do_calibrate, quick_calibration, show_calibration, json_path, csv_path, plot_dir, hints):
     """Measure latency and throughput of artifacts beside their estimated latency.
 
     ARTIFACT is any fopt artifact: a checkpoint (torch eager), TorchScript, ONNX (FP32, FP16,
@@ -55,6 +63,9 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
     calibrated estimates with their error against the measured p50. The calibrated estimate
     needs `fopt bench --calibrate` once per machine (cached under ~/.cache/fopt/calibration,
     or $FOPT_CACHE_DIR).
+
+    Any other ONNX or TorchScript file is timed as well: it needs only a static input shape
+    (--input-shape 1x3x224x224 where its file leaves dims dynamic; --dtype for non-float inputs).
 
     Example: fopt bench run/model.onnx run/model.int8.onnx run/best.pt --batch-sizes 1,8 --plot out/
     """
@@ -99,8 +110,9 @@ def bench(artifacts, device, batch_sizes, threads, min_time_s, processes, clock,
 
     result = bench_artifacts(list(artifacts), device=device, batch_sizes=batch_sizes, threads=threads,
                              min_time_s=min_time_s, processes=processes, estimate=estimate, clock=clock,
-                             per_layer=per_layer, on_progress=lambda m: note(m))
+                             per_layer=per_layer, runtime=runtime, hints=hints, on_progress=lambda m: note(m))
     data = result.to_dict()
+    tracked(data)
     report.print_result(data, top=top)
     if data["settings"].get("busy_warning"):
         from fopt.console import warn

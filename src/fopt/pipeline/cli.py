@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fopt.console import device_option, force_option
+from fopt.track import track_options
 
 
 def _int_list(ctx, param, value: str) -> tuple[int, ...]:
@@ -18,6 +19,7 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 
 
 @click.command("pipeline")
+@track_options("pipeline")
 @click.option("--model", "models", multiple=True, default=("resnet18",), show_default=True,
               help="Registry model; repeat for several (e.g. the study's vgg16, resnet50, "
                    "efficientnet_b0, efficientnet_b7).")
@@ -34,17 +36,18 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--synth-per-class", default=150, show_default=True, type=int,
               help="Synthetic images per class (when --data is not given).")
 @click.option("--method", "methods", multiple=True,
-              type=click.Choice(["int8-static", "int8-dynamic", "fp16", "tensorrt"]),
+              type=click.Choice(["int8-static", "int8-dynamic", "fp16", "tensorrt", "openvino"]),
               help="Optimize methods (repeatable); default: every one this machine supports.")
 @click.option("--calib-size", default=None, type=int,
               help="Static INT8 calibration images from the train split (default: 256, or every "
                    "train image when 32-255 exist, as `fopt optimize`; checked before training).")
 @click.option("--batch-sizes", default="1,8", show_default=True, callback=_int_list,
               help="Bench batch sizes.")
-@click.option("--min-time", "min_time_s", default=1.0, show_default=True, type=float,
-              help="Bench time budget per row (s).")
-@click.option("--processes", default=1, show_default=True, type=int,
-              help="Bench in this many fresh processes and report the spread.")
+@click.option("--min-time", "min_time_s", default=0.5, show_default=True, type=float,
+              help="Bench time budget per row and process (s); the processes' samples are pooled.")
+@click.option("--processes", default=3, show_default=True, type=int,
+              help="Bench every (artifact, runtime) in this many fresh processes and record the spread; "
+                   "the recommendation ranks their pooled p50.")
 @click.option("--threads", type=int, help="Intra-op threads for every backend (default: cores).")
 @device_option
 @click.option("--max-accuracy-drop", default=1.0, show_default=True, type=float,
