@@ -10,7 +10,7 @@ DEMO_OUT ?= artifacts/demo
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,cpu]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,8 +1,8 @@
 """The GPU check: `fopt bench --device cuda` on one model, measured vs estimated, plus the T4 table.
 
 On a machine with a CUDA GPU this (1) builds the model's checkpoint and FP32 ONNX (random
-weights, 224 px), (2) runs `fopt optimize` for static INT8 (both flavours), FP16 and TensorRT
-engines (FP32/FP16/INT8 where TensorRT is installed), (3) calibrates the GPU
+weights, 224 px), (2) runs `fopt optimize` once for static INT8 (both flavours), FP16 and TensorRT, which
+builds the FP32, FP16 and INT8 engines (a missing one is a note in the JSON, never silent), (3) calibrates the GPU
 (``fopt bench --calibrate --device cuda``: GEMM rate per precision, memory bandwidth, launch gap),
 (4) measures every artifact on the GPU at batch 1 and 8 beside the naive, roofline (device table
 entry for this GPU, when it has one) and calibrated (roofline with the measured figures)
@@ -24,6 +24,52 @@ from pathlib import Path
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def optimize_methods(tensorrt_reason: str | None) -> tuple[tuple[str, ...], str]:
+    """(methods, int8 target) for one `optimize_onnx` call: with TensorRT, INT8 (both QDQ flavours),
+    FP16 and engines together, so engines are built from the FP32, FP16 and INT8-TensorRT files;
+    without it the ONNX methods only."""
+    if tensorrt_reason is None:
+        return ("int8-static", "fp16", "tensorrt"), "both"
+    return ("int8-static", "fp16"), "ort"
+
+
+def engines_by_precision(artifacts: list[dict]) -> dict[str, str | None]:
+    """{fp32|fp16|int8: engine path or None} from `optimize_onnx`'s artifacts."""
+    from fopt.artifacts import read_card
+
+    out: dict[str, str | None] = dict.fromkeys(ENGINE_PRECISIONS)
+    for a in artifacts:
+        if a.get("method") == "tensorrt":
+            out[read_card(a["path"]).get("precision", "fp32")] = str(a["path"])
+    return out
+
+
+def build_optimized(onnx_path, work: Path, max_batch: int, notes: list[str]) -> dict[str, str | None]:
+    """INT8/FP16 ONNX files and the FP32, FP16 and INT8 engines; every engine not built is a note."""
+    from fopt.optimize.run import OptimizeOptions, optimize_onnx
+    from fopt.runtime.tensorrt import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    methods, target = optimize_methods(reason)
+    engines: dict[str, str | None] = dict.fromkeys(ENGINE_PRECISIONS)
+    try:
+        opts = OptimizeOptions(methods=methods, out_dir=str(work / "optimized"),
+                               calib_data=str(work / "calib_images"), calib_size=32, evaluate=False,
+                               latency=False, force=True, int8_target=target, max_batch=max_batch)
+        engines = engines_by_precision(optimize_onnx(onnx_path, opts.validate(), log=log)["artifacts"])
+    except Exception as e:  # report it and bench what exists
+        notes.append(f"optimize {'/'.join(methods)}: {type(e).__name__}: {e}")
+        log(notes[-1])
+    for prec, path in engines.items():
+        if path is None:
+            notes.append(f"no {prec.upper()} TensorRT engine: {reason or 'its build failed (see above)'}")
+            log(notes[-1])
+    return engines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,18 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     built = build_artifacts(args.model, args.img_size, work, lambda: calib)
     onnx_path = built["onnxruntime/fp32"]
     notes: list[str] = []
-    from fopt.optimize.run import OptimizeOptions, optimize_onnx
-
-    # ONNX methods first, engines second: a machine without TensorRT still gets the ORT rows.
-    for methods, target in ((("int8-static", "fp16"), "both"), (("tensorrt",), "auto")):
-        try:
-            opts = OptimizeOptions(methods=methods, out_dir=str(work / "optimized"),
-                                   calib_data=str(work / "calib_images"), calib_size=32, evaluate=False,
-                                   latency=False, force=True, int8_target=target, max_batch=max(batch_sizes))
-            optimize_onnx(onnx_path, opts.validate(), log=log)
-        except Exception as e:  # report it and bench what exists
-            notes.append(f"optimize {'/'.join(methods)}: {type(e).__name__}: {e}")
-            log(notes[-1])
+    engines = build_optimized(onnx_path, work, max(batch_sizes), notes)
     artifacts = [built["torch-eager/fp32"], onnx_path]
     opt_dir = work / "optimized"
     if opt_dir.is_dir():
@@ -98,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in t4:
         print(f"  {r['precision']} b{r['batch_size']}: naive {r['naive_ms']:.3g} ms, roofline {r['roofline_ms']:.3g} ms")
     doc = {"benchmark": "bench_cuda", "model": args.model, "img_size": args.img_size, "notes": notes,
+           "engines": engines,
            "gpu_calibration": cal.get("summary"), "t4_estimate": t4, "seconds": round(time.perf_counter() - t0, 1),
            **data}
     args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")

@@ -15,6 +15,7 @@ from fopt.errors import DeviceUnavailable, InputError, MissingDependency, UsageE
 from fopt.optimize import tensorrt as trtmod
 from fopt.optimize.base import OptimizeError
 from fopt.runtime import tensorrt as rtrt
+from trt_standin import TrtStandIn, cache_bytes
 
 BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "Tesla T4", "compute_capability": "7.5"}
 
@@ -124,9 +125,10 @@ def test_tensorrt_compatible_flavours(tiny_onnx, tmp_path):
 
 
 def _dataset_of(onnx_path: Path) -> Path:
-    from fopt.optimize.lineage import lineage_dataset, onnx_card
+    from fopt.describe.infer import own_card
+    from fopt.optimize.lineage import lineage_dataset
 
-    return lineage_dataset(onnx_card(onnx_path))
+    return lineage_dataset(own_card(onnx_path))
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -216,96 +218,34 @@ def test_runner_needs_a_tensorrt_card(tmp_path, tiny_onnx, monkeypatch):
         TensorRTRunner(path, device="cuda")
 
 
+class _Stream:
+    """A CUDA stream stand-in: work queued on it is pending until it is synchronized."""
+
+    def __init__(self):
+        self.pending = 0
+
+    def synchronize(self):
+        self.pending = 0
+
+
+def test_runner_synchronize_waits_for_the_input_copy_on_the_current_stream(engine_file, monkeypatch):
+    import torch
+
+    from fopt.runtime import open_runner
+
+    _fake_gpu_env(monkeypatch, BUILT)
+    runner = open_runner(engine_file, device="cuda")
+    current, own = _Stream(), _Stream()
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    runner.stream = own
+    current.pending, own.pending = 1, 1   # prepare's copy + cast on the current stream; inference on ours
+    runner.synchronize()
+    assert current.pending == 0 and own.pending == 0
+
+
 # ----------------------------------------------------------------------------- build sequence
 
-class _Recorder:
-    """A stand-in for the tensorrt module: records the build calls onnx_to_engine makes."""
-
-    def __init__(self, version="10.8.0", parse_ok=True, build_ok=True):
-        self.calls = []
-        rec = self
-        self.__version__ = version
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-
-        class Logger:
-            WARNING, VERBOSE = 2, 4
-
-            def __init__(self, level=2):
-                pass
-
-        class Tensor:
-            name, shape, dtype = "input", (-1, 3, 32, 32), "DataType.FLOAT"
-
-        class Output:
-            name, dtype = "logits", "DataType.FLOAT"
-
-        class Network:
-            num_inputs, num_outputs = 1, 1
-
-            def get_input(self, i):
-                return Tensor()
-
-            def get_output(self, i):
-                return Output()
-
-        class Parser:
-            num_errors = 0 if parse_ok else 1
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse_from_file(self, path):
-                rec.calls.append(("parse", Path(path).name))
-                return parse_ok
-
-            def get_error(self, i):
-                return types.SimpleNamespace(desc=lambda: "Unsupported ONNX op: QuickGelu")
-
-        class Cache:
-            def serialize(self):
-                return b"timing-cache-v1"
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                rec.calls.append(("profile", name, lo, opt, hi))
-
-        class Config:
-            def set_memory_pool_limit(self, pool, size):
-                rec.calls.append(("workspace", pool, size))
-
-            def add_optimization_profile(self, p):
-                rec.calls.append(("add_profile",))
-
-            def create_timing_cache(self, data):
-                rec.calls.append(("cache_in", bytes(data)))
-                return Cache()
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                rec.calls.append(("set_cache", ignore_mismatch))
-
-            def get_timing_cache(self):
-                return Cache()
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                rec.calls.append(("network", flags))
-                return Network()
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, network, config):
-                rec.calls.append(("build",))
-                return b"ENGINE" if build_ok else None
-
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, Parser
+_Recorder = TrtStandIn
 
 
 def test_build_sequence_with_stand_in(tiny_onnx, tmp_path, monkeypatch):
@@ -318,17 +258,65 @@ def test_build_sequence_with_stand_in(tiny_onnx, tmp_path, monkeypatch):
     rec = trtmod.onnx_to_engine(tiny_onnx, tmp_path / "e.engine", min_batch=1, opt_batch=2, max_batch=4,
                                 workspace_mb=64, timing_cache=cache)
     assert (tmp_path / "e.engine").read_bytes() == b"ENGINE"
-    assert cache.read_bytes() == b"timing-cache-v1"
+    assert cache.read_bytes() == cache_bytes("10.8.0", "Fake GPU", 1)
     assert ("network", 2) in fake.calls and ("workspace", "WORKSPACE", 64 << 20) in fake.calls
     assert ("profile", "input", (1, 3, 32, 32), (2, 3, 32, 32), (4, 3, 32, 32)) in fake.calls
-    assert ("set_cache", False) in fake.calls and ("cache_in", b"") in fake.calls
+    assert ("set_cache", False, True) in fake.calls and ("cache_in", b"") in fake.calls
     assert rec["profile"] == {"input": "input", "min": [1, 3, 32, 32], "opt": [2, 3, 32, 32],
                               "max": [4, 3, 32, 32]}
     assert rec["strongly_typed"] and rec["timing_cache_reused"] is False and rec["gpu_name"] == "Fake GPU"
     # A second build reuses the timing cache.
     fake.calls.clear()
     rec2 = trtmod.onnx_to_engine(tiny_onnx, tmp_path / "e2.engine", timing_cache=cache)
-    assert ("cache_in", b"timing-cache-v1") in fake.calls and rec2["timing_cache_reused"]
+    assert ("cache_in", cache_bytes("10.8.0", "Fake GPU", 1)) in fake.calls and rec2["timing_cache_reused"]
+    assert rec2["timing_cache_notes"] == [] and cache.read_bytes() == cache_bytes("10.8.0", "Fake GPU", 2)
+
+
+def _build_with_cache(monkeypatch, tiny_onnx, tmp_path, fake, cache):
+    monkeypatch.setattr(trtmod, "require_tensorrt", lambda: fake)
+    monkeypatch.setattr(trtmod, "runtime_record", lambda trt, device=0: {"tensorrt_version": trt.__version__})
+    rec = trtmod.onnx_to_engine(tiny_onnx, tmp_path / "e.engine", timing_cache=cache)
+    assert (tmp_path / "e.engine").read_bytes() == b"ENGINE"   # a cache problem never fails the build
+    return rec
+
+
+def test_timing_cache_from_another_tensorrt_version_is_replaced(tiny_onnx, tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(cache_bytes("10.3.0", "Fake GPU", 7))   # create_timing_cache -> None
+    rec = _build_with_cache(monkeypatch, tiny_onnx, tmp_path, TrtStandIn("10.8.0"), cache)
+    assert rec["timing_cache_reused"] is False
+    assert len(rec["timing_cache_notes"]) == 1 and "cannot read the timing cache" in rec["timing_cache_notes"][0]
+    assert "cannot read the timing cache t.cache" in capsys.readouterr().err
+    assert cache.read_bytes() == cache_bytes("10.8.0", "Fake GPU", 1)   # this build's cache replaces it
+
+
+def test_timing_cache_from_another_gpu_is_refused_not_used(tiny_onnx, tmp_path, monkeypatch):
+    cache = tmp_path / "t.cache"
+    cache.write_bytes(cache_bytes("10.8.0", "Tesla T4", 7))   # set_timing_cache -> False
+    fake = TrtStandIn("10.8.0", gpu="NVIDIA H200")
+    rec = _build_with_cache(monkeypatch, tiny_onnx, tmp_path, fake, cache)
+    assert ("set_cache", False, False) in fake.calls and ("set_cache", False, True) in fake.calls
+    assert rec["timing_cache_reused"] is False and "refused the timing cache" in rec["timing_cache_notes"][0]
+    assert cache.read_bytes() == cache_bytes("10.8.0", "NVIDIA H200", 1)   # not the T4's 7 entries
+
+
+def test_timing_cache_lost_after_build_leaves_the_file(tiny_onnx, tmp_path, monkeypatch):
+    cache = tmp_path / "t.cache"
+    old = cache_bytes("10.8.0", "Fake GPU", 3)
+    cache.write_bytes(old)
+    rec = _build_with_cache(monkeypatch, tiny_onnx, tmp_path, TrtStandIn(lose_cache=True), cache)
+    assert rec["timing_cache_reused"] is True
+    assert rec["timing_cache_notes"] == ["TensorRT returned no timing cache after the build; t.cache was not updated"]
+    assert cache.read_bytes() == old
+
+
+def test_timing_cache_that_cannot_be_created_builds_without_one(tiny_onnx, tmp_path, monkeypatch):
+    cache = tmp_path / "t.cache"
+    fake = TrtStandIn(empty_cache_ok=False)
+    rec = _build_with_cache(monkeypatch, tiny_onnx, tmp_path, fake, cache)
+    assert not any(c[0] == "set_cache" for c in fake.calls)
+    assert rec["timing_cache_notes"][0] == "TensorRT could not attach an empty timing cache; building without one"
+    assert "no timing cache after the build" in rec["timing_cache_notes"][1] and not cache.exists()
 
 
 def test_build_errors_with_stand_in(tiny_onnx, tmp_path, monkeypatch):

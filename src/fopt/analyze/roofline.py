@@ -4,7 +4,8 @@ Per executed node::
     time = max(flops / peak, bytes_moved / bandwidth) + node_overhead
 
 ``peak`` is the device's rate at the node's precision for MAC ops (Conv, Gemm, MatMul: tensor
-cores / integer dot products) and its FP32 rate for everything else (element-wise work runs on the
+cores / integer dot products; FP32 ones at the TF32 rate where the device has one,
+`DeviceSpec.mac_peak`) and its FP32 rate for everything else (element-wise work runs on the
 vector units and is memory-bound anyway). ``bytes_moved`` = weights + input activations + outputs at
 the node's precision: every tensor goes through memory once per node, i.e. no cache reuse between
 nodes and no fusion beyond the Conv+BatchNorm folding the analysis already models. Nodes that no
@@ -100,8 +101,9 @@ class LatencyEstimate:
 
 
 def node_peak(device: DeviceSpec, layer: Layer) -> float:
-    """The compute ceiling a node can reach: tensor/integer units for MAC ops, FP32 otherwise."""
-    return device.peak(layer.precision if layer.kind in MAC_KINDS else "fp32")
+    """The compute ceiling a node can reach: tensor/integer units for MAC ops (TF32 for FP32 ones
+    where the device has it), FP32 otherwise."""
+    return device.mac_peak(layer.precision) if layer.kind in MAC_KINDS else device.peak("fp32")
 
 
 def estimate_layers(layers: Iterable[Layer], device: DeviceSpec | str, precision: str,
@@ -120,7 +122,7 @@ def estimate_layers(layers: Iterable[Layer], device: DeviceSpec | str, precision
             memory_ms=1e3 * layer.bytes_moved / device.bandwidth_bytes_per_s,
             overhead_ms=1e3 * device.node_overhead_s))
     return LatencyEstimate(device.name, precision, batch,
-                           naive_ms=1e3 * total_flops / device.peak(precision),
+                           naive_ms=1e3 * total_flops / device.mac_peak(precision),
                            roofline_ms=sum(n.time_ms for n in nodes), nodes=nodes)
 
 

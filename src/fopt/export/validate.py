@@ -210,7 +210,8 @@ class ParityReport:
 @contextlib.contextmanager
 def _strict_fp32() -> Iterator[None]:
     # On Ampere and later GPUs torch runs fp32 convolutions in TF32 by default (10-bit mantissa),
-    # which moves logits by ~1e-3: an fp32 parity check must compare real fp32 arithmetic.
+    # which moves logits by ~1e-3: an fp32 parity check must compare real fp32 arithmetic. ONNX
+    # Runtime's CUDA provider has its own switch (use_tf32, on by default): `_run` turns it off.
     import torch
 
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
@@ -222,7 +223,9 @@ def _strict_fp32() -> Iterator[None]:
 
 
 def _run(path: str | os.PathLike, batches: list[np.ndarray], device: str) -> list[np.ndarray]:
-    with _strict_fp32(), open_runner(path, device=device) as runner:
+    # tf32=False: ONNX Runtime's CUDA provider without TF32, and never its TensorRT provider
+    # (which builds FP32 engines with TF32): both sides of the comparison compute in FP32.
+    with _strict_fp32(), open_runner(path, device=device, tf32=False) as runner:
         return [runner.infer(b) for b in batches]
 
 

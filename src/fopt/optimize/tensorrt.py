@@ -10,6 +10,14 @@ The engine gets one optimization profile for the dynamic batch axis (min/opt/max
 limit, and a timing cache file that later builds reuse. An engine only runs on the GPU model and
 TensorRT version it was built with, so its card records both and the TensorRT runner refuses a
 mismatch (`engine_compat_problems`).
+
+The timing cache is an accelerator, never a reason to fail a build, and never silently wrong
+(as Polygraphy's ``CreateConfig`` and ``EngineBytesFromNetwork`` treat it): a cache file TensorRT
+cannot read (``create_timing_cache`` returns None, e.g. another TensorRT version) or refuses
+(``set_timing_cache`` returns False, e.g. another GPU) is replaced by an empty cache, and
+``get_timing_cache()`` returning None after the build leaves the file as it was. Each of these
+prints one line and is listed in the card's ``timing_cache_notes``; ``timing_cache_reused`` is
+true only when TensorRT accepted the old cache.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fopt.artifacts import write_bytes_atomic
+from fopt.console import note
 from fopt.errors import MissingDependency, UsageError
 from fopt.optimize.base import OptimizeError
 from fopt.runtime.tensorrt import (
@@ -71,6 +80,42 @@ def _parse_errors(parser) -> list[str]:
     return out
 
 
+def attach_timing_cache(config, path: Path, notes: list[str]) -> bool:
+    """Give `config` the timing cache in `path` (or an empty one); True when the old one is used.
+
+    A problem is appended to `notes` and printed; the build goes on with an empty cache, or with
+    none when TensorRT cannot even make an empty one."""
+    def problem(msg: str) -> None:
+        notes.append(msg)
+        note(f"note: {msg}")
+
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data) if data else None
+    if data and cache is None:
+        problem(f"TensorRT cannot read the timing cache {path.name} (written by another TensorRT "
+                f"version?); building with an empty one, which replaces it")
+    elif cache is not None:
+        if config.set_timing_cache(cache, False):  # ignore_mismatch=False: never use another GPU's timings
+            return True
+        problem(f"TensorRT refused the timing cache {path.name} (made on another GPU or TensorRT "
+                f"version); building with an empty one, which replaces it")
+    empty = config.create_timing_cache(b"")
+    if empty is None or not config.set_timing_cache(empty, False):
+        problem("TensorRT could not attach an empty timing cache; building without one")
+    return False
+
+
+def save_timing_cache(config, path: Path, notes: list[str]) -> None:
+    """Write the build's timing cache to `path` atomically; a missing one leaves `path` as it was."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        msg = f"TensorRT returned no timing cache after the build; {path.name} was not updated"
+        notes.append(msg)
+        note(f"note: {msg}")
+        return
+    write_bytes_atomic(path, bytes(memoryview(cache.serialize())))
+
+
 def onnx_to_engine(src: str | Path, dst: str | Path, *, min_batch: int = 1, opt_batch: int = 1,
                    max_batch: int = 64, workspace_mb: int = DEFAULT_WORKSPACE_MB,
                    timing_cache: str | Path | None = None, verbose: bool = False) -> dict[str, Any]:
@@ -100,9 +145,8 @@ def onnx_to_engine(src: str | Path, dst: str | Path, *, min_batch: int = 1, opt_
     profile.set_shape(inp.name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from another GPU is rejected
+    cache_notes: list[str] = []
+    reused = attach_timing_cache(config, cache_path, cache_notes) if cache_path else False
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -110,7 +154,7 @@ def onnx_to_engine(src: str | Path, dst: str | Path, *, min_batch: int = 1, opt_
                             f"(see TensorRT's messages above; --workspace may be too small)")
     Path(dst).write_bytes(memoryview(serialized))
     if cache_path is not None:
-        write_bytes_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        save_timing_cache(config, cache_path, cache_notes)
     outputs = [network.get_output(i) for i in range(network.num_outputs)]
     return {
         **runtime_record(trt),
@@ -119,7 +163,8 @@ def onnx_to_engine(src: str | Path, dst: str | Path, *, min_batch: int = 1, opt_
         "profile": {"input": inp.name, **{k: list(v) for k, v in shapes.items()}},
         "workspace_mb": int(workspace_mb),
         "timing_cache": str(cache_path.resolve()) if cache_path else None,
-        "timing_cache_reused": bool(cache_bytes),
+        "timing_cache_reused": reused,
+        "timing_cache_notes": cache_notes,
         "io": {"input": {"name": inp.name, "dtype": str(inp.dtype)},
                "outputs": [{"name": o.name, "dtype": str(o.dtype)} for o in outputs]},
     }

@@ -4,7 +4,8 @@ Device buffers and the stream are torch CUDA tensors and a torch CUDA stream (no
 input is copied to the GPU by ``prepare`` (outside timed loops), ``run_prepared`` binds tensor
 addresses, sets the input shape inside the engine's optimization profile and enqueues
 ``execute_async_v3`` on the runner's stream; the default stream waits on it, so reading the
-output with ``.cpu()`` is ordered after inference.
+output with ``.cpu()`` is ordered after inference. ``synchronize`` waits on both streams: the
+copy and cast of ``prepare`` run on the current one.
 
 An engine only runs on the GPU model and TensorRT version it was built with. Before
 deserialising, the runner compares its card's ``tensorrt`` record (written by
@@ -126,6 +127,7 @@ def check_engine_compat(path: str | Path, built: dict[str, Any], here: dict[str,
 @RUNNERS.register("tensorrt")
 class TensorRTRunner(Runner):
     backend = "tensorrt"
+    runtime = "tensorrt"
 
     def __init__(self, path, device: str = "cuda", threads: int | None = None, **options: Any):
         if device == "cpu":
@@ -223,6 +225,11 @@ class TensorRTRunner(Runner):
         return out[:rows]
 
     def synchronize(self) -> None:
+        """Wait for the input copy and cast (queued by ``prepare`` on the current stream) and for
+        inference (on the runner's stream): ``h2d_ms`` ends only when the copy has landed."""
+        import torch
+
+        torch.cuda.current_stream().synchronize()
         if getattr(self, "stream", None) is not None:
             self.stream.synchronize()
 

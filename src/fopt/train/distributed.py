@@ -70,6 +70,21 @@ def cleanup(info: DistInfo) -> None:
             dist.destroy_process_group()
 
 
+def equal_shard(items: list[Any], rank: int, world: int) -> list[Any]:
+    """Rank `rank`'s share of `items`, every share the same length (``ceil(n / world)``).
+
+    Wherever each rank loops over its share with a collective inside every step (precise BN under
+    SyncBatchNorm all-reduces per batch), a rank with one batch more waits forever in NCCL:
+    ``items[rank::world]`` gives 97 images over 3 ranks shares of 33, 32 and 32, i.e. 2, 1 and 1
+    batches of 32. As torch's DistributedSampler does, the short shares are topped up by wrapping
+    round to the first items (at most ``world - 1`` repeats)."""
+    if not items:
+        return []
+    per_rank = -(-len(items) // world)
+    padded = list(items) + [items[i % len(items)] for i in range(per_rank * world - len(items))]
+    return padded[rank::world]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         import torch.distributed as dist

@@ -49,6 +49,7 @@ from fopt.train.distributed import (
     all_reduce_sum,
     broadcast_buffers,
     cleanup,
+    equal_shard,
     gather_arrays,
     init_from_env,
 )
@@ -225,8 +226,10 @@ def build_loaders(cfg: TrainConfig, ds: dict[str, Any], dist: DistInfo, device) 
         # generator so the training data order and augmentation stay what they were.
         n = len(ds["train_plain"])
         pick = np.random.default_rng(cfg.seed).permutation(n)[:min(cfg.precise_bn, n)].tolist()
+        # Equal shares: with --sync-bn every precise-BN batch is a collective, so every rank must
+        # run the same number of batches (equal_shard).
         loaders["precise_bn"] = DataLoader(ds["train_plain"], batch_size=max(cfg.batch_size, 32),
-                                           sampler=pick[dist.rank::dist.world_size], **common)
+                                           sampler=equal_shard(pick, dist.rank, dist.world_size), **common)
     return loaders
 
 

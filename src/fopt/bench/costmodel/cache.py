@@ -1,5 +1,9 @@
 """The calibration cache: one JSON file per machine, one entry per device, thread count and clock.
 
+A CUDA entry is also keyed by the GPU model (``cuda:<GPU name>:threads=0``) and only prices rows
+on that model: the same host with another GPU (a swapped card, another MIG slice, another cloud
+instance of the same CPU) needs its own calibration.
+
 The file lives under ``$FOPT_CACHE_DIR/calibration/`` (default ``~/.cache/fopt/calibration/``),
 named by `fopt.bench.measure.machine.machine_key` (CPU model, CPU count, torch/onnxruntime/numpy
 versions), so a new library version or VM size gets a fresh calibration. A cache file of another
@@ -17,6 +21,7 @@ from fopt.analyze.devices import DeviceSpec
 from fopt.artifacts import write_json_atomic
 from fopt.bench.measure.machine import machine_key
 from fopt.errors import FoptError, InputError, UsageError
+from fopt.runtime.base import gpu_record
 
 
 class CalibrationMissing(FoptError):
@@ -41,14 +46,25 @@ def cache_path(key: str | None = None) -> Path:
     return cache_dir() / f"{key or machine_key()}.json"
 
 
-def _entry_key(device: str, threads: int, clock: str = "wall") -> str:
-    return f"{device}:threads={threads}" + ("" if clock == "wall" else f":clock={clock}")
+def _entry_key(device: str, threads: int, clock: str = "wall", gpu: str | None = None) -> str:
+    where = f"{device}:{gpu}" if device == "cuda" else device
+    return f"{where}:threads={threads}" + ("" if clock == "wall" else f":clock={clock}")
+
+
+def calibrated_gpu(cal: dict[str, Any]) -> str | None:
+    """The GPU model a calibration was measured on (its machine record), None for a CPU one."""
+    return ((cal.get("machine") or {}).get("gpu") or {}).get("name")
+
+
+def current_gpu() -> str | None:
+    """This process's CUDA device 0 model, None without a GPU."""
+    return (gpu_record(0) or {}).get("name")
 
 
 def save_calibration(cal: dict[str, Any]) -> Path:
     path = cache_path(cal["machine_key"])
     doc = _read_cache_file(path) or {"schema": SCHEMA, "machine_key": cal["machine_key"], "entries": {}}
-    doc["entries"][_entry_key(cal["device"], cal["threads"], cal.get("clock", "wall"))] = cal
+    doc["entries"][_entry_key(cal["device"], cal["threads"], cal.get("clock", "wall"), calibrated_gpu(cal))] = cal
     write_json_atomic(path, doc)
     return path
 
@@ -78,8 +94,10 @@ class Calibration(dict):
                           description=f"calibrated, {self.get('threads')} threads")
 
 
-def load_machine_calibration(device: str = "cpu", threads: int | None = None, clock: str = "wall") -> Calibration | None:
+def load_machine_calibration(device: str = "cpu", threads: int | None = None, clock: str = "wall",
+                             gpu: str | None = None) -> Calibration | None:
     """This machine's cached calibration for `device` (and `threads`, else the newest), or None.
+    A CUDA one must have been measured on `gpu` (default: this process's GPU model).
 
     The dict has ``summary`` {``peak_flops`` {fp32, fp16, int8} in FLOP/s, ``mem_bandwidth``
     and ``cache_bandwidth`` in bytes/s, ``per_node_overhead_s``, ``source``} for device specs,
@@ -90,6 +108,9 @@ def load_machine_calibration(device: str = "cpu", threads: int | None = None, cl
         return None
     entries = [e for e in doc["entries"].values()
                if e.get("device") == device and e.get("clock", "wall") == clock]
+    if device == "cuda":
+        model = gpu or current_gpu()
+        entries = [e for e in entries if model is not None and calibrated_gpu(e) == model]
     if threads is not None:
         entries = [e for e in entries if e.get("threads") == threads]
     if not entries:
