@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from fopt.artifacts import atomic_path
-from fopt.bench.report import summarise_errors
+from fopt.bench.report import band_coverage, summarise_errors
 
 BACKEND_COLORS = {"torch-eager": "tab:red", "torchscript": "tab:orange", "onnxruntime": "tab:blue",
+                  "tensorrt": "tab:green", "openvino": "tab:purple"}
+# One colour per runtime (the pipeline's Pareto plot colours its points by runtime).
+RUNTIME_COLORS = {"torch": "tab:red", "onnxruntime": "tab:blue", "openvino": "tab:purple",
                   "tensorrt": "tab:green"}
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "mixed": "D"}
 
@@ -65,6 +68,11 @@ def plot_measured_vs_estimated(result: dict[str, Any], path: Path, *, band_pct: 
         naive = r["estimate_ms"].get("naive")
         if cal:
             ax.scatter([m], [cal], c=color, marker=marker, s=40, alpha=0.85, edgecolors="black", linewidths=0.4)
+            band = (r.get("estimate_band_ms") or {}).get("calibrated")
+            if band:   # the 80% band as an error bar
+                ax.errorbar([m], [cal], yerr=[[max(cal - band[0], 0.0)], [max(band[1] - cal, 0.0)]],
+                            fmt="none", ecolor=color, elinewidth=0.8, capsize=2, alpha=0.7)
+                ys_all += [v for v in band if v > 0]
             if r.get("latency_ms", {}).get("p90"):
                 ax.plot([m, r["latency_ms"]["p90"]], [cal, cal], color=color, lw=0.6, alpha=0.5)
             if annotate and abs(r["error_pct"]["calibrated"] or 0) > band_pct:
@@ -92,6 +100,10 @@ def plot_measured_vs_estimated(result: dict[str, Any], path: Path, *, band_pct: 
     if sc["points"]:
         title += (f": calibrated {sc['within'] * 100:.0f}% within ±{band_pct:g}% "
                   f"(median |err| {sc['median_abs_pct']:.0f}%)")
+    cov = band_coverage(rows, "calibrated")
+    if cov["points"]:
+        title += (f"\n80% bands (error bars) hold {cov['coverage'] * 100:.0f}% of measured p50s, "
+                  f"median half-width ±{cov['median_half_width_pct']:.0f}%")
     if sn["points"]:
         title += f"\nnaive FLOPs/peak (hollow): {sn['within'] * 100:.0f}% within, median |err| {sn['median_abs_pct']:.0f}%"
     ax.set_title(title, fontsize=9)
@@ -111,12 +123,12 @@ def plot_latency_vs_batch(result: dict[str, Any], path: Path) -> Path | None:
     rows = _ok(result)
     if not rows:
         return None
-    by_art: dict[str, list[dict[str, Any]]] = {}
+    by_art: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        by_art.setdefault(r["artifact"], []).append(r)
+        by_art.setdefault((r["artifact"], r.get("runtime") or ""), []).append(r)
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     cmap = plt.get_cmap("tab10")
-    for i, (art, rs) in enumerate(sorted(by_art.items())):
+    for i, ((art, _), rs) in enumerate(sorted(by_art.items())):
         rs.sort(key=lambda r: r["batch_size"])
         bs = [r["batch_size"] for r in rs]
         p50 = [r["latency_ms"]["p50"] for r in rs]
@@ -155,7 +167,7 @@ def plot_layers(row: dict[str, Any], path: Path, top: int = 15) -> Path | None:
     if any(x.get("estimate_ms") is not None for x in sel):
         ax.barh(y - 0.2, [x.get("estimate_ms") or 0 for x in sel], height=0.4, color="tab:orange",
                 label="calibrated estimate")
-    names = [f"{_short(x['name'])} [{x['class']}]" for x in sel]
+    names = [f"{_short(x['name'])} [{x.get('class') or x.get('exec_type') or x.get('op')}]" for x in sel]
     ax.set_yticks(y)
     ax.set_yticklabels(names, fontsize=6)
     ax.set_xlabel("ms per run")
@@ -184,6 +196,7 @@ def plot_all(result: dict[str, Any], out_dir: str | Path) -> list[Path]:
                plot_latency_vs_batch(result, out / "latency_vs_batch.png")]
     for r in result["results"]:
         if r.get("layers"):
-            name = _slug(f"layers_{Path(r['artifact']).name}_b{r['batch_size']}.png")
+            on = "_openvino" if r.get("runtime") == "openvino" and r["artifact"].endswith(".onnx") else ""
+            name = _slug(f"layers_{Path(r['artifact']).name}{on}_b{r['batch_size']}.png")
             written.append(plot_layers(r, out / name))
     return [p for p in written if p is not None]

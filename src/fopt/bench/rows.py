@@ -1,4 +1,4 @@
-"""The records of a bench run: one `BenchRow` per artifact x batch size, and the `BenchResult`.
+"""The records of a bench run: one `BenchRow` per (artifact, runtime) x batch size, and the `BenchResult`.
 
 A row holds what was measured (the pooled latency statistics, host-to-device copy, page faults)
 and the estimates put beside it (``naive``, ``roofline``, ``calibrated``, with notes saying why
@@ -24,6 +24,8 @@ class BenchRow:
     batch_size: int
     backend: str | None = None
     precision: str | None = None
+    runtime: str | None = None             # onnxruntime, openvino, torch, tensorrt (`fopt.runtime.RUNTIMES`)
+    execution: dict[str, Any] | None = None  # what the runtime ran with (e.g. OpenVINO's inference precision)
     device: str = "cpu"
     threads: int | None = None
     status: str = "ok"
@@ -34,6 +36,8 @@ class BenchRow:
     timer: str = "wall"
     processes: int = 1
     estimate_ms: dict[str, float | None] = field(default_factory=lambda: dict.fromkeys(ESTIMATE_KEYS))
+    # 80% band of each estimate that has one, [low, high] ms (`fopt.bench.costmodel.bands`)
+    estimate_band_ms: dict[str, list[float]] = field(default_factory=dict)
     estimate_notes: list[str] = field(default_factory=list)
     estimate_detail: dict[str, Any] = field(default_factory=dict)
     layers: list[dict[str, Any]] | None = None
@@ -53,11 +57,14 @@ class BenchRow:
     def to_dict(self) -> dict[str, Any]:
         s = self.stats
         d: dict[str, Any] = {
-            "artifact": self.artifact, "backend": self.backend, "precision": self.precision,
+            "artifact": self.artifact, "runtime": self.runtime, "backend": self.backend,
+            "precision": self.precision, "execution": self.execution,
             "batch_size": self.batch_size,
             "latency_ms": s.latency_ms() if s is not None else None,
             "throughput_ips": throughput_ips(self.batch_size, s.p50) if s is not None else None,
             "estimate_ms": dict(self.estimate_ms), "error_pct": self.error_pct(),
+            "estimate_band_ms": {k: list(v) for k, v in self.estimate_band_ms.items()
+                                 if self.estimate_ms.get(k) is not None},
             "status": self.status, "error": self.error,
             "device": self.device, "threads": self.threads, "timer": self.timer,
             "h2d_ms": self.h2d_ms, "processes": self.processes, "page_faults_per_run": self.page_faults,

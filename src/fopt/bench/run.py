@@ -34,6 +34,8 @@ from fopt.bench.measure.machine import (
     machine_record,
 )
 from fopt.bench.rows import BenchResult, BenchRow
+from fopt.describe.hints import ModelHints
+from fopt.describe.infer import cards_for
 from fopt.errors import UsageError
 from fopt.runtime import resolve_device
 from fopt.runtime.timing import (
@@ -48,17 +50,21 @@ from fopt.runtime.timing import (
 Measurement = list[dict[str, Any]]   # one artifact in one process: a dict per batch size (harness)
 
 
-def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8),
+def bench_artifacts(paths: Sequence[Any], *, device: str = "cpu", batch_sizes: Sequence[int] = (1, 8),
                     threads: int | None = None, min_time_s: float = 1.0, processes: int = 1,
                     estimate: bool = True, per_layer: bool = False, rule: StopRule | None = None,
-                    clock: Clock | str = "wall",
+                    clock: Clock | str = "wall", hints: ModelHints | None = None,
+                    runtime: str | None = None,
                     on_progress: Callable[[str], None] | None = None) -> BenchResult:
     """Measure every artifact at every batch size; estimates beside each row (see module doc).
 
     `threads` defaults to the physical cores this process may use, and is the same for every
     backend. `rule` overrides the stop rule built from `min_time_s`. `clock` is ``"wall"`` or
     ``"thread-cpu"`` (one thread only: CPU time of the calling thread, immune to other processes
-    on a shared machine), or any callable for tests.
+    on a shared machine), or any callable for tests. `hints` describe models fopt did not make
+    (`fopt.describe`): timing one needs nothing beyond a static input shape. Each entry of
+    `paths` is an artifact (run on `runtime`; None = its format's default runtime) or an
+    ``(artifact, runtime)`` pair, so one run can time the same file on several runtimes.
     """
 
     if not paths:
@@ -84,17 +90,19 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     busy = cpus_busy() if device == "cpu" else None
     busy_msg = busy_warning(threads, busy) if clock_name != "thread-cpu" else None
 
-    runs = _measure_rounds(paths, device=device, batch_sizes=batch_sizes, threads=threads, rule=rule,
-                           clock=clock, processes=processes, say=say)
-    rows = [row for path, r in zip(paths, runs)
-            for row in rows_from_measurements(str(path), device, threads, r, batch_sizes)]
+    targets = [(str(p[0]), p[1]) if isinstance(p, tuple) else (str(p), runtime) for p in paths]
+    cards = cards_for([path for path, _ in targets], hints)
+    runs = _measure_rounds(targets, device=device, batch_sizes=batch_sizes, threads=threads, rule=rule,
+                           clock=clock, processes=processes, say=say, cards=cards)
+    rows = [row for (path, rt), r in zip(targets, runs)
+            for row in rows_from_measurements(path, device, threads, r, batch_sizes, runtime=rt)]
 
     cal = None
     if estimate or per_layer:
         cal = calibration_for(device, threads, clock_name)
         say("estimating")
         estimate_rows(rows, cal=cal if estimate else None, machine=machine, per_layer=per_layer, threads=threads,
-                      clock=clock_name)
+                      clock=clock_name, cards=cards)
     settings = {"device": device, "batch_sizes": batch_sizes, "threads": threads, "processes": processes,
                 "clock": clock_name,
                 "stop_rule": rule_dict(rule), "input": f"standard normal, seed {INPUT_SEED}",
@@ -103,30 +111,32 @@ def bench_artifacts(paths: Sequence[str | Path], *, device: str = "cpu", batch_s
     return BenchResult(machine=machine, settings=settings, results=rows, calibration=calibration_info(cal))
 
 
-def _measure_rounds(paths: Sequence[str | Path], *, device: str, batch_sizes: list[int], threads: int,
-                    rule: StopRule, clock: Clock | str, processes: int,
-                    say: Callable[[str], None]) -> list[list[Measurement]]:
+def _measure_rounds(targets: Sequence[tuple[str, str | None]], *, device: str, batch_sizes: list[int], threads: int,
+                    rule: StopRule, clock: Clock | str, processes: int, say: Callable[[str], None],
+                    cards: dict[str, dict[str, Any]]) -> list[list[Measurement]]:
     """Per artifact, its measurement from each process (this one when `processes` is 1)."""
     # Rounds over all artifacts rather than K processes back to back: a slow spell of a shared
     # (or virtualised) machine then lands on one process of several artifacts, which the spread
     # column shows, instead of on every process of one artifact, which no statistic can detect.
-    runs: list[list[Measurement]] = [[] for _ in paths]
+    runs: list[list[Measurement]] = [[] for _ in targets]
     for k in range(processes):
-        for i, path in enumerate(paths):
+        for i, (path, rt) in enumerate(targets):
+            on = f" on {rt}" if rt else ""
             if processes == 1:
-                say(f"measuring {path}")
+                say(f"measuring {path}{on}")
                 runs[i].append(measure_artifact(path, device=device, batch_sizes=batch_sizes, threads=threads,
-                                                rule=rule, clock=clock))
+                                                rule=rule, clock=clock, card=cards.get(str(path)), runtime=rt))
             else:
-                say(f"measuring {path} (process {k + 1}/{processes})")
+                say(f"measuring {path}{on} (process {k + 1}/{processes})")
                 # a custom clock was refused before: only a clock's name crosses the process boundary
                 runs[i].append(measure_in_subprocess(str(path), device=device, batch_sizes=batch_sizes,
-                                                     threads=threads, rule=rule, clock=str(clock)))
+                                                     threads=threads, rule=rule, clock=str(clock),
+                                                     card=cards.get(str(path)), runtime=rt))
     return runs
 
 
 def rows_from_measurements(path: str, device: str, threads: int, runs: list[Measurement],
-                           batch_sizes: Sequence[int]) -> list[BenchRow]:
+                           batch_sizes: Sequence[int], runtime: str | None = None) -> list[BenchRow]:
     """One row per batch size, pooling that batch size's samples over the processes in `runs`.
 
     A batch size that failed in any process is an error row (the first process's error)."""
@@ -136,6 +146,8 @@ def rows_from_measurements(path: str, device: str, threads: int, runs: list[Meas
         row = BenchRow(artifact=str(path), batch_size=b, device=device, threads=threads, processes=len(runs))
         first_meta = next((p for p in per_proc if p.get("backend")), {})
         row.backend, row.precision = first_meta.get("backend"), first_meta.get("precision")
+        row.runtime = first_meta.get("runtime") or runtime
+        row.execution = first_meta.get("execution")
         ok = [p for p in per_proc if p.get("status") == "ok"]
         if len(ok) < len(per_proc):
             bad = next(p for p in per_proc if p.get("status") != "ok")

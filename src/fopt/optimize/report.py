@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-from fopt.evaluation import evaluate_artifact
+from fopt.evaluation import evaluate_artifact, paired_deltas
 from fopt.runtime import open_runner
 from fopt.runtime.onnxrt import ort_session
 from fopt.runtime.timing import StopRule, WallTimer, measure
@@ -31,7 +31,16 @@ def evaluate(path: Path, dataset: Path, device: str, threads: int | None, batch_
     r = evaluate_artifact(path, dataset, split="val", device=device, batch_size=batch_size, threads=threads,
                           card=card)
     return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n": r["n"], "split": "val",
-            "dataset": str(Path(dataset).resolve()), "device": device, "backend": r.get("backend")}
+            "dataset": str(Path(dataset).resolve()), "device": device, "backend": r.get("backend"),
+            "labels": r["labels"], "predictions": r["predictions"]}
+
+
+PER_IMAGE = ("labels", "predictions")  # in `evaluate`'s result for paired intervals; too big for cards
+
+
+def summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`evaluate`'s result without the per-image lists (what cards and result JSON keep)."""
+    return None if metrics is None else {k: v for k, v in metrics.items() if k not in PER_IMAGE}
 
 
 def quick_latency_ms(path: Path, device: str = "cpu", threads: int | None = None, budget_s: float = 1.0,
@@ -93,10 +102,10 @@ def delta_pts(value: float | None, ref: float | None) -> float | None:
 
 
 # Printed columns (narrow enough for a terminal); JSON/CSV rows carry every field.
-ROW_COLUMNS = ["label", "size_mb", "params", "accuracy_pct", "d_accuracy_pts", "macro_f1_pct",
+ROW_COLUMNS = ["label", "size_mb", "params", "accuracy_pct", "d_accuracy_pts", "d_accuracy_ci_pts", "macro_f1_pct",
                "d_macro_f1_pts", "latency_b1_ms", "speedup"]
 ROW_HEADERS = {"label": "artifact", "size_mb": "MB", "params": "params", "accuracy_pct": "acc%",
-               "d_accuracy_pts": "Δacc", "macro_f1_pct": "F1%", "d_macro_f1_pts": "ΔF1",
+               "d_accuracy_pts": "Δacc", "d_accuracy_ci_pts": "Δacc 95% CI", "macro_f1_pct": "F1%", "d_macro_f1_pts": "ΔF1",
                "latency_b1_ms": "b1 ms*", "speedup": "×"}
 LABELS = {"parent": "fp32 parent", "int8-dynamic": "int8 dyn", "int8-static": "int8 static",
           "int8-static-trt": "int8 trt", "fp16": "fp16"}
@@ -114,12 +123,16 @@ def make_row(*, artifact: Path, method: str, precision: str, runs_on: str, param
     f1 = (metrics or {}).get("macro_f1")
     lat = (latency or {}).get("p50_ms")
     ref_lat = (parent_latency or {}).get("p50_ms")
+    # 95% paired-bootstrap interval of each delta (None without per-image predictions on both)
+    ci = paired_deltas(parent_metrics, metrics)
     return {
         "label": row_label(method, precision),
         "artifact": artifact.name, "path": str(artifact), "method": method, "precision": precision,
         "runs_on": runs_on, "size_mb": size_mb(artifact) if artifact.exists() else None, "params": params,
         "accuracy_pct": pct(acc), "d_accuracy_pts": delta_pts(acc, (parent_metrics or {}).get("accuracy")),
+        "d_accuracy_ci_pts": ci["accuracy"],
         "macro_f1_pct": pct(f1), "d_macro_f1_pts": delta_pts(f1, (parent_metrics or {}).get("macro_f1")),
+        "d_macro_f1_ci_pts": ci["macro_f1"],
         "latency_b1_ms": None if lat is None else round(lat, 2 if lat >= 1 else 3),
         "speedup": round(ref_lat / lat, 2) if lat and ref_lat else None,
         "note": note,

@@ -383,7 +383,8 @@ def _measure(path: Path, info: dict[str, Any], produced: list[Produced], eval_di
     return {
         "model": str(path.resolve()), "input_precision": info["precision"],
         "dataset": str(eval_dir.resolve()) if eval_dir else None, "dataset_from": eval_from,
-        "parent": {"metrics": parent_metrics, "latency_b1_quick": parent_latency, "params": parent_params},
+        "parent": {"metrics": report.summary(parent_metrics), "latency_b1_quick": parent_latency,
+                   "params": parent_params},
         "rows": rows, "artifacts": artifacts, "notes": notes,
         "latency_note": report.QUICK_LATENCY_LABEL if opts.latency else None,
         "options": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
@@ -472,7 +473,7 @@ def _record_in_card(path: Path, parent: Path, metrics: dict[str, Any] | None, la
     """Write what was measured on an artifact into its card (nothing when nothing was)."""
     card_metrics: dict[str, Any] = {}
     if metrics is not None:
-        card_metrics["val"] = metrics
+        card_metrics["val"] = report.summary(metrics)
         card_metrics["delta_vs_parent_pts"] = {"accuracy": row["d_accuracy_pts"],
                                                "macro_f1": row["d_macro_f1_pts"],
                                                "parent": str(parent.resolve())}

@@ -17,7 +17,9 @@ from typing import Any, Sequence
 from fopt import __version__
 from fopt.artifacts import write_json_atomic, write_text_atomic
 from fopt.errors import InputError
-from fopt.pipeline.recommend import recommend
+from fopt.evaluation import resolution_note
+from fopt.bench.plots import RUNTIME_COLORS
+from fopt.pipeline.recommend import DEFAULT_NOISE_PCT, RUNTIME_SIMPLICITY, recommend, winners_by_model
 
 SUMMARY_NAME = "summary.json"
 
@@ -121,6 +123,7 @@ def build_report(summaries: list[dict[str, Any]], out_dir: str | Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r for s in summaries for r in s.get("rows", [])]
     rec = recommend(rows, max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget_ms)
+    winners = winners_by_model(rows, max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget_ms)
     plots = dict(plots or {})
     if rows:
         pareto = out_dir / "accuracy_vs_latency.png"
@@ -134,6 +137,9 @@ def build_report(summaries: list[dict[str, Any]], out_dir: str | Path, *,
         "models": [{k: v for k, v in s.items() if k not in ("rows", "_path")} for s in summaries],
         "rows": rows,
         "recommendation": rec,
+        "resolution": resolution_notes(rows, max_accuracy_drop),
+        "winners": {m: {k: w.get(k) for k in ("artifact", "runtime", "method", "p50_b1_ms", "accuracy",
+                                              "macro_f1")} for m, w in winners.items()},
         "plots": plots,
     }
     write_json_atomic(out_dir / "report.json", report)
@@ -143,9 +149,9 @@ def build_report(summaries: list[dict[str, Any]], out_dir: str | Path, *,
 
 STUDY_COLUMNS = ("model", "params (M)", "val acc %", "val macro-F1 %", "MACs (G)", "FLOPs (G)",
                  "RF (conv path)", "global RF", "T4 naive ms", "T4 roofline ms", "study's T4 figure ms")
-ARTIFACT_COLUMNS = ("artifact", "format", "precision", "size MB", "val acc %", "Δacc pts",
-                    "macro-F1 %", "ΔF1 pts", "p50 b1 ms", "best items/s (batch)", "speed-up vs eager",
-                    "est naive / roofline / calibrated ms", "est error % (n / r / c)")
+ARTIFACT_COLUMNS = ("artifact", "runtime", "format", "precision", "size MB", "val acc %", "Δacc pts [95% CI]",
+                    "macro-F1 %", "ΔF1 pts [95% CI]", "p50 b1 ms (spread)", "best items/s (batch)", "speed-up vs eager",
+                    "est naive / roofline / calibrated ms [80% band]", "est error % (n / r / c)")
 
 
 def _table(headers: Sequence[str], rows: list[Sequence[str]]) -> str:
@@ -171,12 +177,41 @@ def _artifact_row(r: dict[str, Any]) -> list[str]:
     best = (f"{_f(r.get('best_throughput_ips'))} ({r.get('best_batch')})"
             if r.get("best_throughput_ips") else "–")
     note = f" ⚠ {r['error']}" if r.get("error") else ""
-    return [f"{r.get('method')}{note}", r.get("format", "–"), r.get("precision", "–"),
-            _f(r.get("size_mb")), _f(r.get("accuracy"), pct=True), _f(r.get("d_accuracy_pts"), signed=True),
-            _f(r.get("macro_f1"), pct=True), _f(r.get("d_macro_f1_pts"), signed=True),
-            _f(r.get("p50_b1_ms")), best, _f(r.get("speedup_vs_eager")),
-            " / ".join(_f(est.get(k)) for k in ("naive", "roofline", "calibrated")),
+    return [f"{r.get('method')}{note}", r.get("runtime") or "–", r.get("format", "–"), r.get("precision", "–"),
+            _f(r.get("size_mb")), _f(r.get("accuracy"), pct=True), _delta(r, "accuracy"),
+            _f(r.get("macro_f1"), pct=True), _delta(r, "macro_f1"),
+            _f(r.get("p50_b1_ms")) + (f" (±{r['spread_b1_pct']:.0f}%)" if r.get("spread_b1_pct") is not None else ""),
+            best, _f(r.get("speedup_vs_eager")),
+            " / ".join(_f(est.get(k)) for k in ("naive", "roofline", "calibrated")) + _band(r),
             " / ".join("–" if err.get(k) is None else f"{err[k]:+.0f}" for k in ("naive", "roofline", "calibrated"))]
+
+
+def _band(r: dict[str, Any]) -> str:
+    """" [lo–hi]": the calibrated estimate's 80% band when the bench gave one."""
+    band = (r.get("estimate_band_ms") or {}).get("calibrated")
+    return f" [{_f(band[0])}–{_f(band[1])}]" if band else ""
+
+
+def _delta(r: dict[str, Any], metric: str) -> str:
+    """"+1.2 [-3.4, +5.6]": the delta in points and its 95% paired interval when known."""
+    ci = r.get(f"d_{metric}_ci_pts")
+    cell = _f(r.get(f"d_{metric}_pts"), signed=True)
+    return cell + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and None not in ci else "")
+
+
+def resolution_notes(rows: list[dict[str, Any]], budget_pts: float) -> dict[str, str]:
+    """Per model: why its validation split cannot resolve the accuracy-drop budget (none when it can)."""
+    out: dict[str, str] = {}
+    for r in rows:
+        if r.get("model") in out:
+            continue
+        widest = max((r2.get(f"d_{m}_ci_pts") for r2 in rows if r2.get("model") == r.get("model")
+                      for m in ("accuracy", "macro_f1") if r2.get(f"d_{m}_ci_pts")),
+                     key=lambda ci: ci[1] - ci[0], default=None)
+        why = resolution_note(r.get("eval_n"), widest, budget_pts)
+        if why:
+            out[r.get("model")] = why
+    return out
 
 
 def render_markdown(report: dict[str, Any], out_dir: Path) -> str:
@@ -187,17 +222,32 @@ def render_markdown(report: dict[str, Any], out_dir: Path) -> str:
              f"Generated {report['created']} by fopt {report['fopt_version']} on {cpu}.", ""]
     parts += ["## Recommendation", ""]
     if rec.get("artifact"):
-        parts.append(f"**Ship `{_rel(rec['artifact'], out_dir)}`.** {rec['why']}")
+        on = f" on {rec['runtime']}" if rec.get("runtime") else ""
+        parts.append(f"**Ship `{_rel(rec['artifact'], out_dir)}`{on}.** {rec['why']}")
     else:
         parts.append(f"**No artifact qualifies.** {rec['why']}")
     limit = f"accuracy and macro-F1 drop ≤ {rec['max_accuracy_drop_pts']:g} points vs the FP32 checkpoint"
     if rec.get("latency_budget_ms") is not None:
         limit += f", batch-1 p50 ≤ {rec['latency_budget_ms']:g} ms"
-    parts += ["", f"Rule: the fastest artifact (batch-1 p50 on this machine) with {limit}.", ""]
+    parts += ["", f"Rule: the fastest (artifact, runtime) pair (batch-1 p50 on this machine, pooled over "
+                  f"fresh processes) with {limit}; pairs within the across-process spread of the fastest "
+                  f"(or {DEFAULT_NOISE_PCT:g}% where one process measured them) are ties, broken by accuracy, "
+                  f"then file size, then the simpler runtime ({', '.join(RUNTIME_SIMPLICITY)}).", ""]
     if rec.get("rejected"):
-        parts.append("Not chosen: " + "; ".join(f"`{Path(x['artifact']).name if x['artifact'] else '?'}` "
+        parts.append("Not chosen: " + "; ".join(f"`{Path(x['artifact']).name if x['artifact'] else '?'}`"
+                                                f"{' on ' + x['runtime'] if x.get('runtime') else ''} "
                                                 f"({x['reason']})" for x in rec["rejected"]) + ".")
         parts.append("")
+    for model, why in (report.get("resolution") or {}).items():
+        parts += [f"Too few images to resolve the {rec['max_accuracy_drop_pts']:g} pt budget for {model}: "
+                  f"{why}; a delta inside its interval may be noise.", ""]
+    winners = report.get("winners") or {}
+    if winners:
+        parts += ["### Winning runtime per model", "",
+                  _table(("model", "artifact", "runtime", "p50 b1 ms", "val acc %"),
+                         [[m, f"`{Path(w['artifact']).name}`" if w.get("artifact") else "none qualifies",
+                           w.get("runtime") or "–", _f(w.get("p50_b1_ms")), _f(w.get("accuracy"), pct=True)]
+                          for m, w in winners.items()]), ""]
 
     models = report["models"]
     parts += ["## Across models (the study's table, corrected)", "",
@@ -242,10 +292,14 @@ def render_markdown(report: dict[str, Any], out_dir: Path) -> str:
     p = report["plots"].get("accuracy_vs_latency")
     if p:
         parts += ["## Accuracy vs latency", "",
-                  "Each point is an artifact; the line joins the Pareto front (no other artifact is both "
-                  "faster and more accurate).", "", f"![accuracy vs latency]({_rel(p, out_dir)})", ""]
+                  "Each point is an (artifact, runtime) pair, coloured by runtime; the line joins the "
+                  "Pareto front (no other pair is both faster and more accurate).", "", f"![accuracy vs latency]({_rel(p, out_dir)})", ""]
     parts += ["## How these numbers were made", "",
               "- Accuracy and macro-F1: `fopt eval` through each artifact's runner on the validation split.",
+              "- Estimate bands: the calibrated estimate's 80% interval from the calibration's out-of-sample "
+              "residuals (`fopt.bench.costmodel.bands`), wider where the model does work no probe measured.",
+              "- Δ intervals: 95% paired bootstrap (2,000 seeded resamples of the validation images, both "
+              "artifacts scored on each draw) vs the FP32 checkpoint.",
               "- Latency: `fopt bench` on this machine; estimates from `fopt analyze` (naive, roofline) and "
               "the per-machine calibration (`fopt bench --calibrate`).",
               "- Every artifact has a card (`<file>.json`) with its parent's sha256 and library versions.",
@@ -279,8 +333,13 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> bool:
     markers = "osD^v<>"
     for j, m in enumerate(models):
         sel = [(x, y, r) for x, y, r in pts if r.get("model", "") == m]
+        colors = [RUNTIME_COLORS.get(r.get("runtime") or "", "tab:gray") for *_, r in sel]
         ax.scatter([x for x, _, _ in sel], [y for _, y, _ in sel], marker=markers[j % len(markers)],
-                   s=50, label=m, zorder=3)
+                   s=50, c=colors, edgecolors="black", linewidths=0.4, zorder=3)
+        ax.scatter([], [], marker=markers[j % len(markers)], c="white", edgecolors="black", label=m)
+    for rt, color in RUNTIME_COLORS.items():   # legend: one entry per runtime present
+        if any(r.get("runtime") == rt for *_, r in pts):
+            ax.scatter([], [], marker="o", c=color, label=rt)
         for k, (x, y, r) in enumerate(sorted(sel, key=lambda t: t[0])):
             # Stagger labels: artifacts of one model often sit at nearly the same point.
             ax.annotate(r.get("method", ""), (x, y), textcoords="offset points",
@@ -293,7 +352,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 p50 latency (ms, log scale)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Accuracy vs latency per artifact")
+    ax.set_title("Accuracy vs latency per (artifact, runtime); colour = runtime")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

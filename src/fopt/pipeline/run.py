@@ -40,13 +40,15 @@ from fopt.data.build import build_dataset
 from fopt.data.datasets import DatasetTable
 from fopt.data.synth import synthesize
 from fopt.errors import DataError, UsageError, one_line
-from fopt.evaluation import evaluate_artifact
+from fopt.evaluation import evaluate_artifact, paired_deltas
 from fopt.export.run import export_checkpoint
-from fopt.models import MODELS
+from fopt.models import MODELS, folder_name
 from fopt.optimize.calib import MIN_CALIB, validate_calib_size
 from fopt.optimize.run import OptimizeOptions, optimize_onnx
 from fopt.pipeline.report import SUMMARY_NAME, build_report, load_summaries
 from fopt.pipeline.stages import Stage, StageLedger
+from fopt.runtime import runtimes_for
+from fopt.runtime.openvino import openvino_unavailable_reason
 from fopt.train.config import TrainConfig
 from fopt.train.engine import fit
 from fopt.workdir import OwnedFolder, exclusive
@@ -74,8 +76,9 @@ class PipelineConfig:
     calib_size: int | None = None        # static INT8 calibration images (train split); None =
                                          # 256, or every train image when 32..255 exist
     batch_sizes: tuple[int, ...] = (1, 8)  # bench batch sizes
-    min_time_s: float = 1.0              # bench time budget per row
-    processes: int = 1                   # bench: measure in this many fresh processes
+    min_time_s: float = 0.5              # bench time budget per row and process (3 processes: 1.5 s)
+    processes: int = 3                   # bench: fresh processes per (artifact, runtime), so one slow
+                                         # or lucky process does not pick the recommendation
     threads: int | None = None           # intra-op threads for every backend (None = cores)
     device: str = "cpu"                  # where artifacts are benchmarked
     max_accuracy_drop: float = 1.0       # recommendation: allowed drop in points
@@ -115,7 +118,29 @@ def supported_methods(device: str) -> tuple[str, ...]:
     methods = ["int8-static", "int8-dynamic", "fp16"]
     if device == "cuda" and importlib.util.find_spec("tensorrt") is not None:
         methods.append("tensorrt")
+    if openvino_unavailable_reason() is None and importlib.util.find_spec("nncf") is not None:
+        methods.append("openvino")
     return tuple(methods)
+
+
+Pair = tuple[Path, "str | None"]   # (artifact, runtime); None = its format's own runtime
+
+
+def runtime_pairs(artifacts: list[Path], device: str) -> list[Pair]:
+    """What the eval and bench stages measure: every artifact on its format's runtime, and every
+    ONNX artifact also on OpenVINO where OpenVINO runs (on the CPU)."""
+    also = ["openvino"] if device == "cpu" and openvino_unavailable_reason() is None else []
+    pairs: list[Pair] = []
+    for p in artifacts:
+        pairs.append((p, None))
+        fmt = (read_card(p, required=False) or {}).get("format")
+        pairs += [(p, rt) for rt in also if fmt and rt in runtimes_for(fmt)[1:]]
+    return pairs
+
+
+def pair_key(path: Path | str, runtime: str | None) -> str:
+    """The key of a pair's results in eval.json: the path, plus the runtime when not the default."""
+    return str(path) if runtime is None else f"{path}::{runtime}"
 
 
 # ----------------------------------------------------------------------------- stages
@@ -157,7 +182,7 @@ def check_calibration(cfg: PipelineConfig, table: Path) -> None:
     """Static INT8 needs calibration images from the train split: check before anything trains.
     Like `fopt optimize`, no --calib-size takes 256, or every train image when 32..255 exist."""
     methods = tuple(cfg.methods or supported_methods(cfg.device))
-    if not any(m.startswith("int8-static") or m == "tensorrt" for m in methods):
+    if not any(m.startswith("int8-static") or m in ("tensorrt", "openvino") for m in methods):
         return
     available = len(DatasetTable.load(table).split("train"))
     if available < MIN_CALIB:
@@ -247,25 +272,33 @@ def _method(path: Path, card: dict[str, Any]) -> str:
     return method or f"onnx {card['precision']}"
 
 
-def stage_eval(cfg: PipelineConfig, model: str, artifacts: list[Path], table: Path, mdir: Path,
+def stage_eval(cfg: PipelineConfig, model: str, pairs: list[Pair], table: Path, mdir: Path,
                ledger: StageLedger, log: Log) -> dict[str, Any]:
     out = mdir / "eval.json"
+    artifacts = list(dict.fromkeys(p for p, _ in pairs))
 
     def make() -> None:
         results = {}
-        for p in artifacts:
+        for p, rt in pairs:
             card = read_card(p, required=False) or {}
             device = "cuda" if card.get("format") == "tensorrt" else "cpu"
+            key = pair_key(p, rt)
             try:
-                m = evaluate_artifact(p, table, split="val", device=device, threads=cfg.threads)
-                results[str(p)] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+                m = evaluate_artifact(p, table, split="val", device=device, threads=cfg.threads, runtime=rt)
+                results[key] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"],
+                                "runtime": m.get("runtime"),
+                                # per image, for the paired 95% interval of each delta
+                                "labels": m["labels"], "predictions": m["predictions"]}
             except Exception as e:  # recorded in the row, not swallowed: the report shows it
-                results[str(p)] = {"error": one_line(e)}
-            log(f"[{model}] eval {p.name}: {results[str(p)]}")
+                results[key] = {"error": one_line(e)}
+            shown = {k: v for k, v in results[key].items() if k not in ("labels", "predictions")}
+            log(f"[{model}] eval {p.name}{f' on {rt}' if rt else ''}: {shown}")
         write_json_atomic(out, results)
 
     status, _ = ledger.run(Stage(f"{model}/eval", make, inputs=[*artifacts, table / "dataset.csv"],
-                                 outputs=[out], params={"split": "val"}), force=cfg.force)
+                                 outputs=[out], params={"split": "val",
+                                                        "pairs": [pair_key(p, rt) for p, rt in pairs]}),
+                           force=cfg.force)
     log(f"[{model}] eval {status}")
     return _json(out)
 
@@ -303,12 +336,13 @@ def stage_calibrate(cfg: PipelineConfig, log: Log) -> None:
         log("[calibrate] skipped: a calibration for this machine is cached")
 
 
-def stage_bench(cfg: PipelineConfig, model: str, artifacts: list[Path], mdir: Path,
+def stage_bench(cfg: PipelineConfig, model: str, pairs: list[Pair], mdir: Path,
                 ledger: StageLedger, log: Log) -> dict[str, Any]:
     out = mdir / "bench.json"
+    artifacts = list(dict.fromkeys(p for p, _ in pairs))
 
     def make() -> None:
-        res = bench_artifacts(artifacts, device=cfg.device, batch_sizes=cfg.batch_sizes,
+        res = bench_artifacts([(str(p), rt) for p, rt in pairs], device=cfg.device, batch_sizes=cfg.batch_sizes,
                               threads=cfg.threads, min_time_s=cfg.min_time_s,
                               processes=cfg.processes, estimate=True,
                               on_progress=lambda m: log(f"[{model}] bench {m}"))
@@ -319,7 +353,8 @@ def stage_bench(cfg: PipelineConfig, model: str, artifacts: list[Path], mdir: Pa
         write_json_atomic(out, d)
 
     params = {"batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
-              "processes": cfg.processes, "threads": cfg.threads, "device": cfg.device}
+              "processes": cfg.processes, "threads": cfg.threads, "device": cfg.device,
+              "pairs": [pair_key(p, rt) for p, rt in pairs]}
     status, _ = ledger.run(Stage(f"{model}/bench", make, inputs=artifacts, outputs=[out], params=params),
                            force=cfg.force)
     log(f"[{model}] bench {status}")
@@ -328,19 +363,21 @@ def stage_bench(cfg: PipelineConfig, model: str, artifacts: list[Path], mdir: Pa
 
 # ----------------------------------------------------------------------------- summary
 
-def model_rows(model: str, artifacts: list[Path], evals: dict[str, Any], bench: dict[str, Any],
+def model_rows(model: str, pairs: list[Pair], evals: dict[str, Any], bench: dict[str, Any],
                analysis: dict[str, Any]) -> list[dict[str, Any]]:
-    """One report row per artifact, every number copied from the eval, bench and card files."""
-    by_art: dict[str, list[dict[str, Any]]] = {}
+    """One report row per (artifact, runtime) pair, every number copied from the eval, bench and
+    card files."""
+    by_art: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for r in bench.get("results", []):
-        by_art.setdefault(str(Path(r["artifact"])), []).append(r)
+        by_art.setdefault((str(Path(r["artifact"])), r.get("runtime")), []).append(r)
     rows = []
-    ref = evals.get(str(artifacts[0]), {})  # the checkpoint: the FP32 reference for deltas
+    ref = evals.get(pair_key(*pairs[0]), {})  # the checkpoint: the FP32 reference for deltas
     eager_p50 = None
-    for p in artifacts:
+    for p, rt in pairs:
         card = read_card(p, required=False) or {}
-        ev = evals.get(str(p), {})
-        brs = sorted(by_art.get(str(p), []), key=lambda r: r["batch_size"])
+        runtime = rt or (runtimes_for(card["format"])[0] if card.get("format") else None)
+        ev = evals.get(pair_key(p, rt), {})
+        brs = sorted(by_art.get((str(p), runtime), []), key=lambda r: r["batch_size"])
         ok = [r for r in brs if r.get("status") == "ok"]
         b1 = next((r for r in ok if r["batch_size"] == 1), None)
         best = max(ok, key=lambda r: r.get("throughput_ips") or 0, default=None)
@@ -348,7 +385,7 @@ def model_rows(model: str, artifacts: list[Path], evals: dict[str, Any], bench: 
         if ev.get("error"):
             errors.append(f"eval: {ev['error']}")
         row = {
-            "model": model, "artifact": str(p), "method": _method(p, card),
+            "model": model, "artifact": str(p), "method": _method(p, card), "runtime": runtime,
             "format": card.get("format"), "precision": card.get("precision"),
             "backend": b1.get("backend") if b1 else (brs[0].get("backend") if brs else None),
             "size_mb": p.stat().st_size / 1e6 if p.exists() else None,
@@ -356,11 +393,14 @@ def model_rows(model: str, artifacts: list[Path], evals: dict[str, Any], bench: 
             "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"),
             "d_accuracy_pts": _pts(ev.get("accuracy"), ref.get("accuracy")),
             "d_macro_f1_pts": _pts(ev.get("macro_f1"), ref.get("macro_f1")),
+            "eval_n": ev.get("n"),
+            **{f"d_{k}_ci_pts": v for k, v in paired_deltas(ref, ev).items()},
             "p50_b1_ms": (b1 or {}).get("latency_ms", {}).get("p50") if b1 else None,
             "spread_b1_pct": (b1 or {}).get("spread_pct"),
             "best_throughput_ips": best.get("throughput_ips") if best else None,
             "best_batch": best.get("batch_size") if best else None,
             "estimate_ms": (b1 or {}).get("estimate_ms") or {},
+            "estimate_band_ms": (b1 or {}).get("estimate_band_ms") or {},
             "error_pct": (b1 or {}).get("error_pct") or {},
             "error": "; ".join(errors) or None,
         }
@@ -404,7 +444,7 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
     calibrated = False
     summaries = []
     for model in cfg.models:
-        mdir = run / model
+        mdir = run / folder_name(model)
         if not owned.replaceable(mdir):
             mdir.mkdir()
             owned.record(mdir)                # the model folder and everything its stages write
@@ -413,12 +453,13 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
         exported = stage_export(cfg, model, ckpt, mdir, ledger, log)
         optimized = stage_optimize(cfg, model, exported["onnx"], table, mdir, ledger, log)
         artifacts = [ckpt, exported["torchscript"], exported["onnx"], *optimized]
-        evals = stage_eval(cfg, model, artifacts, table, mdir, ledger, log)
+        pairs = runtime_pairs(artifacts, cfg.device)
+        evals = stage_eval(cfg, model, pairs, table, mdir, ledger, log)
         analysis = stage_analyze(cfg, model, exported["onnx"], mdir, ledger, log)
         if not calibrated:
             stage_calibrate(cfg, log)
             calibrated = True
-        bench = stage_bench(cfg, model, artifacts, mdir, ledger, log)
+        bench = stage_bench(cfg, model, pairs, mdir, ledger, log)
         files = train.get("files", {})
         plots = {"curves": files.get("curves.png"), "confusion_matrix": files.get("confusion_matrix.png"),
                  "roofline": analysis.get("roofline_plot")}
@@ -433,7 +474,7 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
             "train": train, "analysis": analysis, "plots": plots,
             "bench_settings": {**(bench.get("settings") or {}), "batch_sizes": list(cfg.batch_sizes),
                                "min_time_s": cfg.min_time_s, "processes": cfg.processes},
-            "rows": model_rows(model, artifacts, evals, bench, analysis),
+            "rows": model_rows(model, pairs, evals, bench, analysis),
         }
         write_json_atomic(mdir / SUMMARY_NAME, summary)
         summaries.append(mdir / SUMMARY_NAME)

@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fopt.artifacts import InputSpec, read_card, sha256_file
+from fopt.artifacts import Feed, InputSpec, feed_of, image_spec, read_card, sha256_file
 from fopt.console import note
-from fopt.errors import DeviceUnavailable, InputError, ValidationError
+from fopt.errors import DeviceUnavailable, InputError, UsageError, ValidationError
 from fopt.registry import Registry
 
 
@@ -47,6 +47,10 @@ def resolve_device(device: str) -> str:
                             "(torch.cuda.is_available() is False)")
 
 
+# Said wherever a file has no card: how to run a model fopt did not make.
+FOREIGN_HINT = ("; for a model from elsewhere pass --input-shape/--preset/--classes as needed, or store "
+                "them once with `fopt card FILE`")
+
 # Formats whose loading executes what the file contains, and what a user should know about it.
 CODE_FORMATS = {
     "torchscript": "a TorchScript file runs the program stored in it",
@@ -61,6 +65,8 @@ def written_by_fopt(path: str | Path) -> bool:
     path = Path(path)
     sidecar = read_card(path, required=False)
     if not sidecar or not isinstance(sidecar.get("versions"), dict) or "fopt" not in sidecar["versions"]:
+        return False
+    if sidecar.get("kind") == "foreign":  # `fopt card` described it; fopt did not write it
         return False
     try:
         return sidecar.get("sha256") == sha256_file(path)
@@ -86,14 +92,16 @@ class Runner(abc.ABC):
 
     format: ClassVar[str] = ""
     backend: ClassVar[str] = ""   # human/bench name, e.g. "torch-eager", "onnxruntime"
+    runtime: ClassVar[str] = ""   # one of RUNTIMES: what a bench row and a recommendation name
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 **options: Any):
+                 card: dict[str, Any] | None = None, **options: Any):
+        """`card` replaces the file's own (a foreign model's card from `fopt.describe`)."""
         self.path = Path(path)
         self.device = resolve_device(device)
         self.threads = threads
         self.options = options
-        self.card: dict[str, Any] = self._read_card()
+        self.card: dict[str, Any] = card if card is not None else self._read_card()
         self._loaded = False
         self.last_infer_s: float | None = None
 
@@ -103,26 +111,35 @@ class Runner(abc.ABC):
         card = read_card(self.path, required=False)
         if card is None:
             raise InputError(f"{self.path}: no artifact card ({self.path.name}.json) beside it; "
-                             f"fopt needs it to know the input size and normalisation")
+                             f"fopt needs it to know the input size and normalisation{FOREIGN_HINT}")
         return card
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec.from_dict(self.card["input_spec"])
+        """Normalised NCHW images: size, channels, mean, std (an error names what a card lacks)."""
+        return image_spec(self.card, self.path)
 
     @property
-    def class_names(self) -> list[str]:
-        return list(self.card["class_names"])
+    def feed(self) -> Feed:
+        """The input tensor's shape and element type (all timing needs)."""
+        return feed_of(self.card)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names in output-index order; None for a foreign model whose classes nobody stated."""
+        names = self.card.get("class_names")
+        return None if names is None else list(names)
 
     @property
     def precision(self) -> str:
         return self.card.get("precision", "fp32")
 
     @property
-    def input_metadata(self) -> dict[str, Any]:
-        spec = self.input_spec
-        return {"name": "input", "shape": ["batch", spec.channels, spec.size, spec.size],
-                "dtype": "float32", "mean": list(spec.mean), "std": list(spec.std)}
+    def execution(self) -> dict[str, Any]:
+        """What the runtime actually ran with (device, precision it computed in), once loaded;
+        backends that can ask their runtime override it."""
+        return {"device": self.device}
+
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self) -> "Runner":
@@ -149,15 +166,18 @@ class Runner(abc.ABC):
         against what the loaded model itself declares (`_check_batch_impl`); a mismatch is a
         one-line ValidationError, never the backend's own error from deep inside a run."""
         arr = batch.detach().cpu().numpy() if hasattr(batch, "detach") else np.asarray(batch)
-        spec = self.input_spec
-        if arr.ndim != 4 or arr.shape[1] != spec.channels:
-            raise ValidationError(f"{self.path.name}: expected input (N, {spec.channels}, H, W), "
-                                  f"got {tuple(arr.shape)}")
+        feed = self.feed
+        want = "(" + ", ".join("N" if i == 0 else "?" if d is None else str(d)
+                               for i, d in enumerate(feed.shape)) + ")"
+        images = bool(self.card.get("input_spec"))  # NCHW images: height and width may vary
+        fixed = [(i, d) for i, d in enumerate(feed.shape) if i > 0 and d is not None and (i == 1 or not images)]
+        if arr.ndim != len(feed.shape) or any(arr.shape[i] != d for i, d in fixed):
+            raise ValidationError(f"{self.path.name}: expected input {want}, got {tuple(arr.shape)}")
         if arr.shape[0] < 1:
             raise ValidationError(f"{self.path.name}: empty batch")
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ValidationError(f"{self.path.name}: expected a float image batch, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+            raise ValidationError(f"{self.path.name}: expected a numeric batch, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=feed.dtype)
         self._check_batch_impl(arr)
         return arr
 
@@ -206,7 +226,43 @@ class Runner(abc.ABC):
         return np.asarray(output, dtype=np.float32)
 
 
-RUNNERS: Registry[type[Runner]] = Registry("runner format")
+RUNNERS: Registry[type[Runner]] = Registry("runner format")   # each format's default runtime
+
+# The runtimes a deployable artifact can be paired with (the recommendation ranks such pairs).
+RUNTIMES = ("onnxruntime", "openvino", "torch", "tensorrt")
+# Runners of a format under a runtime other than its default, keyed (format, runtime).
+_OTHER_RUNTIMES: dict[tuple[str, str], type[Runner]] = {}
+
+
+def register_runtime(fmt: str, runtime: str):
+    """Register a runner for `fmt` under a runtime that is not the format's default one."""
+    def deco(cls: type[Runner]) -> type[Runner]:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}")
+        if (fmt, runtime) in _OTHER_RUNTIMES:
+            raise ValueError(f"a {runtime} runner for {fmt!r} is already registered")
+        _OTHER_RUNTIMES[(fmt, runtime)] = cls
+        return cls
+    return deco
+
+
+def runtimes_for(fmt: str) -> list[str]:
+    """Every runtime that can run format `fmt`, its default first."""
+    return [RUNNERS.get(fmt).runtime] + [rt for (f, rt) in _OTHER_RUNTIMES if f == fmt]
+
+
+def runner_class(fmt: str, runtime: str | None = None) -> type[Runner]:
+    """The runner of `fmt` under `runtime` (None: the format's default runtime)."""
+    default = RUNNERS.get(fmt)
+    if runtime is None or runtime == default.runtime:
+        return default
+    if runtime not in RUNTIMES:
+        raise UsageError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    cls = _OTHER_RUNTIMES.get((fmt, runtime))
+    if cls is None:
+        raise UsageError(f"runtime {runtime} cannot run {fmt} artifacts; {fmt} runs on "
+                         f"{', '.join(runtimes_for(fmt))}")
+    return cls
 
 
 def gpu_record(device: int = 0, load_torch: bool = True) -> dict[str, Any] | None:
