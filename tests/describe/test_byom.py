@@ -270,3 +270,29 @@ def test_bad_module_and_missing_timm(tmp_path, monkeypatch):
     code, out = run("export", "--model", "timm:resnet18", "--num-classes", "3", "--out", tmp_path / "c")
     assert code == 2 and "pip install fopt[timm]" in out
     assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
+
+
+def test_pipeline_from_a_foreign_onnx(foreign_dir, synth_dataset, tmp_path, monkeypatch):
+    import fopt.bench.costmodel.calibrate as cal
+
+    monkeypatch.setenv("FOPT_CACHE_DIR", str(tmp_path / "cache"))
+    real = cal.calibrate
+    monkeypatch.setattr(cal, "calibrate", lambda *a, **k: real(*a, **{**k, "quick": True}))
+    before = listing(foreign_dir["dir"])
+    run_dir = tmp_path / "run"
+    args = ["pipeline", "--model", foreign_dir["dynamic"], "--data", synth_dataset, "--out", run_dir,
+            "--method", "int8-static", "--calib-size", "32", "--batch-sizes", "1", "--min-time", "0.05",
+            "--processes", "1", "--threads", "1"]
+    code, out = run(*args)
+    assert code == 2 and "normalisation is unknown" in out and not run_dir.exists()
+    code, out = run(*args, "--preset", "inception", "--classes", foreign_dir["classes"])
+    assert code == 0, out
+    rep = json.loads((run_dir / "report.json").read_text())
+    rows = [r for r in rep["rows"] if r["runtime"] == "onnxruntime"]
+    assert {r["method"] for r in rows} == {"onnx fp32", "int8-static"}
+    fp32 = next(r for r in rows if r["method"] == "onnx fp32")
+    assert fp32["artifact"] == str(foreign_dir["dynamic"]) and fp32["d_accuracy_pts"] == 0.0
+    assert all(r["p50_b1_ms"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows)
+    assert rep["models"][0]["foreign"]["sha256"] == sha256_file(foreign_dir["dynamic"])
+    assert "Not made by fopt" in (run_dir / "report.md").read_text()
+    assert listing(foreign_dir["dir"]) == before

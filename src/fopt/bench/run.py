@@ -54,7 +54,7 @@ def bench_artifacts(paths: Sequence[Any], *, device: str = "cpu", batch_sizes: S
                     threads: int | None = None, min_time_s: float = 1.0, processes: int = 1,
                     estimate: bool = True, per_layer: bool = False, rule: StopRule | None = None,
                     clock: Clock | str = "wall", hints: ModelHints | None = None,
-                    runtime: str | None = None,
+                    hints_foreign_only: bool = False, runtime: str | None = None,
                     on_progress: Callable[[str], None] | None = None) -> BenchResult:
     """Measure every artifact at every batch size; estimates beside each row (see module doc).
 
@@ -91,7 +91,7 @@ def bench_artifacts(paths: Sequence[Any], *, device: str = "cpu", batch_sizes: S
     busy_msg = busy_warning(threads, busy) if clock_name != "thread-cpu" else None
 
     targets = [(str(p[0]), p[1]) if isinstance(p, tuple) else (str(p), runtime) for p in paths]
-    cards = cards_for([path for path, _ in targets], hints)
+    cards = cards_for([path for path, _ in targets], hints, foreign_only=hints_foreign_only)
     runs = _measure_rounds(targets, device=device, batch_sizes=batch_sizes, threads=threads, rule=rule,
                            clock=clock, processes=processes, say=say, cards=cards)
     rows = [row for (path, rt), r in zip(targets, runs)

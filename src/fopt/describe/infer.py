@@ -230,11 +230,12 @@ def _apply_hints(card: dict[str, Any], hints: ModelHints, path: Path) -> dict[st
     return card
 
 
-def cards_for(paths, hints: ModelHints | None = None) -> dict[str, dict[str, Any]]:
-    """The cards to hand runners for `paths`: every file's when the user gave hints, else only
-    foreign files' (fopt's own files are read by their runners). Without hints, a file that cannot
-    be described (e.g. a corrupt ONNX) is left out, so that its runner reports the failure in its
-    own row; a file of no known format is an InputError."""
+def cards_for(paths, hints: ModelHints | None = None, *, foreign_only: bool = False) -> dict[str, dict[str, Any]]:
+    """The cards to hand runners for `paths`: every file's when the user gave hints (they override
+    what a card says), else, or with `foreign_only`, only the files fopt did not make (fopt's own
+    are read by their runners). Without hints, a file that cannot be described (e.g. a corrupt ONNX)
+    is left out, so that its runner reports the failure in its own row; a file of no known format
+    is an InputError."""
     hints = hints or ModelHints()
     out: dict[str, dict[str, Any]] = {}
     for p in paths:
@@ -242,7 +243,7 @@ def cards_for(paths, hints: ModelHints | None = None) -> dict[str, dict[str, Any
             continue             # its runner says so in its rows
         fmt = detect_format(p)   # a file of no known format stops the run here
         try:
-            if hints.empty and own_card(p, fmt) is not None:
+            if (hints.empty or foreign_only) and own_card(p, fmt) is not None:
                 continue
             out[str(p)] = describe_model(p, hints)
         except InputError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fopt.console import device_option, force_option
+from fopt.describe.hints import hint_options
 from fopt.track import track_options
 
 
@@ -21,8 +22,9 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.command("pipeline")
 @track_options("pipeline")
 @click.option("--model", "models", multiple=True, default=("resnet18",), show_default=True,
-              help="Registry model; repeat for several (e.g. the study's vgg16, resnet50, "
-                   "efficientnet_b0, efficientnet_b7).")
+              help="Registry model (also timm:NAME, torchvision:NAME) or an ONNX file fopt did not make "
+                   "(from the optimize stage on; describe it with --preset/--classes); repeat for "
+                   "several (e.g. the study's vgg16, resnet50, efficientnet_b0, efficientnet_b7).")
 @click.option("--data", type=click.Path(file_okay=False),
               help="Dataset table (from `fopt data build`) or raw dataset; default: synthetic.")
 @click.option("--out", default="artifacts/pipeline", show_default=True, type=click.Path(file_okay=False),
@@ -55,9 +57,10 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--latency-budget", "latency_budget_ms", type=float,
               help="Recommendation: batch-1 p50 limit (ms).")
 @force_option
+@hint_options(only=("input_shape", "mean", "std", "preset", "classes"))
 def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed, synth_per_class,
              methods, calib_size, batch_sizes, min_time_s, processes, threads, device,
-             max_accuracy_drop, latency_budget_ms, force):
+             max_accuracy_drop, latency_budget_ms, force, hints):
     """Run data, train, export, optimize, eval, analyze and bench; write report.md/report.json.
 
     Re-running skips every stage whose outputs exist and whose inputs and options are unchanged
@@ -66,6 +69,7 @@ def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed,
     fastest artifact whose accuracy and macro-F1 drop stays within --max-accuracy-drop.
 
     Example: fopt pipeline --model resnet18 --model mobilenet_v3_large --out artifacts/cmp
+    Example: fopt pipeline --model their.onnx --preset imagenet --data data/ds --out artifacts/theirs
     """
     from fopt.pipeline.run import PipelineConfig, run_pipeline
     from fopt.runtime import resolve_device
@@ -76,7 +80,7 @@ def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed,
                          calib_size=calib_size, batch_sizes=batch_sizes, min_time_s=min_time_s,
                          processes=processes, threads=threads, device=resolve_device(device),
                          max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget_ms,
-                         force=force)
+                         force=force, hints=None if hints.empty else hints)
     report = run_pipeline(cfg, log=lambda m: click.echo(m, err=True))
     _print_summary(report)
     click.echo(f"report: {out}/report.md")
@@ -109,7 +113,7 @@ def _print_summary(report: dict) -> None:
     def pct(v):
         return None if v is None else f"{100 * v:.1f}"
 
-    rows = [{"model": r["model"], "artifact": r["method"],
+    rows = [{"model": r["model"], "artifact": r["method"], "runtime": r.get("runtime"),
              "MB": None if r.get("size_mb") is None else f"{r['size_mb']:.2f}",
              "acc %": pct(r.get("accuracy")),
              "Δacc": None if r.get("d_accuracy_pts") is None else f"{r['d_accuracy_pts']:+.1f}",

@@ -41,7 +41,7 @@ def find_summaries(run_dirs: Sequence[str | Path]) -> list[Path]:
 # What the report reads from a summary: the row keys it indexes, and which values must be numbers.
 ROW_NUMBERS = ("accuracy", "macro_f1", "d_accuracy_pts", "d_macro_f1_pts", "p50_b1_ms", "size_mb",
                "best_throughput_ips", "speedup_vs_eager")
-SUMMARY_DICTS = ("train", "analysis", "plots", "bench_settings", "machine")
+SUMMARY_DICTS = ("train", "analysis", "plots", "bench_settings", "machine", "foreign")
 
 
 def check_summary(s: Any, path: str | Path) -> dict[str, Any]:
@@ -271,6 +271,11 @@ def render_markdown(report: dict[str, Any], out_dir: Path) -> str:
             parts.append(f"Trained {t.get('epochs')} epoch(s) at {t.get('img_size')} px on "
                          f"`{_rel(s.get('dataset'), out_dir)}`; best epoch {t.get('best_epoch')} "
                          f"(validation macro-F1). Checkpoint `{_rel(t.get('checkpoint'), out_dir)}`.")
+            parts.append("")
+        elif s.get("foreign"):
+            f = s["foreign"]
+            parts.append(f"Not made by fopt: `{f.get('path')}` (sha256 {str(f.get('sha256'))[:12]}…), the FP32 "
+                         f"reference for every delta. Assumed: {'; '.join(f.get('assumed') or ['nothing'])}.")
             parts.append("")
         parts += [_table(ARTIFACT_COLUMNS, [_artifact_row(r) for r in rows]), ""]
         b = s.get("bench_settings") or {}

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from fopt.analyze.roofline import plot_roofline
 from fopt.analyze.run import analyze
-from fopt.artifacts import read_card, write_json_atomic
+from fopt.artifacts import image_spec, write_json_atomic
 from fopt.bench.costmodel.cache import load_machine_calibration
 from fopt.bench.costmodel.calibrate import calibrate
 from fopt.bench.plots import plot_all
@@ -39,7 +39,9 @@ from fopt.bench.run import bench_artifacts
 from fopt.data.build import build_dataset
 from fopt.data.datasets import DatasetTable
 from fopt.data.synth import synthesize
-from fopt.errors import DataError, UsageError, one_line
+from fopt.describe.hints import ModelHints
+from fopt.describe.infer import cards_for, describe_model, own_card
+from fopt.errors import DataError, FoptError, UsageError, one_line
 from fopt.evaluation import evaluate_artifact, paired_deltas
 from fopt.export.run import export_checkpoint
 from fopt.models import MODELS, folder_name
@@ -83,13 +85,22 @@ class PipelineConfig:
     device: str = "cpu"                  # where artifacts are benchmarked
     max_accuracy_drop: float = 1.0       # recommendation: allowed drop in points
     latency_budget_ms: float | None = None  # recommendation: optional batch-1 p50 limit
+    hints: ModelHints | None = None      # what the user says about an ONNX model fopt did not make
     force: bool = False                  # redo every stage
 
     def validate(self) -> "PipelineConfig":
         if not self.models:
             raise UsageError("give at least one --model")
         for m in self.models:
-            MODELS.get(m)  # unknown name -> UsageError with suggestions
+            if Path(m).is_file():   # a model from elsewhere: its file and the hints must describe it
+                card = describe_model(m, self.hints)
+                if card["format"] != "onnx":
+                    raise UsageError(f"--model {m}: a {card['format']} file; the pipeline takes registry "
+                                     f"names and ONNX files (time, evaluate or analyze other files with "
+                                     f"bench, eval, analyze)")
+                image_spec(card, m)   # eval and static INT8 need its normalisation: say so now
+            else:
+                MODELS.get(m)  # unknown name -> UsageError with suggestions
         if len(set(self.models)) != len(self.models):
             raise UsageError("a --model was given twice")
         if self.epochs < 1 or self.img_size < 16 or self.batch_size < 1:
@@ -126,14 +137,23 @@ def supported_methods(device: str) -> tuple[str, ...]:
 Pair = tuple[Path, "str | None"]   # (artifact, runtime); None = its format's own runtime
 
 
-def runtime_pairs(artifacts: list[Path], device: str) -> list[Pair]:
+def card_of(path: Path, hints: ModelHints | None = None) -> dict[str, Any]:
+    """What a pipeline row knows about an artifact: its own card, or a foreign file's as `hints`
+    describe it ({} if neither)."""
+    try:
+        return own_card(path) or describe_model(path, hints)
+    except FoptError:
+        return {}
+
+
+def runtime_pairs(artifacts: list[Path], device: str, hints: ModelHints | None = None) -> list[Pair]:
     """What the eval and bench stages measure: every artifact on its format's runtime, and every
     ONNX artifact also on OpenVINO where OpenVINO runs (on the CPU)."""
     also = ["openvino"] if device == "cpu" and openvino_unavailable_reason() is None else []
     pairs: list[Pair] = []
     for p in artifacts:
         pairs.append((p, None))
-        fmt = (read_card(p, required=False) or {}).get("format")
+        fmt = card_of(p, hints).get("format")
         pairs += [(p, rt) for rt in also if fmt and rt in runtimes_for(fmt)[1:]]
     return pairs
 
@@ -238,21 +258,22 @@ def stage_export(cfg: PipelineConfig, model: str, ckpt: Path, mdir: Path, ledger
 
 
 def stage_optimize(cfg: PipelineConfig, model: str, onnx_path: Path, table: Path, mdir: Path,
-                   ledger: StageLedger, log: Log) -> list[Path]:
+                   ledger: StageLedger, log: Log, hints: ModelHints | None = None) -> list[Path]:
     odir = mdir / "optimize"
     out = odir / "optimize.json"
     methods = tuple(cfg.methods or supported_methods(cfg.device))
     # Evaluation and timing happen once, in the eval and bench stages, for every artifact alike.
     opts = OptimizeOptions(methods=methods, out_dir=str(odir), evaluate=False, latency=False,
                            force=True, calib_data=str(table), calib_size=cfg.calib_size,
-                           seed=cfg.seed, threads=cfg.threads)
+                           seed=cfg.seed, threads=cfg.threads, hints=hints)
 
     def make() -> None:
         res = optimize_onnx(onnx_path, opts, log=lambda m: log(f"[{model}] {m}"))
         write_json_atomic(out, res)
 
     status, _ = ledger.run(Stage(f"{model}/optimize", make, inputs=[onnx_path], outputs=[out],
-                                 params={"methods": list(methods), "calib_size": cfg.calib_size}),
+                                 params={"methods": list(methods), "calib_size": cfg.calib_size,
+                                         "hints": hints.to_dict() if hints else None}),
                            force=cfg.force)
     paths = [Path(a["path"]) for a in _json(out)["artifacts"]]
     log(f"[{model}] optimize {status}: {', '.join(p.name for p in paths)}")
@@ -276,15 +297,17 @@ def stage_eval(cfg: PipelineConfig, model: str, pairs: list[Pair], table: Path, 
                ledger: StageLedger, log: Log) -> dict[str, Any]:
     out = mdir / "eval.json"
     artifacts = list(dict.fromkeys(p for p, _ in pairs))
+    cards = cards_for(artifacts, cfg.hints, foreign_only=True)   # fed as the hints say: models fopt did not make
 
     def make() -> None:
         results = {}
         for p, rt in pairs:
-            card = read_card(p, required=False) or {}
+            card = cards.get(str(p)) or card_of(p)
             device = "cuda" if card.get("format") == "tensorrt" else "cpu"
             key = pair_key(p, rt)
             try:
-                m = evaluate_artifact(p, table, split="val", device=device, threads=cfg.threads, runtime=rt)
+                m = evaluate_artifact(p, table, split="val", device=device, threads=cfg.threads, runtime=rt,
+                                      card=cards.get(str(p)))
                 results[key] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"],
                                 "runtime": m.get("runtime"),
                                 # per image, for the paired 95% interval of each delta
@@ -297,7 +320,8 @@ def stage_eval(cfg: PipelineConfig, model: str, pairs: list[Pair], table: Path, 
 
     status, _ = ledger.run(Stage(f"{model}/eval", make, inputs=[*artifacts, table / "dataset.csv"],
                                  outputs=[out], params={"split": "val",
-                                                        "pairs": [pair_key(p, rt) for p, rt in pairs]}),
+                                                        "pairs": [pair_key(p, rt) for p, rt in pairs],
+                                                        "hints": cfg.hints.to_dict() if cfg.hints else None}),
                            force=cfg.force)
     log(f"[{model}] eval {status}")
     return _json(out)
@@ -344,7 +368,8 @@ def stage_bench(cfg: PipelineConfig, model: str, pairs: list[Pair], mdir: Path,
     def make() -> None:
         res = bench_artifacts([(str(p), rt) for p, rt in pairs], device=cfg.device, batch_sizes=cfg.batch_sizes,
                               threads=cfg.threads, min_time_s=cfg.min_time_s,
-                              processes=cfg.processes, estimate=True,
+                              processes=cfg.processes, estimate=True, hints=cfg.hints,
+                              hints_foreign_only=True,
                               on_progress=lambda m: log(f"[{model}] bench {m}"))
         d = res.to_dict()
         if d["settings"].get("busy_warning"):
@@ -354,7 +379,8 @@ def stage_bench(cfg: PipelineConfig, model: str, pairs: list[Pair], mdir: Path,
 
     params = {"batch_sizes": list(cfg.batch_sizes), "min_time_s": cfg.min_time_s,
               "processes": cfg.processes, "threads": cfg.threads, "device": cfg.device,
-              "pairs": [pair_key(p, rt) for p, rt in pairs]}
+              "pairs": [pair_key(p, rt) for p, rt in pairs],
+              "hints": cfg.hints.to_dict() if cfg.hints else None}
     status, _ = ledger.run(Stage(f"{model}/bench", make, inputs=artifacts, outputs=[out], params=params),
                            force=cfg.force)
     log(f"[{model}] bench {status}")
@@ -364,17 +390,17 @@ def stage_bench(cfg: PipelineConfig, model: str, pairs: list[Pair], mdir: Path,
 # ----------------------------------------------------------------------------- summary
 
 def model_rows(model: str, pairs: list[Pair], evals: dict[str, Any], bench: dict[str, Any],
-               analysis: dict[str, Any]) -> list[dict[str, Any]]:
+               analysis: dict[str, Any], hints: ModelHints | None = None) -> list[dict[str, Any]]:
     """One report row per (artifact, runtime) pair, every number copied from the eval, bench and
     card files."""
     by_art: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
     for r in bench.get("results", []):
         by_art.setdefault((str(Path(r["artifact"])), r.get("runtime")), []).append(r)
     rows = []
-    ref = evals.get(pair_key(*pairs[0]), {})  # the checkpoint: the FP32 reference for deltas
+    ref = evals.get(pair_key(*pairs[0]), {})  # the checkpoint (or the user's ONNX): the FP32 reference
     eager_p50 = None
     for p, rt in pairs:
-        card = read_card(p, required=False) or {}
+        card = card_of(p, hints)
         runtime = rt or (runtimes_for(card["format"])[0] if card.get("format") else None)
         ev = evals.get(pair_key(p, rt), {})
         brs = sorted(by_art.get((str(p), runtime), []), key=lambda r: r["batch_size"])
@@ -443,19 +469,26 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
         owned.record(run / name)
     calibrated = False
     summaries = []
-    for model in cfg.models:
+    for entry in cfg.models:
+        foreign = Path(entry).resolve() if Path(entry).is_file() else None
+        model = foreign.name if foreign else entry
         mdir = run / folder_name(model)
         if not owned.replaceable(mdir):
             mdir.mkdir()
             owned.record(mdir)                # the model folder and everything its stages write
-        train = stage_train(cfg, model, table, mdir, ledger, log, owned)
-        ckpt = Path(train["checkpoint"])
-        exported = stage_export(cfg, model, ckpt, mdir, ledger, log)
-        optimized = stage_optimize(cfg, model, exported["onnx"], table, mdir, ledger, log)
-        artifacts = [ckpt, exported["torchscript"], exported["onnx"], *optimized]
-        pairs = runtime_pairs(artifacts, cfg.device)
+        if foreign is None:
+            train = stage_train(cfg, model, table, mdir, ledger, log, owned)
+            ckpt = Path(train["checkpoint"])
+            exported = stage_export(cfg, model, ckpt, mdir, ledger, log)
+            onnx_path, first = exported["onnx"], [ckpt, exported["torchscript"], exported["onnx"]]
+        else:   # from the export stage on: the user's ONNX file is the FP32 reference, never written to
+            train, onnx_path, first = {}, foreign, [foreign]
+            log(f"[{model}] {foreign}: not made by fopt; its card comes from the file and the options")
+        optimized = stage_optimize(cfg, model, onnx_path, table, mdir, ledger, log,
+                                   hints=cfg.hints if foreign else None)
+        pairs = runtime_pairs([*first, *optimized], cfg.device, cfg.hints)
         evals = stage_eval(cfg, model, pairs, table, mdir, ledger, log)
-        analysis = stage_analyze(cfg, model, exported["onnx"], mdir, ledger, log)
+        analysis = stage_analyze(cfg, model, onnx_path, mdir, ledger, log)
         if not calibrated:
             stage_calibrate(cfg, log)
             calibrated = True
@@ -471,10 +504,11 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
                 plots["latency_vs_batch"] = p
         summary = {
             "model": model, "dataset": str(table), "machine": bench.get("machine"),
+            "foreign": describe_model(foreign, cfg.hints)["foreign"] if foreign else None,
             "train": train, "analysis": analysis, "plots": plots,
             "bench_settings": {**(bench.get("settings") or {}), "batch_sizes": list(cfg.batch_sizes),
                                "min_time_s": cfg.min_time_s, "processes": cfg.processes},
-            "rows": model_rows(model, pairs, evals, bench, analysis),
+            "rows": model_rows(model, pairs, evals, bench, analysis, cfg.hints),
         }
         write_json_atomic(mdir / SUMMARY_NAME, summary)
         summaries.append(mdir / SUMMARY_NAME)
