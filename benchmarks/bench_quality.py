@@ -19,6 +19,14 @@ with random weights (latency does not depend on them) and 22 classes:
    roofline estimates, and the worst points with the reason (the kernel class whose estimated
    time is furthest from its profiled time, and the spread between processes).
 
+Held-out mode (on by default; ``--held-out`` names the models, ``--held-out`` with no name turns
+it off): torchvision classifiers from families the registry, the probes and every tuning decision
+of the cost model never saw (`HELD_OUT`), built with ``torchvision.models`` and exported with plain
+``torch.onnx.export``, measured on ONNX Runtime FP32 and static INT8 like the rest. The report
+then gives, for in-family and held-out points apart, the fraction within +-25% and the 80% bands'
+coverage (the share of measured p50s inside their band, `fopt.bench.costmodel.bands`) and median
+half-width: a change that helps in-family and hurts held-out is a regression.
+
 The measurement itself is noisy on shared virtual machines (README, "Measuring honestly": tens of
 percent between processes for torch eager), so run it on a quiet machine and read the spread column.
 
@@ -37,6 +45,11 @@ from typing import Any, Callable
 
 DEFAULT_EXCLUDE = ("efficientnet_b7", "vgg16")
 QUICK_MODELS = ("mobilenet_v3_small", "resnet18")
+# Outside every registry family (resnet, efficientnet, mobilenet_v3, vgg, tiny): channel shuffle,
+# fire modules, grouped-conv stages, MnasNet's inverted residuals without SE.
+HELD_OUT = ("shufflenet_v2_x1_0", "squeezenet1_1", "regnet_x_400mf", "mnasnet1_0")
+QUICK_HELD_OUT = ("squeezenet1_1",)
+GOALS = {"held_out_within_25": 0.6, "coverage": 0.8, "median_half_width_pct": 40.0, "in_family_within_25": 0.8}
 NUM_CLASSES = 22
 BAND_PCT = 25.0
 KEYS = ("torch-eager/fp32", "onnxruntime/fp32", "onnxruntime/int8")
@@ -98,7 +111,76 @@ def build_artifacts(model: str, size: int, work: Path, calib: Callable[[], Any])
     return paths
 
 
+def build_held_out(name: str, size: int, work: Path, calib: Callable[[], Any]) -> dict[str, Path]:
+    """FP32 and static INT8 ONNX of a torchvision classifier, exported with plain torch.onnx.export
+    (not fopt's exporter: a user's own file), carded so that bench knows how to feed it."""
+    import torch
+    import torchvision
+
+    from fopt.artifacts import InputSpec, make_card, write_card
+    from fopt.optimize.quantize import onnx_to_int8_static
+
+    stem = work / f"heldout_{name}_{size}"
+    paths = {"onnxruntime/fp32": stem.with_suffix(".onnx"), "onnxruntime/int8": stem.with_name(stem.name + ".int8.onnx")}
+    if all(p.exists() and p.with_name(p.name + ".json").exists() for p in paths.values()):
+        return paths
+    classes = [f"class_{i}" for i in range(NUM_CLASSES)]
+    spec = InputSpec(size=size)
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, name)(weights=None, num_classes=NUM_CLASSES).eval()
+    torch.onnx.export(net, (torch.randn(1, 3, size, size),), str(paths["onnxruntime/fp32"]), input_names=["input"],
+                      output_names=["logits"], opset_version=17, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    info = {"name": f"torchvision:{name}", "kwargs": {"num_classes": NUM_CLASSES}}
+    write_card(paths["onnxruntime/fp32"], make_card(kind="onnx", format="onnx", precision="fp32", input_spec=spec,
+                                                    class_names=classes, model=info, opset=17))
+    settings = onnx_to_int8_static(paths["onnxruntime/fp32"], paths["onnxruntime/int8"], calibration=calib(),
+                                   target="ort")
+    write_card(paths["onnxruntime/int8"], make_card(kind="onnx", format="onnx", precision="int8", input_spec=spec,
+                                                    class_names=classes, parent=paths["onnxruntime/fp32"],
+                                                    model=info, opset=17, quantization=settings))
+    return paths
+
+
 # ----------------------------------------------------------------------------- analysis
+
+def family_summary(rows: list[dict[str, Any]], held_out: set[str]) -> dict[str, Any]:
+    """In-family and held-out apart: within +-25% and the 80% bands' coverage and median
+    half-width, for the calibrated and roofline estimates (ORT rows and, when measured, OpenVINO)."""
+    from fopt.bench.report import band_coverage
+
+    out: dict[str, Any] = {}
+    for fam, sel in (("in_family", [r for r in rows if str(Path(r["artifact"])) not in held_out]),
+                     ("held_out", [r for r in rows if str(Path(r["artifact"])) in held_out])):
+        ok = [r for r in sel if r["status"] == "ok"]
+        out[fam] = {est: {**_within([r["error_pct"][est] for r in ok if r["error_pct"].get(est) is not None]),
+                          "band": band_coverage(ok, est)} for est in ("calibrated", "roofline")}
+    return out
+
+
+def goals_verdict(fam: dict[str, Any]) -> list[str]:
+    """The issue's four goals, each measured, each PASS or FAIL."""
+    lines = []
+    ino, held = fam["in_family"]["calibrated"], fam["held_out"]["calibrated"]
+
+    def check(label: str, value: float | None, ok: Callable[[float], bool], fmt: str) -> None:
+        if value is None:
+            lines.append(f"{label}: not measured")
+        else:
+            lines.append(f"{label}: {fmt.format(value)} {'PASS' if ok(value) else 'FAIL'}")
+
+    check("held-out within +-25% (goal >= 60%)", held["within_25"], lambda v: v >= GOALS["held_out_within_25"],
+          "{:.0%}")
+    for name, f in (("in-family", ino), ("held-out", held)):
+        check(f"{name} 80% band coverage (goal >= 80%)", f["band"]["coverage"], lambda v: v >= GOALS["coverage"],
+              "{:.0%}")
+    halves = [f["band"]["median_half_width_pct"] for f in (ino, held) if f["band"]["median_half_width_pct"] is not None]
+    check("median band half-width (goal <= 40%)", max(halves) if halves else None,
+          lambda v: v <= GOALS["median_half_width_pct"], "{:.0f}%")
+    check("in-family within +-25% (goal >= 80%)", ino["within_25"], lambda v: v >= GOALS["in_family_within_25"],
+          "{:.0%}")
+    return lines
+
 
 def _key(row: dict[str, Any]) -> str:
     base = "torch-eager" if row.get("backend") in ("torch-eager", "torchscript") else row.get("backend")
@@ -200,6 +282,20 @@ def print_report(summary: dict[str, Any], worst: list[dict[str, Any]], rows: lis
               f"{spread})\n      {w['reason']}")
 
 
+def print_families(fam: dict[str, Any]) -> None:
+    from fopt.console import print_table
+
+    table = []
+    for name, f in fam.items():
+        for est in ("calibrated", "roofline"):
+            e = f[est]
+            table.append({"models": name, "estimate": est, "points": e["points"],
+                          "within 25%": _pct(e["within_25"]), "median |err|": _pct1(e["median_abs_pct"]),
+                          "80% band coverage": _pct(e["band"]["coverage"]),
+                          "median band half-width": _pct1(e["band"]["median_half_width_pct"])})
+    print_table(table, title="in-family vs held-out (held-out: families no probe or tuning decision saw)")
+
+
 def _pct(v: float | None) -> str | None:
     return None if v is None else f"{v * 100:.0f}%"
 
@@ -226,6 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=3, help="fresh measuring processes per artifact")
     ap.add_argument("--min-time", type=float, default=1.5, help="seconds of timing per row and process")
     ap.add_argument("--recalibrate", action="store_true", help="re-run `fopt bench --calibrate` first")
+    ap.add_argument("--any-calibration", action="store_true",
+                    help="use the cached calibration even if the machine was busy while it was made")
+    ap.add_argument("--held-out", nargs="*", default=None,
+                    help=f"torchvision classifiers outside the registry families (default: {' '.join(HELD_OUT)}; "
+                         f"with --quick {' '.join(QUICK_HELD_OUT)}); no name: none")
     ap.add_argument("--clock", default="wall", choices=["wall", "thread-cpu"],
                     help="thread-cpu (with --threads 1): CPU time, for a machine other work shares")
     args = ap.parse_args(argv)
@@ -248,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     processes = 1 if args.quick else args.processes
     min_time = min(args.min_time, 0.4) if args.quick else args.min_time
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    held_models = list(args.held_out if args.held_out is not None else (QUICK_HELD_OUT if args.quick else HELD_OUT))
     work = args.out.with_name(args.out.stem + "_work")
     work.mkdir(parents=True, exist_ok=True)
 
@@ -255,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if cal is not None and cal.get("quick"):
         cal = None  # made with the reduced test probe set
     for attempt in range(3):
-        if cal is not None and (cal.get("stability") or {}).get("stable", True):
+        if cal is not None and (args.any_calibration or (cal.get("stability") or {}).get("stable", True)):
             break
         if cal is not None:
             log(f"  the machine was busy during that calibration (GEMM rate changed "
@@ -282,6 +384,16 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # one model that cannot be built is reported; the rest still run
             build_errors[m] = f"{type(e).__name__}: {e}"
             log(f"  {m}: cannot build artifacts: {build_errors[m]}")
+    held_paths: list[Path] = []
+    if held_models:
+        log("building held-out artifacts (torchvision + torch.onnx.export): " + ", ".join(held_models))
+    for m in held_models:
+        try:
+            held_paths += list(build_held_out(m, args.img_size, work, calib).values())
+        except Exception as e:
+            build_errors[f"held-out {m}"] = f"{type(e).__name__}: {e}"
+            log(f"  held-out {m}: cannot build artifacts: {build_errors[f'held-out {m}']}")
+    paths += held_paths
     log(f"measuring {len(paths)} artifacts x batch {batch_sizes} in {processes} process(es) each")
     res = bench_artifacts(paths, batch_sizes=batch_sizes, threads=threads, min_time_s=min_time,
                           processes=processes, estimate=True, per_layer=True, clock=args.clock, on_progress=log)
@@ -290,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     worst = worst_points(rows, cal)
     print_report(summary, worst, rows)
+    families = family_summary(rows, {str(p) for p in held_paths})
+    goals = goals_verdict(families)
+    print_families(families)
+    for line in goals:
+        log(line)
     overall = summary["all"]["calibrated"]
     verdict = (None if overall["within_25"] is None else
                f"{overall['within_25'] * 100:.0f}% of {overall['points']} points within +-25% "
@@ -303,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     except (AttributeError, OSError):
         pass
     doc = {"benchmark": "bench_quality", "verdict": verdict, "summary": summary, "worst": worst,
+           "families": families, "goals": goals, "held_out_models": held_models,
            "settings": {"models": models, "img_size": args.img_size, "batch_sizes": batch_sizes, "threads": threads,
                         "processes": processes, "min_time_s": min_time, "clock": args.clock,
                         "weights": "random", "classes": NUM_CLASSES,

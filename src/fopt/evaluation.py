@@ -7,6 +7,11 @@ split does not count as a zero; ``per_class`` still lists every class (support 0
 The loop only knows the `Runner` interface: checkpoints today, and TorchScript, ONNX and
 TensorRT artifacts through the same call as soon as their runners are registered. The runner's
 card says how to feed the model (input size, mean, std), so no training flag is needed.
+
+A result also carries the per-image ``labels`` and ``predictions``, so two artifacts evaluated on
+the same images can be compared pair-wise: `paired_delta` gives the change in accuracy or
+macro-F1 with a 95% paired-bootstrap interval. On a small split one image is several points, and
+the interval says so where a bare delta would not.
 """
 
 from __future__ import annotations
@@ -88,7 +93,8 @@ def evaluate_runner(runner, dataset_dir: str | Path, split: str = "val", batch_s
             bar.advance(task, len(y))
     y_true, y_pred = np.concatenate(labels), np.concatenate(preds)
     result = classification_metrics(y_true, y_pred, names)
-    result.update({"split": split, "class_map": class_map,
+    result.update({"labels": y_true.tolist(), "predictions": y_pred.tolist(),
+                   "split": split, "class_map": class_map,
                    "artifact": str(runner.path), "format": runner.card.get("format"),
                    "backend": runner.backend, "runtime": runner.runtime, "precision": runner.precision,
                    "execution": runner.execution,
@@ -130,3 +136,96 @@ def evaluate_artifact(path: str | Path, dataset_dir: str | Path, split: str = "v
 
 def _short(names: list[str]) -> str:
     return f"[{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}] ({len(names)})"
+
+
+# ----------------------------------------------------------------------------- paired deltas
+
+METRICS = ("accuracy", "macro_f1")
+BOOTSTRAP_RESAMPLES = 2000   # percentile bootstrap: 2000 keeps the 2.5/97.5% ends stable to ~0.3 pt
+BOOTSTRAP_SEED = 0           # seeded: the same predictions always give the same interval
+_CHUNK = 200                 # resamples per matrix product: bounds memory at 200 x n counts
+
+
+def paired_delta(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int],
+                 metric: str = "accuracy", *, level: float = 0.95,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """metric(b) - metric(a) in percentage points, and its `level` interval: (point, low, high).
+
+    Paired bootstrap: each resample draws images (with replacement) and scores *both* artifacts on
+    the same draw, so the interval reflects the images on which they disagree, not the spread of
+    each accuracy on its own. macro-F1 follows `classification_metrics` (average over the classes
+    present in the labels or that artifact's predictions, in each resample).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    y = np.asarray(y_true, dtype=np.int64)
+    a = np.asarray(pred_a, dtype=np.int64)
+    b = np.asarray(pred_b, dtype=np.int64)
+    if not (y.shape == a.shape == b.shape) or y.ndim != 1:
+        raise ValueError(f"labels and both predictions need one entry per image; got {y.shape}, "
+                         f"{a.shape}, {b.shape}")
+    n = y.size
+    if n == 0:
+        return (float("nan"),) * 3
+    score = _accuracy_counts if metric == "accuracy" else _macro_f1_counts
+    point = 100.0 * float(score(np.ones((1, n)), y, b)[0] - score(np.ones((1, n)), y, a)[0])
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for start in range(0, resamples, _CHUNK):
+        k = min(_CHUNK, resamples - start)
+        # How often each image is drawn in each resample: one matrix product scores them all.
+        w = rng.multinomial(n, np.full(n, 1.0 / n), size=k).astype(np.float64)
+        deltas.append(score(w, y, b) - score(w, y, a))
+    d = 100.0 * np.concatenate(deltas)
+    tail = 100.0 * (1.0 - level) / 2
+    low, high = np.percentile(d, [tail, 100.0 - tail])
+    # A percentile interval can miss the point when nearly every resample ties; keep it inside.
+    return round(point, 4), round(min(float(low), point), 4), round(max(float(high), point), 4)
+
+
+def paired_deltas(ref: dict[str, Any] | None, other: dict[str, Any] | None) -> dict[str, list[float] | None]:
+    """{"accuracy": [low, high], "macro_f1": [low, high]} in points for `other` vs `ref`, two
+    evaluation results (or eval.json entries) holding ``labels`` and ``predictions``; None for
+    each when either lacks them or they were not made on the same images."""
+    out: dict[str, list[float] | None] = dict.fromkeys(METRICS)
+    if not ref or not other or ref.get("predictions") is None or other.get("predictions") is None:
+        return out
+    y = ref.get("labels")
+    if y is None or other.get("labels") != y or len(ref["predictions"]) != len(other["predictions"]):
+        return out
+    for m in METRICS:
+        _, lo, hi = paired_delta(y, ref["predictions"], other["predictions"], m)
+        out[m] = [lo, hi]
+    return out
+
+
+def resolution_note(n: int | None, ci_pts: Sequence[float] | None, budget_pts: float) -> str | None:
+    """Why an evaluation of `n` images cannot resolve a drop budget of `budget_pts`, or None when
+    it can: one image is worth more than the budget, or the interval's half-width exceeds it."""
+    if n:
+        one = 100.0 / n
+        if one > budget_pts:
+            return f"one image is {one:.1f} pts of {n}, more than the {budget_pts:g} pt budget"
+    if ci_pts is not None and None not in ci_pts:
+        half = (ci_pts[1] - ci_pts[0]) / 2
+        if half > budget_pts:
+            return f"95% interval half-width {half:.1f} pts exceeds the {budget_pts:g} pt budget"
+    return None
+
+
+def _accuracy_counts(w: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return w @ (y == p).astype(np.float64) / w.sum(axis=1)
+
+
+def _macro_f1_counts(w: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    classes = np.union1d(y, p)
+    hit = (y[:, None] == classes) & (p[:, None] == classes)          # (n, C) true positives
+    tp = w @ hit.astype(np.float64)
+    support = w @ (y[:, None] == classes).astype(np.float64)         # true count per class
+    predicted = w @ (p[:, None] == classes).astype(np.float64)
+    denom = support + predicted
+    present = denom > 0                                              # in this resample's labels or predictions
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=present)
+    return f1.sum(axis=1) / np.maximum(present.sum(axis=1), 1)

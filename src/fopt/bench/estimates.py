@@ -12,6 +12,9 @@ short profiled run for the executed graph) never overlaps timing. For each artif
   measured peaks.
 - with ``per_layer``, the rows also get each executed node's profiled time beside its
   calibrated estimate (CPU only).
+- on the CPU, ``estimate_band_ms``: the 80% band of the roofline and calibrated estimates, from
+  the calibration's out-of-sample residuals (`fopt.bench.costmodel.bands`), widened, with a
+  note, where the model does work the calibration did not measure.
 
 An estimate that cannot be made stays None and a note on the row says why; nothing here raises
 for one artifact, so one unreadable file never costs the other rows their estimates.
@@ -29,6 +32,7 @@ from fopt.analyze.devices import DeviceSpec, spec_for_gpu
 from fopt.analyze.roofline import estimate_latency
 from fopt.analyze.run import analyze
 from fopt.artifacts import read_card
+from fopt.bench.costmodel.bands import bands_for, calibrated_band, roofline_band
 from fopt.bench.costmodel.cache import Calibration, load_machine_calibration
 from fopt.bench.costmodel.kernels import classify
 from fopt.bench.costmodel.predict import (
@@ -105,6 +109,8 @@ def _estimate_artifact(path: str, arows: list[BenchRow], *, cal: Calibration | N
                 r.estimate_notes.append(note)
             if analysis is not None:
                 _roofline(r, analysis, spec)
+                if device == "cpu":
+                    _roofline_band(r, cal)
             if device == "cuda":
                 _cuda_calibrated(r, analysis, cal)
             if runner is not None and (device == "cpu" or per_layer):
@@ -216,12 +222,47 @@ def _calibrated_for_row(row: BenchRow, runner: Any, cal: Calibration | None, per
         row.estimate_detail = ce.to_dict()
         row.estimate_notes += ce.notes
         price_page_faults(row, cal)
+        _calibrated_band(row, ce, cal, key)
     else:
         row.estimate_notes.append(f"calibrated: no calibration for {key}")
     if per_layer and runner.device != "cpu":
         row.estimate_notes.append("per-layer: only on CPU (GPU kernels run asynchronously)")
     elif per_layer:
         row.layers = _layers(runner, graph, ce, batch, clock=cpu_clock or time.perf_counter)
+
+
+def _roofline_band(row: BenchRow, cal: Calibration | None) -> None:
+    """The roofline's 80% band: its spread over this backend's probes (ONNX Runtime's for a
+    runtime the calibration has no probes for, with a note)."""
+    if cal is None or row.estimate_ms.get("roofline") is None:
+        return
+    precision = _analyze_precision(row.precision)
+    key = fit_key(row.backend or "", precision)
+    if key is None or key not in (cal.get("backends") or {}):
+        key = f"onnxruntime/{precision}"
+        if key not in (cal.get("backends") or {}):
+            return
+        row.estimate_notes.append(f"roofline band: from the onnxruntime probes ({row.runtime or row.backend} has none)")
+    bands = bands_for(cal, key)
+    band = roofline_band(row.estimate_ms["roofline"], bands) if bands else None
+    if band is not None:
+        row.estimate_band_ms["roofline"] = list(band)
+
+
+def _calibrated_band(row: BenchRow, ce: CalibratedEstimate, cal: Calibration, key: str) -> None:
+    """The calibrated estimate's 80% band (plus the priced page faults, a count, at both ends)."""
+    bands = bands_for(cal, key)
+    if not bands:
+        return
+    band = calibrated_band(ce, bands)
+    if band is None:
+        row.estimate_notes.append("calibrated: no band (the calibration holds no probe residuals; "
+                                  "run `fopt bench --calibrate` again)")
+        return
+    lo, hi, notes = band
+    faults = row.estimate_detail.get("page_faults_ms") or 0.0
+    row.estimate_band_ms["calibrated"] = [lo + faults, hi + faults]
+    row.estimate_notes += notes
 
 
 def price_page_faults(row: BenchRow, cal: dict[str, Any]) -> None:

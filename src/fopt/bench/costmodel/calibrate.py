@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fopt.bench.costmodel import probes
+from fopt.bench.costmodel.bands import bands_for
 from fopt.bench.costmodel.cache import SCHEMA, save_calibration
 from fopt.bench.costmodel.fit import (
     DEFAULT_CACHE_BYTES,
@@ -237,6 +238,8 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     end_gemms = _gemm_rates(cfg, threads)
     cal = _cpu_record(rec, threads, clock=clock, quick=quick, cfg=cfg, rates=rates,
                       gemm_timings=(rates.gemms, mid_gemms, end_gemms), backends=backends)
+    for key in backends:   # the estimate bands (out-of-sample residuals), stored for every later estimate
+        bands_for(cal, key)
     cal["duration_s"] = time.perf_counter() - t_start
     if save:
         cal["path"] = str(save_calibration(cal))
@@ -501,7 +504,8 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
             classes.append({"backend": key, "class": f"bytes beyond {d['cache_bytes'] / 2 ** 20:.0f} MiB",
                             "rate": 1.0 / d["sec_per_byte"] / 1e9 if d["sec_per_byte"] > 0 else None,
                             "unit": "GB/s", "overhead_us": None, "points": None, "fit_rmse_pct": None,
-                            "probe layer rates": None})
+                            "probe layer rates": None, "80% band": None})
+        band = (b.get("bands") or {}).get("classes") or {}
         for cls, fit in b.get("classes", {}).items():
             unit = "GMAC/s" if cls.startswith(("conv", "gemm")) else "Gelem/s"
             rate = 1.0 / fit["sec_per_work"] / 1e9 if fit["sec_per_work"] > 0 else None
@@ -509,7 +513,10 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
             classes.append({"backend": key, "class": cls, "rate": rate, "unit": unit,
                             "overhead_us": fit["overhead_s"] * 1e6, "points": fit["n"],
                             "fit_rmse_pct": fit["rel_rmse"] * 100,
-                            "probe layer rates": f"{min(pts):.3g}-{max(pts):.3g} ({len(pts)})" if pts else None})
+                            "probe layer rates": f"{min(pts):.3g}-{max(pts):.3g} ({len(pts)})" if pts else None,
+                            # leave-one-probe-out: x the estimate (`fopt.bench.costmodel.bands`)
+                            "80% band": (f"x{math.exp(band[cls][0]):.2f}-{math.exp(band[cls][1]):.2f} ({band[cls][2]})"
+                                         if band.get(cls) else None)})
     return summary, classes
 
 
