@@ -296,3 +296,17 @@ def test_pipeline_from_a_foreign_onnx(foreign_dir, synth_dataset, tmp_path, monk
     assert rep["models"][0]["foreign"]["sha256"] == sha256_file(foreign_dir["dynamic"])
     assert "Not made by fopt" in (run_dir / "report.md").read_text()
     assert listing(foreign_dir["dir"]) == before
+
+
+def test_export_a_foreign_torchscript_to_onnx(foreign_dir, tiny_checkpoint, synth_dataset, tmp_path):
+    from fopt.evaluation import evaluate_artifact
+
+    ts, out = foreign_dir["torchscript"], tmp_path / "exp"
+    code, text = run("export", ts, "--onnx")
+    assert code == 2 and "--out" in text
+    code, text = run("export", ts, "--onnx", "--out", out, "--input-shape", "1x3x32x32", "--preset", "inception")
+    assert code == 0, text
+    card = read_card(out / "scripted.onnx")
+    assert card["parent"]["sha256"] == sha256_file(ts) and card["metrics"]["parity"]["passed"] is True
+    ref = evaluate_artifact(tiny_checkpoint, synth_dataset)
+    assert evaluate_artifact(out / "scripted.onnx", synth_dataset)["accuracy"] == ref["accuracy"]

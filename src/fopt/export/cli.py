@@ -55,7 +55,7 @@ def _batch(ctx, param, value: str) -> int | None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the parity check runs (export itself always runs on the CPU).")
 @force_option
-@hint_options(only=("mean", "std", "preset", "classes"))
+@hint_options(only=("input_shape", "mean", "std", "preset", "classes"))
 def export(checkpoint, model_name, module, weights, num_classes, want_onnx, want_ts, out_dir, json_path, opset,
            batch, img_size, simplify, freeze, atol, rtol, device, force, hints):
     """Export a checkpoint to TorchScript and/or ONNX, each proven equal to the checkpoint.
@@ -78,7 +78,11 @@ def export(checkpoint, model_name, module, weights, num_classes, want_onnx, want
     Example: fopt export artifacts/run1/best.pt --onnx --out artifacts/run1
     Example: fopt export --model timm:resnet18 --weights w.pth --classes classes.txt --onnx --out out/
     """
+    from pathlib import Path
+
+    from fopt.artifacts import detect_format
     from fopt.errors import UsageError
+    from fopt.export.onnx import DEFAULT_OPSET
     from fopt.export.run import export_checkpoint
 
     if module:
@@ -97,6 +101,18 @@ def export(checkpoint, model_name, module, weights, num_classes, want_onnx, want
                                   log=lambda m: click.echo(m, err=True))
     elif checkpoint is None:
         raise UsageError("give a CHECKPOINT to export, or --model NAME / --module package.module:factory")
+    elif detect_format(checkpoint) == "torchscript":   # a TorchScript file from elsewhere -> ONNX
+        from fopt.describe.infer import describe_model
+        from fopt.export.foreign import torchscript_to_onnx
+
+        if not out_dir or want_ts:
+            raise UsageError(f"{checkpoint} is TorchScript: export it with --onnx --out DIR (fopt does not "
+                             f"write beside a file it did not make)")
+        out = torchscript_to_onnx(checkpoint, Path(out_dir) / f"{Path(checkpoint).stem}.onnx",
+                                  describe_model(checkpoint, hints), force=force, opset=opset or DEFAULT_OPSET,
+                                  log=lambda m: click.echo(m, err=True))
+        write_json(json_path, {"source": str(checkpoint), "onnx": str(out)})
+        return
     elif weights or num_classes or not hints.empty:
         raise UsageError("--weights, --num-classes, --classes and the normalisation options go with "
                          "--model/--module; a fopt checkpoint's card already says them")

@@ -43,6 +43,7 @@ from fopt.describe.hints import ModelHints
 from fopt.describe.infer import cards_for, describe_model, own_card
 from fopt.errors import DataError, FoptError, UsageError, one_line
 from fopt.evaluation import evaluate_artifact, paired_deltas
+from fopt.export.foreign import torchscript_to_onnx
 from fopt.export.run import export_checkpoint
 from fopt.models import MODELS, folder_name
 from fopt.optimize.calib import MIN_CALIB, validate_calib_size
@@ -94,10 +95,9 @@ class PipelineConfig:
         for m in self.models:
             if Path(m).is_file():   # a model from elsewhere: its file and the hints must describe it
                 card = describe_model(m, self.hints)
-                if card["format"] != "onnx":
+                if card["format"] not in ("onnx", "torchscript"):
                     raise UsageError(f"--model {m}: a {card['format']} file; the pipeline takes registry "
-                                     f"names and ONNX files (time, evaluate or analyze other files with "
-                                     f"bench, eval, analyze)")
+                                     f"names, ONNX and TorchScript files")
                 image_spec(card, m)   # eval and static INT8 need its normalisation: say so now
             else:
                 MODELS.get(m)  # unknown name -> UsageError with suggestions
@@ -255,6 +255,23 @@ def stage_export(cfg: PipelineConfig, model: str, ckpt: Path, mdir: Path, ledger
                                  params={"formats": sorted(targets)}), force=cfg.force)
     log(f"[{model}] export {status}: {', '.join(p.name for p in targets.values())}")
     return targets
+
+
+def stage_export_foreign(cfg: PipelineConfig, model: str, source: Path, mdir: Path, ledger: StageLedger,
+                         log: Log) -> Path:
+    """The ONNX file the later stages start from: the user's own, or its TorchScript file exported."""
+    card = describe_model(source, cfg.hints)
+    if card["format"] == "onnx":
+        return source
+    out = mdir / "export" / f"{source.stem}.onnx"
+
+    def make() -> None:
+        torchscript_to_onnx(source, out, card, force=True, log=lambda m: log(f"[{model}] {m}"))
+
+    status, _ = ledger.run(Stage(f"{model}/export", make, inputs=[source], outputs=[out],
+                                 params={"hints": cfg.hints.to_dict() if cfg.hints else None}), force=cfg.force)
+    log(f"[{model}] export {status}: {out.name}")
+    return out
 
 
 def stage_optimize(cfg: PipelineConfig, model: str, onnx_path: Path, table: Path, mdir: Path,
@@ -481,9 +498,10 @@ def _run_pipeline(cfg: PipelineConfig, run: Path, owned: OwnedFolder, log: Log) 
             ckpt = Path(train["checkpoint"])
             exported = stage_export(cfg, model, ckpt, mdir, ledger, log)
             onnx_path, first = exported["onnx"], [ckpt, exported["torchscript"], exported["onnx"]]
-        else:   # from the export stage on: the user's ONNX file is the FP32 reference, never written to
-            train, onnx_path, first = {}, foreign, [foreign]
+        else:   # from the export stage on: the user's file is the FP32 reference, never written to
             log(f"[{model}] {foreign}: not made by fopt; its card comes from the file and the options")
+            train, onnx_path = {}, stage_export_foreign(cfg, model, foreign, mdir, ledger, log)
+            first = [foreign] if onnx_path == foreign else [foreign, onnx_path]
         optimized = stage_optimize(cfg, model, onnx_path, table, mdir, ledger, log,
                                    hints=cfg.hints if foreign else None)
         pairs = runtime_pairs([*first, *optimized], cfg.device, cfg.hints)
