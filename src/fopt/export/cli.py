@@ -24,6 +24,17 @@ def _batch(ctx, param, value: str) -> int | None:
     return n
 
 
+def _is_torchscript(path: str) -> bool:
+    """True for a TorchScript file; anything else goes to the checkpoint reader and its errors."""
+    from fopt.artifacts import detect_format
+    from fopt.errors import FoptError
+
+    try:
+        return detect_format(path) == "torchscript"
+    except FoptError:
+        return False
+
+
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(dir_okay=False), required=False)
 @click.option("--model", "model_name", help="Export a model fopt did not train: torchvision:NAME, timm:NAME "
@@ -80,7 +91,6 @@ def export(checkpoint, model_name, module, weights, num_classes, want_onnx, want
     """
     from pathlib import Path
 
-    from fopt.artifacts import detect_format
     from fopt.errors import UsageError
     from fopt.export.onnx import DEFAULT_OPSET
     from fopt.export.run import export_checkpoint
@@ -101,7 +111,7 @@ def export(checkpoint, model_name, module, weights, num_classes, want_onnx, want
                                   log=lambda m: click.echo(m, err=True))
     elif checkpoint is None:
         raise UsageError("give a CHECKPOINT to export, or --model NAME / --module package.module:factory")
-    elif detect_format(checkpoint) == "torchscript":   # a TorchScript file from elsewhere -> ONNX
+    elif _is_torchscript(checkpoint):   # a TorchScript file (from elsewhere) -> ONNX
         from fopt.describe.infer import describe_model
         from fopt.export.foreign import torchscript_to_onnx
 
