@@ -302,3 +302,14 @@ def test_a_killed_runs_temporaries_are_swept_and_a_live_ones_kept(tmp_path):
     assert not stale.exists() and not scratch.exists()
     assert live.exists() and users.exists()
     assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
+
+
+def test_deployed_bytes_counts_an_openvino_ir_with_its_weights(tmp_path):
+    from fopt.artifacts import deployed_bytes
+
+    (tmp_path / "m.xml").write_text("<net/>")
+    (tmp_path / "m.bin").write_bytes(b"\0" * 1000)
+    (tmp_path / "m.onnx").write_bytes(b"\0" * 10)
+    (tmp_path / "m.onnx.bin").write_bytes(b"\0" * 5)   # not an IR's weights: not counted
+    assert deployed_bytes(tmp_path / "m.xml") == 6 + 1000
+    assert deployed_bytes(tmp_path / "m.onnx") == 10

@@ -321,6 +321,17 @@ def make_card(*, kind: str, format: str, precision: str, input_spec: InputSpec |
     return card
 
 
+def deployed_bytes(artifact: str | os.PathLike) -> int:
+    """What shipping `artifact` costs on disk: the file, plus the weights file an OpenVINO IR
+    ``.xml`` needs beside it (``.bin``)."""
+    artifact = Path(artifact)
+    total = artifact.stat().st_size
+    weights = artifact.with_suffix(".bin")
+    if artifact.suffix == ".xml" and weights.is_file():
+        total += weights.stat().st_size
+    return total
+
+
 def sealed_card(artifact: str | os.PathLike, card: dict[str, Any]) -> dict[str, Any]:
     """`card` with the artifact's own sha256 and size (of the file as it is now)."""
     artifact = Path(artifact)

@@ -9,14 +9,13 @@ can be off by tens of percent, so compare rows of one run, not numbers across ru
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
+from fopt.artifacts import deployed_bytes
 from fopt.evaluation import evaluate_artifact, paired_deltas
 from fopt.runtime import open_runner
 from fopt.runtime.onnxrt import ort_session
@@ -88,7 +87,7 @@ def executed_summary(ops: dict[str, int]) -> str:
 
 
 def size_mb(path: Path) -> float:
-    return round(os.path.getsize(path) / 1e6, 2)
+    return round(deployed_bytes(path) / 1e6, 2)
 
 
 def pct(x: float | None) -> float | None:

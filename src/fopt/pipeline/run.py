@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from fopt.analyze.roofline import plot_roofline
 from fopt.analyze.run import analyze
-from fopt.artifacts import image_spec, write_json_atomic
+from fopt.artifacts import deployed_bytes, image_spec, write_json_atomic
 from fopt.bench.costmodel.cache import load_machine_calibration
 from fopt.bench.costmodel.calibrate import calibrate
 from fopt.bench.plots import plot_all
@@ -431,7 +431,7 @@ def model_rows(model: str, pairs: list[Pair], evals: dict[str, Any], bench: dict
             "model": model, "artifact": str(p), "method": _method(p, card), "runtime": runtime,
             "format": card.get("format"), "precision": card.get("precision"),
             "backend": b1.get("backend") if b1 else (brs[0].get("backend") if brs else None),
-            "size_mb": p.stat().st_size / 1e6 if p.exists() else None,
+            "size_mb": deployed_bytes(p) / 1e6 if p.exists() else None,
             "params": analysis.get("params"),
             "accuracy": ev.get("accuracy"), "macro_f1": ev.get("macro_f1"),
             "d_accuracy_pts": _pts(ev.get("accuracy"), ref.get("accuracy")),
