@@ -329,7 +329,6 @@ def load_pretrained(model, name: str, source: str) -> dict[str, Any]:
     stay randomly initialised; any other missing or unexpected key is an error, so a file for a
     different architecture never half-loads. Returns {"source", "file", "skipped"}.
     """
-    import torch
 
     if source == "imagenet":
         path = imagenet_weights_file(name)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from fopt.artifacts import onnx_card_from_proto, read_card, sha256_file
 from fopt.cli import cli
-from fopt.errors import InputError, OutputExistsError, UsageError
+from fopt.errors import OutputExistsError, UsageError
 from fopt.onnxgraph import graph_summary, load_onnx, param_count
 from fopt.optimize.base import METHODS, OptimizeError, output_path, produce
 from fopt.describe.infer import own_card

@@ -15,7 +15,6 @@ processes is often far larger than within one (README, "Measuring honestly").
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
