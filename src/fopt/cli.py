@@ -22,8 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("fopt.data.cli:data", "Build a dataset table from DeepFashion/image folders, or synthesize one."),
     "train": ("fopt.train.cli:train", "Train a registry model on a dataset; write checkpoints and reports."),
     "eval": ("fopt.train.cli:eval_cmd", "Accuracy, macro-F1 and per-class report of any artifact."),
-    "export": ("fopt.export.cli:export", "Export a checkpoint to TorchScript and ONNX, parity-checked."),
-    "optimize": ("fopt.optimize.cli:optimize", "INT8 (dynamic/static), FP16 and TensorRT from an ONNX model."),
+    "export": ("fopt.export.cli:export", "Export a checkpoint (or timm/torchvision/your model + weights) to "
+                                          "TorchScript and ONNX, parity-checked."),
+    "optimize": ("fopt.optimize.cli:optimize", "INT8 (dynamic/static), FP16, OpenVINO IR and TensorRT from any "
+                                              "ONNX model."),
     "analyze": ("fopt.analyze.cli:analyze", "Params, MACs, FLOPs, memory traffic, receptive field, roofline."),
     "bench": ("fopt.bench.cli:bench", "Measure latency/throughput beside the analytical estimate."),
     "pipeline": ("fopt.pipeline.cli:pipeline", "Run every stage on one or more models and write one report."),
@@ -80,7 +82,8 @@ def cli(debug: bool) -> None:
     """fopt: train, export, optimize and benchmark image classifiers for deployment.
 
     Every model file fopt writes has a sidecar card (<file>.json) saying what it is and how to
-    feed it, so any command takes any artifact.
+    feed it, so any command takes any artifact; models from elsewhere take --input-shape,
+    --preset and --classes (or `fopt card`).
 
     Example: fopt pipeline --model resnet18 --out artifacts/run1
     """
