@@ -203,6 +203,16 @@ def _holder(path: Path) -> tuple[int, str] | None:
         return None
 
 
+def cache_root() -> Path:
+    """fopt's per-user cache: $FOPT_CACHE_DIR, else $XDG_CACHE_HOME/fopt, else ~/.cache/fopt
+    (machine calibrations, ONNX Runtime's TensorRT engines)."""
+    root = os.environ.get("FOPT_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "fopt"
+
+
 def scratch_dir(parent: str | os.PathLike, kind: str) -> Path:
     """A new folder ``.fopt-<kind>.<pid>.<n>.tmp`` in `parent` to build an output in before it
     is renamed into place: on the same filesystem, with the mode the umask gives (mkdtemp's is

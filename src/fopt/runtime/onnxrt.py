@@ -36,6 +36,7 @@ from fopt.errors import (
 from fopt.onnxgraph import check_external_data
 from fopt.runtime.base import FOREIGN_HINT, RUNNERS, Runner
 from fopt.runtime.ortflavour import active_flavour, import_onnxruntime
+from fopt.workdir import cache_root
 
 CPU = ("CPUExecutionProvider",)
 # The row label of each provider that can run first in a session.
@@ -46,12 +47,8 @@ IO_DEVICE = {"cuda": "cuda"}
 
 
 def ort_trt_cache_dir() -> Path:
-    """Engine and timing caches of ONNX Runtime's TensorRT provider: $FOPT_CACHE_DIR/ort-tensorrt,
-    else $XDG_CACHE_HOME/fopt/ort-tensorrt, else ~/.cache/fopt/ort-tensorrt (beside calibrations)."""
-    root = os.environ.get("FOPT_CACHE_DIR")
-    if not root:
-        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fopt")
-    return Path(root) / "ort-tensorrt"
+    """Engine and timing caches of ONNX Runtime's TensorRT provider, beside the calibrations."""
+    return cache_root() / "ort-tensorrt"
 
 
 def session_options(*, threads: int | None = None, profile_prefix: str | None = None,
@@ -107,8 +104,7 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 @RUNNERS.register("onnx")
 class OnnxRuntimeRunner(Runner):
     format = "onnx"
-    backend = "onnxruntime"
-    runtime = "onnxruntime"
+    runtime = "onnxruntime"   # `backend` (the row label) is the property below: it names the provider
 
     def _read_card(self) -> dict[str, Any]:
         card = read_card(self.path, required=False) or embedded_card(self.path)

@@ -13,7 +13,6 @@ schema is treated as absent and replaced by the next calibration.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from fopt.artifacts import write_json_atomic
 from fopt.bench.measure.machine import machine_key
 from fopt.errors import FoptError, InputError, UsageError
 from fopt.runtime.base import gpu_record
+from fopt.workdir import cache_root
 
 
 class CalibrationMissing(FoptError):
@@ -32,14 +32,8 @@ SCHEMA = 3   # 3: integer element-wise class, fused activations in the equations
 
 
 def cache_dir() -> Path:
-    """Where calibrations live: $FOPT_CACHE_DIR, else $XDG_CACHE_HOME/fopt, else ~/.cache/fopt."""
-    root = os.environ.get("FOPT_CACHE_DIR")
-    if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (Path(xdg) if xdg else Path.home() / ".cache") / "fopt"
-    return base / "calibration"
+    """Where calibrations live: `fopt.workdir.cache_root`/calibration."""
+    return cache_root() / "calibration"
 
 
 def cache_path(key: str | None = None) -> Path:
