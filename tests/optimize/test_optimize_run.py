@@ -108,8 +108,8 @@ def test_onnx_card_embedded_when_sidecar_is_gone(model_copy, tiny_onnx):
 
 
 def test_registry_names_and_output_paths(tmp_path):
-    assert set(METHODS.names()) == {"int8-dynamic", "int8-static", "int8-static-trt", "fp16", "tensorrt",
-                                    "openvino", "openvino-int8"}
+    assert set(METHODS.names()) == {"int8-dynamic", "int8-static", "int8-static-trt", "int8-mixed", "fp16",
+                                    "tensorrt", "openvino", "openvino-int8"}
     src = Path("m.onnx")
     assert output_path(METHODS.get("int8-static"), src, tmp_path) == tmp_path / "m.int8.onnx"
     assert output_path(METHODS.get("tensorrt"), Path("m.fp16.onnx"), tmp_path) == tmp_path / "m.fp16.engine"
@@ -234,7 +234,7 @@ def test_all_skips_tensorrt_with_a_note(model_copy, tiny_onnx):
     path = model_copy(tiny_onnx)
     result = optimize_onnx(path, OptimizeOptions(all_methods=True, calib_size=32, evaluate=False,
                                                  latency=False))
-    made = ["int8-dynamic", "int8-static", "fp16"]
+    made = ["int8-dynamic", "int8-static", "int8-mixed", "fp16"]   # --all includes the precision search
     if not any(n.startswith("skipping --openvino") for n in result["notes"]):
         made += ["openvino", "openvino-int8"]   # --all includes OpenVINO wherever it runs
     assert [a["method"] for a in result["artifacts"]] == made

@@ -69,6 +69,8 @@ for _m in (
            "onnx", "int8", "Static QDQ INT8 calibrated on real images, for ONNX Runtime on CPU"),
     Method("int8-static-trt", _lazy("fopt.optimize.quantize", "onnx_to_int8_static"), ".int8-trt.onnx",
            "onnx", "int8", "Static QDQ INT8 with symmetric int8 activations, for TensorRT"),
+    Method("int8-mixed", _lazy("fopt.optimize.search", "search_int8"), ".int8-mixed.onnx",
+           "onnx", "int8", "Static QDQ INT8 with the node classes kept FP32 where INT8 measurably does not pay"),
     Method("fp16", _lazy("fopt.optimize.fp16", "onnx_to_fp16"), ".fp16.onnx",
            "onnx", "fp16", "FP16 weights/compute with FP32 inputs/outputs, for GPUs"),
     Method("tensorrt", _lazy("fopt.optimize.tensorrt", "onnx_to_engine"), ".engine",

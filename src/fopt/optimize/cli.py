@@ -67,6 +67,15 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
               help="Static INT8 encoding: 'ort' = uint8 activations for ONNX Runtime CPU (MODEL.int8.onnx); "
                    "'tensorrt' = symmetric int8 for TensorRT (MODEL.int8-trt.onnx); auto = both with "
                    "--tensorrt, else ort.")
+@click.option("--search/--no-search", default=None,
+              help="Static INT8: also search, per node class (depthwise, squeeze-excitation, stem, ...), "
+                   "which layers to keep FP32 because their INT8 form is slower here or costs agreement "
+                   "with FP32; writes MODEL.int8-mixed.onnx (default: on with --all).")
+@click.option("--search-runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
+              show_default=True, help="Runtime the precision search times its candidates on.")
+@click.option("--search-max-disagreement", type=float, default=1.0, show_default=True,
+              help="Precision search: top-1 disagreement with FP32 (points, on the calibration images) "
+                   "above which more classes are kept FP32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=int, default=1, show_default=True, help="TensorRT profile: batch to tune for.")
@@ -82,7 +91,8 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
 @hint_options
 def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_methods, eval_dir, no_eval, no_latency,
              out_dir, json_path, csv_path, force, op_types, calib_data, calib_size, calib_method, exclude,
-             keep_fp32, per_tensor, reduce_range, int8_target, seed, min_batch, opt_batch, max_batch,
+             keep_fp32, per_tensor, reduce_range, int8_target, search, search_runtime, search_max_disagreement,
+             seed, min_batch, opt_batch, max_batch,
              workspace_mb, timing_cache, threads, eval_batch_size, hints):
     """Turn an FP32 ONNX export into INT8, FP16 and TensorRT artifacts, each with its accuracy cost.
 
@@ -95,6 +105,7 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
     --eval DATASET (and --classes, or output i is scored as the dataset's class i).
 
     Example: fopt optimize artifacts/run1/model.onnx --int8-static --int8-dynamic --fp16
+    Example: fopt optimize artifacts/run1/model.onnx --int8-static --search
     Example: fopt optimize their.onnx --int8-static --calib-data data/ds --preset imagenet --eval data/ds
     """
     from fopt.optimize.run import OptimizeOptions, optimize_onnx
@@ -107,6 +118,7 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
         calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
         exclude=tuple(x for e in exclude for x in _csv_list(e)), keep_fp32=_csv_list(keep_fp32),
         per_channel=not per_tensor, reduce_range=reduce_range, int8_target=int8_target, seed=seed,
+        search=search, search_runtime=search_runtime, search_max_disagreement=search_max_disagreement,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
         timing_cache=timing_cache, threads=threads, eval_batch_size=eval_batch_size, hints=hints)
     result = optimize_onnx(model, opts, log=note)
@@ -126,6 +138,16 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
             note(f"{a['method']}: quantized {quantized or 'nothing'}; {g['qdq_pairs']} QDQ pairs; "
                  f"stayed FP32: {len(floats)} compute node(s)"
                  f"{': ' + ', '.join(floats[:4]) + (' ...' if len(floats) > 4 else '') if floats else ''}")
+        if a.get("search"):
+            s = a["search"]
+            print_table(s["classes"], ["class", "nodes", "ms_with_it_fp32", "agreement_with_it_fp32", "kept_fp32", "why"],
+                        title=f"precision search on {s['runtime']}, batch 1; same rounds: FP32 "
+                              f"{s['screen']['fp32_ms']:.3g} ms, all-INT8 {s['screen']['int8_ms']:.3g} ms "
+                              f"(agreement {s['int8_agreement']:.3f}), noise {100 * s['screen']['noise']:.0f}%",
+                        headers={"ms_with_it_fp32": "ms if FP32", "agreement_with_it_fp32": "agreement if FP32",
+                                 "kept_fp32": "kept FP32"})
+            note(f"{a['method']}: timed afresh: FP32 {s['fp32_ms']:.3g} ms, all-INT8 {s['int8_ms']:.3g} ms, "
+                 f"mixed {s['mixed_ms']:.3g} ms (agreement with FP32 {s['mixed_agreement']:.3f})")
         if a.get("ort_executed"):
             note(f"{a['method']}: onnxruntime executes {a['ort_executed']}")
     if result["latency_note"]:

@@ -107,7 +107,7 @@ ROW_HEADERS = {"label": "artifact", "size_mb": "MB", "params": "params", "accura
                "d_accuracy_pts": "Δacc", "d_accuracy_ci_pts": "Δacc 95% CI", "macro_f1_pct": "F1%", "d_macro_f1_pts": "ΔF1",
                "latency_b1_ms": "b1 ms*", "speedup": "×"}
 LABELS = {"parent": "fp32 parent", "int8-dynamic": "int8 dyn", "int8-static": "int8 static",
-          "int8-static-trt": "int8 trt", "fp16": "fp16"}
+          "int8-static-trt": "int8 trt", "int8-mixed": "int8 mixed", "fp16": "fp16"}
 
 
 def row_label(method: str, precision: str) -> str:

@@ -47,11 +47,13 @@ from fopt.optimize.quantize import (
     DYNAMIC_DEFAULT_OPS,
 )
 from fopt.optimize.openvino import require_openvino
+from fopt.optimize.search import check_search_settings
 from fopt.runtime.openvino import openvino_unavailable_reason
 from fopt.runtime.tensorrt import require_tensorrt, tensorrt_unavailable_reason
 
 USER_METHODS = ("int8-dynamic", "int8-static", "fp16", "tensorrt", "openvino")
-CALIBRATED = ("int8-static", "int8-static-trt", "openvino-int8")   # methods that need real images
+CALIBRATED = ("int8-static", "int8-static-trt", "int8-mixed", "openvino-int8")   # methods that need real images
+STATIC_INT8 = ("int8-static", "int8-static-trt", "int8-mixed")   # onnxruntime's quantizer: one shared calibration
 INT8_TARGETS = ("auto", "ort", "tensorrt", "both")
 ACCURACY_HINT_PTS = 1.0  # an INT8 drop beyond this (accuracy or macro-F1) gets a what-to-try note
 
@@ -77,6 +79,10 @@ class OptimizeOptions:
     reduce_range: bool | None = None      # None: 7-bit weights where this CPU needs them
     int8_target: str = "auto"             # auto = "both" when engines are built, else "ort"
     seed: int = 0
+    # per-layer precision search (fopt.optimize.search); None: on with --all, else off
+    search: bool | None = None
+    search_runtime: str = "onnxruntime"
+    search_max_disagreement: float = 1.0   # points of top-1 disagreement with FP32 allowed
     # TensorRT
     min_batch: int = 1
     opt_batch: int = 1
@@ -101,11 +107,20 @@ class OptimizeOptions:
         if self.int8_target not in INT8_TARGETS:
             raise UsageError(f"--int8-target must be one of {', '.join(INT8_TARGETS)}")
         validate_calib_size(self.calib_size)
+        if self.search and not (self.all_methods or "int8-static" in self.methods):
+            raise UsageError("--search chooses which layers of the static INT8 graph stay FP32: "
+                             "pass it with --int8-static (or --all)")
+        check_search_settings(self.search_runtime, self.search_max_disagreement)
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.eval_batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.eval_batch_size}")
         return self
+
+    @property
+    def searching(self) -> bool:
+        """Whether the precision search runs (asked for, or by default with --all)."""
+        return self.search if self.search is not None else self.all_methods
 
 
 @dataclass
@@ -187,6 +202,11 @@ def _plan(path: Path, info: dict[str, Any], methods: list[str], opts: OptimizeOp
             name = "int8-static-trt" if t == "tensorrt" else "int8-static"
             steps.append(_Step(name, path, output_path(METHODS.get(name), path, out_dir),
                                {**common, "target": t}))
+        if opts.searching:
+            # after the static steps: it reuses their calibration (the shared cache)
+            steps.append(_Step("int8-mixed", path, output_path(METHODS.get("int8-mixed"), path, out_dir),
+                               {**common, "target": "ort", "runtime": opts.search_runtime,
+                                "threads": opts.threads, "max_disagreement_pts": opts.search_max_disagreement}))
     if "fp16" in methods:
         steps.append(_Step("fp16", path, output_path(METHODS.get("fp16"), path, out_dir)))
     if "openvino" in methods:   # the FP32 IR and the NNCF INT8 IR
@@ -259,6 +279,8 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
             say(f"skipping --openvino: {reason}")
         else:
             require_openvino()
+    if opts.search_runtime == "openvino" and opts.searching and "int8-static" in methods:
+        require_openvino()
     cpu_methods = [m for m in methods if m != "tensorrt"]
     if cpu_methods:
         _refuse_non_fp32(path, info, cpu_methods)
@@ -305,8 +327,10 @@ def optimize_onnx(model_path: str | Path, opts: OptimizeOptions, log: Log = _qui
         for step in steps:
             settings = dict(step.settings)
             extra: dict[str, Any] = {}
-            if step.method.startswith("int8-static"):
+            if step.method in STATIC_INT8:
                 settings.update(calibration=calibration, calibration_cache=cache)
+            if step.method == "int8-mixed":
+                settings.update(card=card, log=log)
             if step.method in CALIBRATED:
                 settings.setdefault("calibration", calibration)
                 extra["calibration"] = calibration.info
@@ -420,6 +444,8 @@ def _measure_artifact(p: Produced, parent: Path, eval_dir: Path | None, opts: Op
             problems.append(f"latency failed: {one_line(e)}")
     entry: dict[str, Any] = {"method": p.method, "path": str(p.path), "seconds": p.seconds,
                              "precision": p.card["precision"]}
+    if "search" in p.record:
+        entry["search"] = p.record["search"]
     if p.card["format"] == "onnx":
         _describe_onnx(entry, p.path, opts.threads, problems)
     # An engine's or IR's parameters are its source ONNX file's (no ONNX graph to count in it).
@@ -461,8 +487,14 @@ def _method_notes(p: Produced, row: dict[str, Any], is_engine: bool, opts: Optim
         out.append("GPU target; not faster on CPU")
     if p.method == "int8-static-trt":
         out.append("TensorRT input; slow on ORT CPU by design")
+    if p.method == "int8-mixed":
+        search = p.record["search"]
+        kept = search["kept_fp32_classes"]
+        out.append((f"kept FP32: {', '.join(kept)}" if kept else "INT8 paid for every class: same graph as int8 static")
+                   + f" (searched on {search['runtime']}: {search['mixed_ms']:.3g} ms vs all-INT8 "
+                     f"{search['int8_ms']:.3g}, FP32 {search['fp32_ms']:.3g})")
     drops = [row[k] for k in ("d_accuracy_pts", "d_macro_f1_pts") if row[k] is not None]
-    if p.method.startswith("int8-static") and drops and min(drops) < -ACCURACY_HINT_PTS:
+    if p.method in STATIC_INT8 and drops and min(drops) < -ACCURACY_HINT_PTS:
         out.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try another --calib-method "
                    f"(percentile, entropy) or --keep-fp32 first,last")
     return out
