@@ -11,8 +11,10 @@ random weights (latency does not depend on them), batch 1 and 8:
 2. measures every column with `fopt.bench.run.bench_artifacts`: ``--processes`` fresh processes
    per row, in interleaved rounds over all rows (a slow spell of a shared machine then lands on one
    process of several rows, and the spread column shows it); same threads and input for all.
-   Columns: ``torch``, ``ort-fp32``, ``ort-int8``, ``ov-fp32`` (IR), ``ov-int8`` (NNCF IR) and
-   ``ov-on-ort-int8`` (OpenVINO running fopt's QDQ INT8 ONNX directly);
+   Columns: ``torch``, ``ort-fp32``, ``ort-int8``, ``ort-mixed`` (the precision search's mixed
+   INT8 graph, `fopt optimize --int8-static --search`, searched on ONNX Runtime), ``ov-fp32``
+   (IR), ``ov-int8`` (NNCF IR), ``ov-on-ort-int8`` and ``ov-on-mixed`` (OpenVINO running fopt's
+   QDQ INT8 ONNX files directly);
 3. writes JSON (every bench row, the table of p50s with their process spread, the load average
    before and after) and a plot (grouped bars per model, one panel per batch size).
 
@@ -35,9 +37,9 @@ from typing import Any
 
 MODELS = ("resnet50", "efficientnet_b0", "mobilenet_v3_large", "resnet18")
 QUICK_MODELS = ("mobilenet_v3_small",)
-COLUMNS = ("torch", "ort-fp32", "ort-int8", "ov-fp32", "ov-int8", "ov-on-ort-int8")
-COLOURS = {"torch": "tab:red", "ort-fp32": "tab:blue", "ort-int8": "tab:cyan", "ov-fp32": "tab:purple",
-           "ov-int8": "tab:pink", "ov-on-ort-int8": "tab:olive"}
+COLUMNS = ("torch", "ort-fp32", "ort-int8", "ort-mixed", "ov-fp32", "ov-int8", "ov-on-ort-int8", "ov-on-mixed")
+COLOURS = {"torch": "tab:red", "ort-fp32": "tab:blue", "ort-int8": "tab:cyan", "ort-mixed": "tab:green",
+           "ov-fp32": "tab:purple", "ov-int8": "tab:pink", "ov-on-ort-int8": "tab:olive", "ov-on-mixed": "tab:brown"}
 
 
 def log(msg: str) -> None:
@@ -61,18 +63,39 @@ def build_openvino(onnx: Path, calibration: Any) -> dict[str, Path]:
     return out
 
 
-def targets_for(model: str, size: int, work: Path, calib) -> list[tuple[str, tuple[str, str | None]]]:
+def build_search(onnx: Path, calibration: Any, threads: int) -> Path:
+    """The precision search's mixed INT8 graph beside `onnx` (as `fopt optimize --int8-static
+    --search`: searched on ONNX Runtime with the benchmark's threads), with its card."""
+    from fopt.artifacts import read_card
+    from fopt.optimize.base import METHODS, output_path, produce
+
+    m = METHODS.get("int8-mixed")
+    target = output_path(m, onnx, onnx.parent)
+    if not (target.exists() and target.with_name(target.name + ".json").exists()):
+        card = read_card(onnx)
+        p = produce(m, onnx, target, card, force=True, card_extra={"calibration": calibration.info},
+                    calibration=calibration, card=card, threads=threads, target="ort", log=log)
+        s = p.record["search"]
+        log(f"  search: kept FP32 {s['kept_fp32_classes'] or 'nothing'}; FP32 {s['fp32_ms']:.3g} ms, "
+            f"all-INT8 {s['int8_ms']:.3g} ms, mixed {s['mixed_ms']:.3g} ms ({s['seconds']:.0f} s)")
+    return target
+
+
+def targets_for(model: str, size: int, work: Path, calib, threads: int) -> list[tuple[str, tuple[str, str | None]]]:
     """(column, (artifact, runtime)) for every column of one model."""
     from bench_quality import build_artifacts
 
     base = build_artifacts(model, size, work, calib)
     ov = build_openvino(base["onnxruntime/fp32"], calib())
+    mixed = str(build_search(base["onnxruntime/fp32"], calib(), threads))
     return [("torch", (str(base["torch-eager/fp32"]), None)),
             ("ort-fp32", (str(base["onnxruntime/fp32"]), None)),
             ("ort-int8", (str(base["onnxruntime/int8"]), None)),
             ("ov-fp32", (str(ov["ov-fp32"]), None)),
             ("ov-int8", (str(ov["ov-int8"]), None)),
-            ("ov-on-ort-int8", (str(base["onnxruntime/int8"]), "openvino"))]
+            ("ov-on-ort-int8", (str(base["onnxruntime/int8"]), "openvino")),
+            ("ort-mixed", (mixed, None)),
+            ("ov-on-mixed", (mixed, "openvino"))]
 
 
 def table(rows: list[dict[str, Any]], columns: dict[tuple[str, str | None], tuple[str, str]]) -> dict[str, Any]:
@@ -181,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in models:
         log(f"building {m} at {size} px")
         try:
-            for column, target in targets_for(m, size, work, calib):
+            for column, target in targets_for(m, size, work, calib, threads):
                 columns[target] = (m, column)
                 targets.append(target)
         except Exception as e:  # one model that cannot be built is reported; the others still run

@@ -27,7 +27,8 @@ def test_pipeline_end_to_end_and_resume(synth_dataset, tmp_path, quick_calibrati
     assert res.exit_code == 0, res.output
     rep = json.loads((run / "report.json").read_text())
     methods = {r["method"] for r in rep["rows"]}
-    assert methods == {"torch eager fp32", "torchscript fp32", "onnx fp32", "int8-static"}
+    # the precision search runs by default with int8-static
+    assert methods == {"torch eager fp32", "torchscript fp32", "onnx fp32", "int8-static", "int8-mixed"}
     for r in rep["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["p50_b1_ms"] > 0, r
         assert r["best_batch"] in (1, 2)

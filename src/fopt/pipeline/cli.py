@@ -40,6 +40,9 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--method", "methods", multiple=True,
               type=click.Choice(["int8-static", "int8-dynamic", "fp16", "tensorrt", "openvino"]),
               help="Optimize methods (repeatable); default: every one this machine supports.")
+@click.option("--search/--no-search", default=True, show_default=True,
+              help="With int8-static: also the per-layer precision search (`fopt optimize --search`), "
+                   "whose mixed INT8 graph is benchmarked like every artifact.")
 @click.option("--calib-size", default=None, type=int,
               help="Static INT8 calibration images from the train split (default: 256, or every "
                    "train image when 32-255 exist, as `fopt optimize`; checked before training).")
@@ -59,7 +62,7 @@ def _int_list(ctx, param, value: str) -> tuple[int, ...]:
 @force_option
 @hint_options(only=("input_shape", "mean", "std", "preset", "classes"))
 def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed, synth_per_class,
-             methods, calib_size, batch_sizes, min_time_s, processes, threads, device,
+             methods, search, calib_size, batch_sizes, min_time_s, processes, threads, device,
              max_accuracy_drop, latency_budget_ms, force, hints):
     """Run data, train, export, optimize, eval, analyze and bench; write report.md/report.json.
 
@@ -76,7 +79,7 @@ def pipeline(models, data, out, epochs, img_size, batch_size, lr, workers, seed,
 
     cfg = PipelineConfig(out=out, models=tuple(models), data=data, synth_per_class=synth_per_class,
                          epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
-                         workers=workers, seed=seed, methods=tuple(methods) or None,
+                         workers=workers, seed=seed, methods=tuple(methods) or None, search=search,
                          calib_size=calib_size, batch_sizes=batch_sizes, min_time_s=min_time_s,
                          processes=processes, threads=threads, device=resolve_device(device),
                          max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget_ms,

@@ -76,6 +76,7 @@ class PipelineConfig:
     workers: int = 2                     # DataLoader workers
     seed: int = 0                        # one seed for data generation and training
     methods: tuple[str, ...] | None = None  # optimize methods; None = all this machine supports
+    search: bool = True                  # with int8-static: the per-layer precision search too
     calib_size: int | None = None        # static INT8 calibration images (train split); None =
                                          # 256, or every train image when 32..255 exist
     batch_sizes: tuple[int, ...] = (1, 8)  # bench batch sizes
@@ -282,7 +283,8 @@ def stage_optimize(cfg: PipelineConfig, model: str, onnx_path: Path, table: Path
     # Evaluation and timing happen once, in the eval and bench stages, for every artifact alike.
     opts = OptimizeOptions(methods=methods, out_dir=str(odir), evaluate=False, latency=False,
                            force=True, calib_data=str(table), calib_size=cfg.calib_size,
-                           seed=cfg.seed, threads=cfg.threads, hints=hints)
+                           seed=cfg.seed, threads=cfg.threads, hints=hints,
+                           search=cfg.search and "int8-static" in methods)
 
     def make() -> None:
         res = optimize_onnx(onnx_path, opts, log=lambda m: log(f"[{model}] {m}"))
@@ -290,6 +292,7 @@ def stage_optimize(cfg: PipelineConfig, model: str, onnx_path: Path, table: Path
 
     status, _ = ledger.run(Stage(f"{model}/optimize", make, inputs=[onnx_path], outputs=[out],
                                  params={"methods": list(methods), "calib_size": cfg.calib_size,
+                                         "search": opts.searching,
                                          "hints": hints.to_dict() if hints else None}),
                            force=cfg.force)
     paths = [Path(a["path"]) for a in _json(out)["artifacts"]]
