@@ -70,12 +70,13 @@ def _additive(int8_agreement: float, variants: dict[str, tuple[float, float]]):
 
 
 def test_a_class_whose_int8_is_slower_beyond_the_noise_stays_fp32():
-    variants = {"conv_dw": (8.0, 0.99), "conv_pw": (9.8, 0.99), "gemm": (10.4, 0.99)}
+    variants = {"conv_dw": (8.0, 0.993), "conv_pw": (9.8, 0.993), "gemm": (10.4, 0.993)}
     agreement_of, calls = _additive(0.995, variants)
-    keep, why = choose_classes(10.0, 0.995, 0.05, variants, 1.0, agreement_of)
+    keep, why, ended = choose_classes(10.0, 0.995, 20.0, 0.05, variants, 1.0, agreement_of)
+    assert ended == "agreement within the budget"
     assert keep == ["conv_dw"]       # 20% faster with it FP32; conv_pw's 2% is within the 5% noise
     assert "does not pay" in why["conv_dw"] and calls == [["conv_dw"]]
-    keep, _ = choose_classes(10.0, 0.995, 0.01, variants, 1.0, _additive(0.995, variants)[0])
+    keep, _, _ = choose_classes(10.0, 0.995, 20.0, 0.01, variants, 1.0, _additive(0.995, variants)[0])
     assert keep == ["conv_dw", "conv_pw"]   # with less noise the 2% counts
 
 
@@ -83,18 +84,21 @@ def test_accuracy_budget_keeps_the_best_recovery_per_millisecond_until_met():
     # all-INT8 disagrees with FP32 on 5% of images; a recovers 3 pts for 4 ms, b 2 pts for 1 ms
     variants = {"a": (14.0, 0.98), "b": (11.0, 0.97), "c": (10.5, 0.95)}
     agreement_of, calls = _additive(0.95, variants)
-    keep, why = choose_classes(10.0, 0.95, 0.05, variants, 1.0, agreement_of)
+    keep, why, _ = choose_classes(10.0, 0.95, 20.0, 0.05, variants, 1.0, agreement_of)
     assert keep == ["b", "a"] and calls == [[], ["b"], ["b", "a"]]
     assert "recovers 2 pts" in why["b"] and "c" not in why   # c recovers nothing, never kept
     # a looser budget stops after b (97% agreement is within 5 points)
-    keep, _ = choose_classes(10.0, 0.95, 0.05, variants, 5.0, _additive(0.95, variants)[0])
+    keep, _, _ = choose_classes(10.0, 0.95, 20.0, 0.05, variants, 5.0, _additive(0.95, variants)[0])
     assert keep == ["b"]
+    # with FP32 at 15 ms, b (+1 ms) fits but b and a (+5 ms: 15 ms, not 5% under FP32) do not
+    keep, _, ended = choose_classes(10.0, 0.95, 15.0, 0.05, variants, 1.0, _additive(0.95, variants)[0])
+    assert keep == ["b"] and "would not be faster than FP32" in ended
 
 
 def test_nothing_is_kept_when_no_class_helps():
     variants = {"a": (10.2, 0.90), "b": (10.1, 0.94)}
-    keep, why = choose_classes(10.0, 0.95, 0.05, variants, 0.0, _additive(0.95, variants)[0])
-    assert keep == [] and why == {}
+    keep, why, ended = choose_classes(10.0, 0.95, 20.0, 0.05, variants, 0.0, _additive(0.95, variants)[0])
+    assert keep == [] and why == {} and ended == "no class left that recovers agreement"
 
 
 def test_search_writes_a_graph_with_exactly_the_kept_classes_fp32(model_copy, silu_onnx):

@@ -147,7 +147,8 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
                         headers={"ms_with_it_fp32": "ms if FP32", "agreement_with_it_fp32": "agreement if FP32",
                                  "kept_fp32": "kept FP32"})
             note(f"{a['method']}: timed afresh: FP32 {s['fp32_ms']:.3g} ms, all-INT8 {s['int8_ms']:.3g} ms, "
-                 f"mixed {s['mixed_ms']:.3g} ms (agreement with FP32 {s['mixed_agreement']:.3f})")
+                 f"mixed {s['mixed_ms']:.3g} ms (agreement with FP32 {s['mixed_agreement']:.3f}; "
+                 f"{s['accuracy_step']})")
         if a.get("ort_executed"):
             note(f"{a['method']}: onnxruntime executes {a['ort_executed']}")
     if result["latency_note"]:

@@ -20,7 +20,9 @@ than FP32). So the search measures, on this machine, instead of guessing:
    optimistic, relative measure of the accuracy a class costs).
 4. Keep FP32 every class whose variant is faster than all-INT8 by more than the rounds' noise.
    Then, while the mixed graph disagrees with FP32 on more than `max_disagreement_pts` of the
-   images, also keep FP32 the class that recovers the most agreement per millisecond it costs.
+   images, also keep FP32 the class that recovers the most agreement per millisecond it costs,
+   as long as the graph stays faster than FP32 (a mixed graph slower than FP32 is never the
+   answer: FP32 is).
 5. Quantize the mixed graph into `dst` and measure it beside FP32 and all-INT8 in a last set of
    rounds. Every class's numbers, its decision and why go into the card
    (``quantization.search``).
@@ -189,31 +191,46 @@ class _Bench:
 
 # ----------------------------------------------------------------------------- the decision
 
-def choose_classes(int8_ms: float, int8_agreement: float, noise: float,
+def choose_classes(int8_ms: float, int8_agreement: float, fp32_ms: float, noise: float,
                    variants: dict[str, tuple[float, float]], max_disagreement_pts: float,
-                   agreement_of: Callable[[list[str]], float]) -> tuple[list[str], dict[str, str]]:
-    """(classes to keep FP32, why each) from the screen (module docstring, step 4).
+                   agreement_of: Callable[[list[str]], float]) -> tuple[list[str], dict[str, str], str]:
+    """(classes to keep FP32, why each, how the accuracy step ended) from the screen (module
+    docstring, step 4).
 
     `variants`: class -> (ms, agreement with FP32) with that class alone kept FP32, timed in the
-    same rounds as `int8_ms`; `noise`: the relative margin a gain must beat; `agreement_of(keep)`
-    builds and scores the graph with the classes `keep` kept FP32 (their effects need not add up).
+    same rounds as `int8_ms` and `fp32_ms`; `noise`: the relative margin a gain must beat;
+    `agreement_of(keep)` builds and scores the graph with the classes `keep` kept FP32 (their
+    effects need not add up). A class is never kept for accuracy if the mixed graph would then
+    no longer be faster than FP32 (each kept class's cost over all-INT8 counted once): a mixed
+    graph slower than FP32 is never the answer; then FP32 is.
     """
     keep = [cls for cls, (ms, _) in variants.items() if ms < int8_ms * (1 - noise)]
     why = {cls: f"{variants[cls][0]:.3g} ms with it FP32 vs {int8_ms:.3g} ms all-INT8: INT8 does not pay"
            for cls in keep}
     agreement = agreement_of(keep)
-    while 1 - agreement > max_disagreement_pts / 100:
+    budget = max_disagreement_pts / 100
+
+    def cost(classes: list[str]) -> float:
+        return int8_ms + sum(max(variants[c][0] - int8_ms, 0.0) for c in classes)
+
+    ended = "agreement within the budget" if 1 - agreement <= budget else ""
+    while not ended:
         # agreement recovered per millisecond it costs (a class that costs nothing counts as 1 us)
-        gains = {cls: (agr - int8_agreement) / max(ms - int8_ms, 1e-3)
-                 for cls, (ms, agr) in variants.items() if cls not in keep and agr > int8_agreement}
-        if not gains:
+        helpful = {cls: (agr - int8_agreement) / max(ms - int8_ms, 1e-3)
+                   for cls, (ms, agr) in variants.items() if cls not in keep and agr > int8_agreement}
+        affordable = {cls: g for cls, g in helpful.items() if cost([*keep, cls]) < fp32_ms * (1 - noise)}
+        if not affordable:
+            ended = ("no class left that recovers agreement" if not helpful else
+                     f"keeping more of {', '.join(helpful)} FP32 would not be faster than FP32")
             break
-        cls = max(gains, key=gains.__getitem__)
+        cls = max(affordable, key=affordable.__getitem__)
         keep.append(cls)
         why[cls] = (f"recovers {100 * (variants[cls][1] - int8_agreement):.2g} pts of agreement with FP32 "
                     f"(all-INT8 disagrees on {100 * (1 - int8_agreement):.2g}% of the images)")
         agreement = agreement_of(keep)
-    return keep, why
+        if 1 - agreement <= budget:
+            ended = "agreement within the budget"
+    return keep, why, ended
 
 
 # ----------------------------------------------------------------------------- the search
@@ -267,7 +284,7 @@ def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet
                     bench.score(built[key])
                 return built[key].agreement
 
-            keep, why = choose_classes(int8.ms, int8.agreement, noise,
+            keep, why, ended = choose_classes(int8.ms, int8.agreement, fp32.ms, noise,
                                        {cls: (v.ms, v.agreement) for cls, v in variants.items()},
                                        max_disagreement_pts, agreement_of)
             mixed = built[tuple(keep)]
@@ -286,7 +303,7 @@ def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet
     record["search"] = {
         "runtime": runtime, "threads": threads, "batch": 1, "rounds": ROUNDS,
         "agreement_images": int(len(images)), "max_disagreement_pts": max_disagreement_pts,
-        "kept_fp32_classes": keep, "classes": rows,
+        "kept_fp32_classes": keep, "classes": rows, "accuracy_step": ended,
         # the screen: every class variant timed in the same rounds as these two
         "screen": {"fp32_ms": round(fp32.ms, 4), "int8_ms": round(int8.ms, 4), "noise": round(noise, 4)},
         # the result, timed afresh in its own rounds
