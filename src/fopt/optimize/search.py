@@ -269,12 +269,16 @@ def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet
         fp32 = _Candidate("fp32", Path(src))
         int8 = quantize("int8", [])
         variants = {cls: quantize(f"keep:{cls}", [cls]) for cls in classes}
+        log(f"search: {len(variants) + 1} INT8 graphs quantized ({time.perf_counter() - t0:.0f} s); scoring "
+            f"agreement with FP32 on {len(images)} images and timing {ROUNDS} interleaved rounds")
         bench = _Bench(runtime, card, threads, images)
         try:
             for c in (fp32, int8, *variants.values()):
                 bench.score(c)
             bench.time_rounds([fp32, int8, *variants.values()])
             noise = max(MIN_GAIN, int8.spread / 2)
+            log(f"search: all-INT8 {int8.ms:.3g} ms, FP32 {fp32.ms:.3g} ms (noise {100 * noise:.0f}%); with one "
+                f"class FP32: " + ", ".join(f"{cls} {v.ms:.3g} ms" for cls, v in variants.items()))
             built = {(): int8, **{(cls,): v for cls, v in variants.items()}}
 
             def agreement_of(keep: list[str]) -> float:
@@ -288,6 +292,7 @@ def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet
                                        {cls: (v.ms, v.agreement) for cls, v in variants.items()},
                                        max_disagreement_pts, agreement_of)
             mixed = built[tuple(keep)]
+            log(f"search: keeping FP32: {', '.join(keep) or 'nothing'} ({ended}); timing the result")
             # the screen's numbers stay as decided on; the result is timed afresh, side by side
             final = {c.name: _Candidate(c.name, c.path) for c in (fp32, int8, mixed)}
             bench.time_rounds(list(final.values()))
