@@ -94,7 +94,8 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
              keep_fp32, per_tensor, reduce_range, int8_target, search, search_runtime, search_max_disagreement,
              seed, min_batch, opt_batch, max_batch,
              workspace_mb, timing_cache, threads, eval_batch_size, hints):
-    """Turn an FP32 ONNX export into INT8, FP16 and TensorRT artifacts, each with its accuracy cost.
+    """Turn an FP32 ONNX export into INT8, mixed INT8/FP32, FP16, OpenVINO and TensorRT artifacts, each
+    with its accuracy cost.
 
     Every artifact gets a card (<file>.json) and is evaluated on the validation split through its
     own runner; the table shows size, parameters, accuracy and macro-F1 with their change against
