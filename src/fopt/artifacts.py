@@ -13,6 +13,8 @@ target only when complete, so a killed run never leaves a file that looks valid 
 
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import datetime as _dt
 import hashlib
@@ -347,7 +349,9 @@ def write_card(artifact: str | os.PathLike, card: dict[str, Any]) -> Path:
     return write_text_atomic(card_path(artifact), json_text(sealed_card(artifact, card)))
 
 
-def read_card(artifact: str | os.PathLike, *, required: bool = True) -> dict[str, Any] | None:
+def read_card(artifact: str | os.PathLike, *, required: bool = True, verify: bool = True) -> dict[str, Any] | None:
+    """The sidecar card of `artifact` (None when absent and not `required`). A card `fopt card`
+    wrote is checked against the file it describes unless `verify` is off (StaleCardError)."""
     path = card_path(artifact)
     if not path.exists():
         if required:
@@ -359,7 +363,35 @@ def read_card(artifact: str | os.PathLike, *, required: bool = True) -> dict[str
         raise InputError(f"{path}: unreadable artifact card ({e})") from None
     if not isinstance(card, dict) or "format" not in card:
         raise InputError(f"{path}: not a fopt artifact card")
+    if verify and card.get("kind") == "foreign":
+        _check_still_describes(Path(artifact), card)
     return card
+
+
+class StaleCardError(InputError):
+    """A `fopt card` card whose model file has changed since it was written."""
+
+
+def _check_still_describes(artifact: Path, card: dict[str, Any]) -> None:
+    """A card `fopt card` wrote rests on assumptions about one file (its shape, normalisation,
+    classes): refuse it for another one (the model was replaced or re-exported since) rather than
+    feed the new file the old assumptions."""
+    recorded = (card.get("foreign") or {}).get("sha256")
+    if not recorded or not artifact.is_file():
+        return
+    st = artifact.stat()
+    actual = _sha256_of(str(artifact.resolve()), st.st_mtime_ns, st.st_size)
+    if actual != recorded:
+        raise StaleCardError(f"{artifact.name}.json was written by `fopt card` for another version of "
+                         f"{artifact.name} (sha256 {recorded[:12]}..., the file is now {actual[:12]}...); "
+                         f"run `fopt card {artifact} --force` with its hints again")
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
+    """sha256 of a file, once per (path, modification time, size) in a process: a command reads
+    a card several times."""
+    return sha256_file(path)
 
 
 def update_card_metrics(artifact: str | os.PathLike, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -378,7 +410,7 @@ def detect_format(path: str | os.PathLike) -> str:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a model file")
-    card = read_card(path, required=False)
+    card = read_card(path, required=False, verify=False)   # a stale card still names the format
     if card is not None:
         return card["format"]
     suffix = path.suffix.lower()

@@ -99,6 +99,15 @@ def test_torchscript_from_elsewhere_then_a_card_makes_options_unneeded(foreign_d
     assert code == 2 and "exists" in out
     code, out = run("card", "--show", ts)
     assert code == 0 and json.loads(out)["input"]["shape"] == [None, 3, 32, 32]
+    # the file is replaced after its card was written: the card no longer describes it
+    ts.write_bytes(ts.read_bytes() + b"\0")
+    code, out = run("eval", ts, "--data", synth_dataset)
+    assert code == 2 and out.count("\n") == 1 and "another version" in out and "fopt card" in out
+    code, out = run("bench", ts, "--batch-sizes", "1", "--min-time", "0.01")
+    assert code == 2 and "another version" in out.splitlines()[-1]   # its row fails, saying why
+    code, out = run("card", ts, "--force", "--input-shape", "1x3x32x32", "--preset", "inception")
+    assert code == 0, out
+    assert read_card(ts)["foreign"]["sha256"] == sha256_file(ts)
 
 
 def test_optimize_foreign_onnx(foreign_dir, synth_dataset, tmp_path):
@@ -281,15 +290,15 @@ def test_pipeline_from_a_foreign_onnx(foreign_dir, synth_dataset, tmp_path, monk
     before = listing(foreign_dir["dir"])
     run_dir = tmp_path / "run"
     args = ["pipeline", "--model", foreign_dir["dynamic"], "--data", synth_dataset, "--out", run_dir,
-            "--method", "int8-static", "--calib-size", "32", "--batch-sizes", "1", "--min-time", "0.05",
-            "--processes", "1", "--threads", "1"]
+            "--method", "int8-static", "--no-search", "--calib-size", "32", "--batch-sizes", "1",
+            "--min-time", "0.05", "--processes", "1", "--threads", "1"]
     code, out = run(*args)
     assert code == 2 and "normalisation is unknown" in out and not run_dir.exists()
     code, out = run(*args, "--preset", "inception", "--classes", foreign_dir["classes"])
     assert code == 0, out
     rep = json.loads((run_dir / "report.json").read_text())
     rows = [r for r in rep["rows"] if r["runtime"] == "onnxruntime"]
-    assert {r["method"] for r in rows} == {"onnx fp32", "int8-static"}
+    assert {r["method"] for r in rows} == {"onnx fp32", "int8-static"}   # --no-search: no mixed graph
     fp32 = next(r for r in rows if r["method"] == "onnx fp32")
     assert fp32["artifact"] == str(foreign_dir["dynamic"]) and fp32["d_accuracy_pts"] == 0.0
     assert all(r["p50_b1_ms"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows)

@@ -26,14 +26,17 @@ def card(model, show, force, hints):
     Example: fopt card their.onnx --preset imagenet --classes classes.txt
     Example: fopt card scripted.pt --input-shape 1x3x224x224 --preset inception
     """
-    from fopt.artifacts import card_path, json_text, write_text_atomic
+    from fopt.artifacts import StaleCardError, card_path, json_text, write_text_atomic
     from fopt.describe.infer import describe_foreign, describe_model, own_card
     from fopt.errors import OutputExistsError
 
     if show:
         click.echo(json.dumps(describe_model(model, hints), indent=2, default=str))
         return
-    existing = own_card(model)
+    try:
+        existing = own_card(model)
+    except StaleCardError:   # our own card, of an older version of the file: --force replaces it
+        existing = None
     if existing is not None and existing.get("kind") != "foreign":
         raise OutputExistsError(f"{model} already has fopt's card (it was made by fopt); "
                                 f"`fopt card --show {model}` prints it")
