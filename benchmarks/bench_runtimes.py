@@ -4,10 +4,10 @@ For resnet50, efficientnet_b0, mobilenet_v3_large and resnet18 (``--models``) at
 random weights (latency does not depend on them), batch 1 and 8:
 
 1. builds each model's artifacts once under ``<out>_work/``: the checkpoint (torch eager), the FP32
-   ONNX export and fopt's static INT8 (`fopt.optimize.quantize.onnx_to_int8_static`, the flavour
-   `fopt optimize --int8-static` makes on this CPU), then OpenVINO IR FP32 and NNCF INT8 through
-   the same `fopt.optimize` methods `fopt optimize --openvino` runs; INT8 calibrates on 32
-   synthetic garment images (real pictures, never random tensors);
+   ONNX export, then through `fopt optimize` (`fopt.optimize.run.optimize_onnx`) fopt's static
+   INT8 (the flavour this CPU gets), the precision search's mixed INT8 graph, OpenVINO IR FP32
+   and NNCF INT8; all INT8 calibrates on 32 synthetic garment images (real pictures, never
+   random tensors);
 2. measures every column with `fopt.bench.run.bench_artifacts`: ``--processes`` fresh processes
    per row, in interleaved rounds over all rows (a slow spell of a shared machine then lands on one
    process of several rows, and the spread column shows it); same threads and input for all.
@@ -46,53 +46,38 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def build_openvino(onnx: Path, calibration: Any) -> dict[str, Path]:
-    """OpenVINO IR FP32 and NNCF INT8 beside `onnx`, each with its card (as `fopt optimize --openvino`)."""
-    from fopt.artifacts import read_card
-    from fopt.optimize.base import METHODS, output_path, produce
+def build_optimized(onnx: Path, calib_dir: Path, threads: int) -> dict[str, Path]:
+    """OpenVINO IR FP32, NNCF INT8 and the precision search's mixed INT8 graph beside `onnx`, each
+    with its card, made the way a user makes them: `fopt optimize --openvino --int8-static
+    --search` on 32 calibration images (searched on ONNX Runtime with the benchmark's threads)."""
+    from fopt.optimize.base import METHODS, output_path
+    from fopt.optimize.run import OptimizeOptions, optimize_onnx
 
-    out = {}
-    for column, method in (("ov-fp32", "openvino"), ("ov-int8", "openvino-int8")):
-        m = METHODS.get(method)
-        target = output_path(m, onnx, onnx.parent)
-        if not (target.exists() and target.with_name(target.name + ".json").exists()):
-            settings = {"calibration": calibration} if method == "openvino-int8" else {}
-            produce(m, onnx, target, read_card(onnx), force=True,
-                    card_extra={"calibration": calibration.info} if settings else None, **settings)
-        out[column] = target
+    out = {column: output_path(METHODS.get(method), onnx, onnx.parent)
+           for column, method in (("ov-fp32", "openvino"), ("ov-int8", "openvino-int8"), ("ort-mixed", "int8-mixed"))}
+    if not all(p.exists() and p.with_name(p.name + ".json").exists() for p in out.values()):
+        res = optimize_onnx(onnx, OptimizeOptions(methods=("int8-static", "openvino"), search=True,
+                                                  out_dir=str(onnx.parent), calib_data=str(calib_dir), calib_size=32,
+                                                  evaluate=False, latency=False, force=True, threads=threads),
+                            log=log)
+        s = next(a["search"] for a in res["artifacts"] if a["method"] == "int8-mixed")
+        log(f"  search: kept FP32 {s['kept_fp32_classes'] or 'nothing'}; FP32 {s['fp32_ms']:.3g} ms, "
+            f"all-INT8 {s['int8_ms']:.3g} ms, mixed {s['mixed_ms']:.3g} ms ({s['seconds']:.0f} s)")
     return out
 
 
-def build_search(onnx: Path, calibration: Any, threads: int) -> Path:
-    """The precision search's mixed INT8 graph beside `onnx` (as `fopt optimize --int8-static
-    --search`: searched on ONNX Runtime with the benchmark's threads), with its card."""
-    from fopt.artifacts import read_card
-    from fopt.optimize.base import METHODS, output_path, produce
-
-    m = METHODS.get("int8-mixed")
-    target = output_path(m, onnx, onnx.parent)
-    if not (target.exists() and target.with_name(target.name + ".json").exists()):
-        card = read_card(onnx)
-        p = produce(m, onnx, target, card, force=True, card_extra={"calibration": calibration.info},
-                    calibration=calibration, card=card, threads=threads, target="ort", log=log)
-        s = p.record["search"]
-        log(f"  search: kept FP32 {s['kept_fp32_classes'] or 'nothing'}; FP32 {s['fp32_ms']:.3g} ms, "
-            f"all-INT8 {s['int8_ms']:.3g} ms, mixed {s['mixed_ms']:.3g} ms ({s['seconds']:.0f} s)")
-    return target
-
-
-def targets_for(model: str, size: int, work: Path, calib, threads: int) -> list[tuple[str, tuple[str, str | None]]]:
+def targets_for(model: str, size: int, work: Path, calib_dir, threads: int) -> list[tuple[str, tuple[str, str | None]]]:
     """(column, (artifact, runtime)) for every column of one model."""
     from bench_quality import build_artifacts
 
-    base = build_artifacts(model, size, work, calib)
-    ov = build_openvino(base["onnxruntime/fp32"], calib())
-    mixed = str(build_search(base["onnxruntime/fp32"], calib(), threads))
+    base = build_artifacts(model, size, work, calib_dir)
+    opt = build_optimized(base["onnxruntime/fp32"], calib_dir(), threads)
+    mixed = str(opt["ort-mixed"])
     return [("torch", (str(base["torch-eager/fp32"]), None)),
             ("ort-fp32", (str(base["onnxruntime/fp32"]), None)),
             ("ort-int8", (str(base["onnxruntime/int8"]), None)),
-            ("ov-fp32", (str(ov["ov-fp32"]), None)),
-            ("ov-int8", (str(ov["ov-int8"]), None)),
+            ("ov-fp32", (str(opt["ov-fp32"]), None)),
+            ("ov-int8", (str(opt["ov-int8"]), None)),
             ("ov-on-ort-int8", (str(base["onnxruntime/int8"]), "openvino")),
             ("ort-mixed", (mixed, None)),
             ("ov-on-mixed", (mixed, "openvino"))]
@@ -193,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cache: dict[str, Any] = {}
 
-    def calib():
-        if "set" not in cache:
-            cache["set"] = calibration_images(work, size)
-        return cache["set"]
+    def calib() -> Path:
+        if "dir" not in cache:
+            cache["dir"] = calibration_images(work, size)
+        return cache["dir"]
 
     columns: dict[tuple[str, str | None], tuple[str, str]] = {}
     targets: list[tuple[str, str | None]] = []

@@ -28,7 +28,8 @@ class CalibrationMissing(FoptError):
     """`cpu` was asked for before `fopt bench --calibrate` measured this machine."""
 
 
-SCHEMA = 3   # 3: integer element-wise class, fused activations in the equations (older: recalibrate)
+SCHEMA = 4   # 4: small-input probes (64 px layer sizes); 3: integer element-wise class, fused
+             # activations in the equations (older: treated as absent, so recalibrated)
 
 
 def cache_dir() -> Path:

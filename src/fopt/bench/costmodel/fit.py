@@ -27,7 +27,8 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
     + max(0, bytes - cache_bytes) * dram_sec_per_byte``; an equation's prediction is the sum
     over its nodes plus ``run_fixed_s``. The last term is shared by all classes: what a node
     pays once its tensors no longer fit in the cache (``cache_bytes``, half the L3 by default).
-    Relative (1/t) weights, non-negative least squares (scipy's NNLS).
+    Relative (1/t) weights, non-negative least squares (scipy's NNLS). Equations marked
+    ``lookup_only`` (the small-input probes) stay out: they only give `rate_points`.
 
     Returns ``{"classes": {c: fit}, "dram": {...}, "residuals": [prediction / measured - 1]}``.
     """
@@ -45,7 +46,7 @@ def fit_joint(equations: list[dict[str, Any]], run_fixed_s: float = 0.0,
             cols.append((c, "s"))
     cols.append(("dram", "s"))
     index = {col: j for j, col in enumerate(cols)}
-    usable = [e for e in equations if e["seconds"] - run_fixed_s > 0 and e["nodes"]]
+    usable = [e for e in equations if e["seconds"] - run_fixed_s > 0 and e["nodes"] and not e.get("lookup_only")]
     if not usable:
         raise ValueError("no usable probe measurements to fit")
     a = np.zeros((len(usable), len(cols)))

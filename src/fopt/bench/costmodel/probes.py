@@ -9,9 +9,11 @@
 - Kernel classes: `ProbeNet`, one synthetic network with many independent branches - dense,
   stem, pointwise, depthwise (a grid of spatial sizes, channel counts aligned and not aligned to
   16, k3/k5, stride 1/2), grouped convolutions, squeeze-and-excitation blocks, SiLU/Hardswish/ReLU
-  activations, residual adds, pooling and classifier GEMMs at the sizes CNN classifiers use;
-  shape-keeping blocks are stacked `REPEAT` deep. It is exported to ONNX (and quantized to QDQ
-  INT8 the way `fopt optimize` does); `fopt.bench.costmodel.calibrate` times each branch alone.
+  activations, residual adds, pooling and classifier GEMMs at the sizes CNN classifiers use at
+  224 px and, `SMALL_BRANCHES`, at 64 px (convolutions on 2x2 to 32x32 pixels, where fixed
+  per-call costs dominate); shape-keeping blocks are stacked `REPEAT` deep. It is exported to
+  ONNX (and quantized to QDQ INT8 the way `fopt optimize` does);
+  `fopt.bench.costmodel.calibrate` times each branch alone.
 """
 
 from __future__ import annotations
@@ -90,6 +92,20 @@ def _depthwise_grid() -> list[BranchSpec]:
 
 
 FULL_BRANCHES += _depthwise_grid()
+
+# Small inputs (the demo trains and ships at 64 px): a layer at 2x2-16x16 output pixels runs far
+# below the rate of the same layer at 224 px sizes (fixed per-call costs, GEMM tiles of a few
+# rows); priced from the nearest 224 px probe layers, resnet18 at 64 px came out 35-60% low in
+# eager and ONNX Runtime FP32. These put probe layers at the sizes a 64 px input gives each stage
+# of a CNN, for each convolution class. `calibrate` keeps them out of the linear class fits.
+SMALL_BRANCHES: list[BranchSpec] = [
+    ("conv", 3, 64, 64, 7, 2, 1), ("conv_hs", 3, 16, 64, 3, 2, 1), ("conv", 64, 64, 16, 3, 1, 1), ("res", 128, 128, 8, 3, 1, 1), ("conv", 256, 256, 4, 3, 1, 1),
+    ("res", 512, 512, 2, 3, 1, 1),
+    ("conv", 64, 128, 16, 3, 2, 1), ("conv", 128, 256, 8, 3, 2, 1), ("conv", 256, 512, 4, 3, 2, 1),
+    ("conv", 128, 256, 8, 1, 2, 1), ("conv", 96, 24, 8, 1, 1, 1), ("conv", 576, 160, 2, 1, 1, 1),
+    ("conv_hs", 96, 96, 8, 3, 1, 96), ("conv", 576, 576, 2, 5, 1, 576),
+]
+FULL_BRANCHES += SMALL_BRANCHES
 
 # A handful of branches for tests and `quick` calibration: every class, small sizes.
 QUICK_BRANCHES: list[BranchSpec] = [
@@ -313,7 +329,7 @@ def gemm_probes(n: int, threads: int | None, budget_s: float) -> list[GemmResult
              else np.random.default_rng(1).standard_normal((n, n)).astype(np.float32))
         out.append(GemmResult("onnxruntime/int8" if int8 else "onnxruntime/fp32", n,
                               time_callable(lambda: sess.run(None, {"A": a}), budget_s)))
-        del sess
+        sess = None   # released before the next session is built
     ta, tb = torch.randn(n, n), torch.randn(n, n)
     with torch.inference_mode():
         out.append(GemmResult("torch-eager/fp32", n, time_callable(lambda: torch.mm(ta, tb), budget_s)))
@@ -362,7 +378,7 @@ def overhead_probes(threads: int | None, budget_s: float, sizes: tuple[int, ...]
             sess = ort_session(_relu_chain(length_, e), threads=threads)
             x = np.random.default_rng(0).standard_normal((1, e)).astype(np.float32)
             t[length_] = time_callable(lambda: sess.run(None, {"x": x}), budget_s)
-            del sess
+            sess = None   # released before the next session is built
         ort_node[e] = (t[length] - t[1]) / (length - 1)
         if e == 16:
             run_fixed = t[1] - ort_node[e]
