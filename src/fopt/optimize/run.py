@@ -7,7 +7,8 @@ Order of work, so that a bad input fails before anything is written:
 2. Check that TensorRT and a GPU exist when ``tensorrt`` is asked for, and OpenVINO and NNCF when
    ``openvino`` is (``--all`` skips either with a note instead), that no output exists (unless forced), and load the calibration images.
 3. Produce the artifacts (`fopt.optimize.base.produce`): dynamic INT8, static INT8 (ONNX Runtime
-   flavour, plus the TensorRT flavour when engines are built), FP16, then TensorRT engines from
+   flavour, plus the TensorRT flavour when engines are built), the precision search's mixed
+   INT8 graph (`--search`, `fopt.optimize.search`, on the same calibration), FP16, then TensorRT engines from
    the FP32 input and from the FP16 / INT8-TensorRT files just written; OpenVINO IR (FP32, and
    NNCF INT8 on the same calibration images). An OpenVINO step that fails (an op its ONNX
    frontend lacks) is a failed row; the other artifacts go on.
