@@ -435,7 +435,6 @@ def main(argv: list[str] | None = None) -> int:
         cal = load_machine_calibration("cpu", threads, args.clock)
     log(f"calibration of {cal['created']} ({cal['path']})")
 
-    log("building artifacts: " + ", ".join(models))
     cache: dict[str, Any] = {}
 
     def calib() -> Path:  # made once, and only when an INT8 model has to be built
@@ -443,34 +442,29 @@ def main(argv: list[str] | None = None) -> int:
             cache["dir"] = calibration_images(work, args.img_size)
         return cache["dir"]
 
-    paths: list[Path] = []
-    build_errors = {}
-    for m in models:
-        try:
-            paths += list(build_artifacts(m, args.img_size, work, calib).values())
-        except Exception as e:  # one model that cannot be built is reported; the rest still run
-            build_errors[m] = f"{type(e).__name__}: {e}"
-            log(f"  {m}: cannot build artifacts: {build_errors[m]}")
-    held_paths: list[Path] = []
-    if held_models:
-        log("building held-out artifacts (torchvision + torch.onnx.export): " + ", ".join(held_models))
-    for m in held_models:
-        try:
-            held_paths += list(build_held_out(m, args.img_size, work, calib).values())
-        except Exception as e:
-            build_errors[f"held-out {m}"] = f"{type(e).__name__}: {e}"
-            log(f"  held-out {m}: cannot build artifacts: {build_errors[f'held-out {m}']}")
-    paths += held_paths
-    small_paths: list[Path] = []
-    if small_models:
-        log(f"building small-input artifacts ({args.small_size} px): " + ", ".join(small_models))
-    for m in small_models:
-        try:
-            small_paths += list(build_artifacts(m, args.small_size, work, calib).values())
-        except Exception as e:
-            build_errors[f"small {m}"] = f"{type(e).__name__}: {e}"
-            log(f"  small-input {m}: cannot build artifacts: {build_errors[f'small {m}']}")
-    paths += small_paths
+    build_errors: dict[str, str] = {}
+
+    def build_group(prefix: str, label: str, names, build) -> list[Path]:
+        """Every model's artifacts; one that cannot be built is reported (under `prefix` + its
+        name in the JSON's build_errors), the rest still run."""
+        if names:
+            log(f"building {label}: " + ", ".join(names))
+        out: list[Path] = []
+        for m in names:
+            try:
+                out += list(build(m).values())
+            except Exception as e:
+                key = prefix + m
+                build_errors[key] = f"{type(e).__name__}: {e}"
+                log(f"  {key}: cannot build artifacts: {build_errors[key]}")
+        return out
+
+    paths = build_group("", "artifacts", models, lambda m: build_artifacts(m, args.img_size, work, calib))
+    held_paths = build_group("held-out ", "held-out artifacts (torchvision + torch.onnx.export)", held_models,
+                             lambda m: build_held_out(m, args.img_size, work, calib))
+    small_paths = build_group("small ", f"small-input artifacts ({args.small_size} px)", small_models,
+                              lambda m: build_artifacts(m, args.small_size, work, calib))
+    paths += held_paths + small_paths
     log(f"measuring {len(paths)} artifacts x batch {batch_sizes} in {processes} process(es) each")
     res = bench_artifacts(paths, batch_sizes=batch_sizes, threads=threads, min_time_s=min_time,
                           processes=processes, estimate=True, per_layer=True, clock=args.clock, on_progress=log)

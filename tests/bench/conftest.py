@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from bench_testutil import synthetic_calibration
 
+REPO = Path(__file__).resolve().parents[2]
 TINY_CLASSES = ["a", "b", "c", "d"]
 
 
@@ -66,3 +67,14 @@ def synthetic_cal(cache_dir) -> dict:
     cal = synthetic_calibration(threads=1)
     save_calibration(cal)
     return cal
+
+
+@pytest.fixture(scope="module")
+def bq():
+    """benchmarks/bench_quality.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -13,8 +11,6 @@ from fopt.bench.costmodel.kernels import classify
 from fopt.bench.costmodel.predict import KNN_MAX_DIST, calibrated_estimate, predict_node
 from fopt.bench.costmodel.probes import FULL_BRANCHES, SMALL_BRANCHES, build_probenet, probe_inputs
 from fopt.bench.measure.profile import ExecGraph, ExecNode, torch_exec_graph
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _conv_node(cin: int, cout: int, hw: int, k: int = 3, batch: int = 1) -> ExecNode:
@@ -136,14 +132,6 @@ def test_small_probes_cover_resnet18_at_64_px():
 
 
 # ----------------------------------------------------------------------------- private cache
-
-@pytest.fixture(scope="module")
-def bq():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_bench_quality_calibrates_into_its_own_cache(bq, tmp_path, monkeypatch):
     """After `use_private_cache`, a calibration saved (as bench_quality's `calibrate` saves it)
