@@ -57,6 +57,14 @@ def test_node_classes_of_a_mobile_block(tmp_path):
         "conv_stem": 1, "conv_dw": 1, "conv_se": 2, "conv_pw": 1, "conv_grouped": 1, "conv_dense": 1, "gemm": 1}
     names = {n.name for n in onnx.load(str(tmp_path / "pre.onnx")).graph.node}
     assert all(n in names for v in classes.values() for n in v)
+    # a 3x3 convolution on a 1x1 map (resnet18's last stage at 32 px) is no squeeze-and-excitation
+    import torch.nn as nn
+
+    tiny_map = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 8, 3, 1, 1),
+                             nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    onnx.save(model_to_onnx(tiny_map, 32), str(tmp_path / "t.onnx"))
+    assert {k: len(v) for k, v in node_classes(onnx.load(str(tmp_path / "t.onnx"))).items()} == {
+        "conv_stem": 1, "conv_dense": 1, "conv_se": 1, "gemm": 1}
 
 
 def _additive(int8_agreement: float, variants: dict[str, tuple[float, float]]):
@@ -72,11 +80,11 @@ def _additive(int8_agreement: float, variants: dict[str, tuple[float, float]]):
 def test_a_class_whose_int8_is_slower_beyond_the_noise_stays_fp32():
     variants = {"conv_dw": (8.0, 0.993), "conv_pw": (9.8, 0.993), "gemm": (10.4, 0.993)}
     agreement_of, calls = _additive(0.995, variants)
-    keep, why, ended = choose_classes(10.0, 0.995, 20.0, 0.05, variants, 1.0, agreement_of)
-    assert ended == "agreement within the budget"
+    keep, why, ended = choose_classes(10.0, 0.995, 20.0, 1.0, 0.05, variants, 1.0, agreement_of)
+    assert ended == "within the budget"
     assert keep == ["conv_dw"]       # 20% faster with it FP32; conv_pw's 2% is within the 5% noise
     assert "does not pay" in why["conv_dw"] and calls == [["conv_dw"]]
-    keep, _, _ = choose_classes(10.0, 0.995, 20.0, 0.01, variants, 1.0, _additive(0.995, variants)[0])
+    keep, _, _ = choose_classes(10.0, 0.995, 20.0, 1.0, 0.01, variants, 1.0, _additive(0.995, variants)[0])
     assert keep == ["conv_dw", "conv_pw"]   # with less noise the 2% counts
 
 
@@ -84,21 +92,21 @@ def test_accuracy_budget_keeps_the_best_recovery_per_millisecond_until_met():
     # all-INT8 disagrees with FP32 on 5% of images; a recovers 3 pts for 4 ms, b 2 pts for 1 ms
     variants = {"a": (14.0, 0.98), "b": (11.0, 0.97), "c": (10.5, 0.95)}
     agreement_of, calls = _additive(0.95, variants)
-    keep, why, _ = choose_classes(10.0, 0.95, 20.0, 0.05, variants, 1.0, agreement_of)
+    keep, why, _ = choose_classes(10.0, 0.95, 20.0, 1.0, 0.05, variants, 1.0, agreement_of)
     assert keep == ["b", "a"] and calls == [[], ["b"], ["b", "a"]]
     assert "recovers 2 pts" in why["b"] and "c" not in why   # c recovers nothing, never kept
     # a looser budget stops after b (97% agreement is within 5 points)
-    keep, _, _ = choose_classes(10.0, 0.95, 20.0, 0.05, variants, 5.0, _additive(0.95, variants)[0])
+    keep, _, _ = choose_classes(10.0, 0.95, 20.0, 1.0, 0.05, variants, 5.0, _additive(0.95, variants)[0])
     assert keep == ["b"]
     # with FP32 at 15 ms, b (+1 ms) fits but b and a (+5 ms: 15 ms, not 5% under FP32) do not
-    keep, _, ended = choose_classes(10.0, 0.95, 15.0, 0.05, variants, 1.0, _additive(0.95, variants)[0])
+    keep, _, ended = choose_classes(10.0, 0.95, 15.0, 1.0, 0.05, variants, 1.0, _additive(0.95, variants)[0])
     assert keep == ["b"] and "would not be faster than FP32" in ended
 
 
 def test_nothing_is_kept_when_no_class_helps():
     variants = {"a": (10.2, 0.90), "b": (10.1, 0.94)}
-    keep, why, ended = choose_classes(10.0, 0.95, 20.0, 0.05, variants, 0.0, _additive(0.95, variants)[0])
-    assert keep == [] and why == {} and ended == "no class left that recovers agreement"
+    keep, why, ended = choose_classes(10.0, 0.95, 20.0, 1.0, 0.05, variants, 0.0, _additive(0.95, variants)[0])
+    assert keep == [] and why == {} and ended == "no class left that recovers it"
 
 
 def test_search_writes_a_graph_with_exactly_the_kept_classes_fp32(model_copy, silu_onnx):
@@ -110,9 +118,11 @@ def test_search_writes_a_graph_with_exactly_the_kept_classes_fp32(model_copy, si
     card = read_card(mixed)
     search = card["quantization"]["search"]
     assert card["method"] == "int8-mixed" and card["precision"] == "int8"
-    assert search["runtime"] == "onnxruntime" and search["agreement_images"] == 32
+    assert search["runtime"] == "onnxruntime" and search["score_images"] == 32
+    # the lineage dataset's train images carry the model's own classes: scored by accuracy
+    assert search["scored_by"] == "accuracy" and 0 <= search["fp32_score"] <= 1
     assert {r["class"] for r in search["classes"]} == {"conv_stem", "conv_dense", "gemm"}
-    assert 0 < search["mixed_ms"] and 0 <= search["mixed_agreement"] <= 1
+    assert 0 < search["mixed_ms"] and 0 <= search["mixed_score"] <= 1
     kept = {r["class"] for r in search["classes"] if r["kept_fp32"]}
     assert kept == set(search["kept_fp32_classes"])
     # every class kept FP32 has all its nodes float in the written graph, and only those are
@@ -126,9 +136,20 @@ def test_search_writes_a_graph_with_exactly_the_kept_classes_fp32(model_copy, si
         assert faster <= r["kept_fp32"]   # faster beyond the noise -> kept (kept may also be for accuracy)
 
 
+def test_search_scores_agreement_when_the_images_carry_no_labels(model_copy, silu_onnx, synth_dataset):
+    from fopt.data.datasets import DatasetTable
+
+    path = model_copy(silu_onnx)
+    folder = DatasetTable.load(synth_dataset).root   # the same pictures as a plain folder: no labels
+    optimize_onnx(path, OptimizeOptions(methods=("int8-static",), search=True, calib_data=str(folder),
+                                        calib_size=32, evaluate=False, latency=False, threads=1))
+    search = read_card(path.with_name("silu.int8-mixed.onnx"))["quantization"]["search"]
+    assert search["scored_by"] == "agreement" and search["fp32_score"] == 1.0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--fp16", "--search"], "pass it with --int8-static"),
-    (["--int8-static", "--search", "--search-max-disagreement", "-1"], ">= 0 points"),
+    (["--int8-static", "--search", "--search-max-drop", "-1"], ">= 0 points"),
 ])
 def test_bad_search_options_are_one_line_and_write_nothing(model_copy, tiny_onnx, args, message):
     path = model_copy(tiny_onnx)

@@ -52,6 +52,13 @@ def calibration_batch(dataset_dir: str | os.PathLike | DatasetTable, n: int, img
                       mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
                       split: str = "train", seed: int = 0) -> np.ndarray:
     """float32 NCHW array of `n` real images of `split` (eval transform), class-balanced, seeded."""
+    return calibration_sample(dataset_dir, n, img_size, mean, std, split, seed)[0]
+
+
+def calibration_sample(dataset_dir: str | os.PathLike | DatasetTable, n: int, img_size: int,
+                       mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
+                       split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`calibration_batch`'s images and their labels (the table's class indices)."""
     if n < 1:
         raise UsageError(f"the calibration sample size must be at least 1, got {n}")
     table = dataset_dir if isinstance(dataset_dir, DatasetTable) else DatasetTable.load(dataset_dir)
@@ -60,7 +67,8 @@ def calibration_batch(dataset_dir: str | os.PathLike | DatasetTable, n: int, img
         raise DataError(f"calibration needs {n} images but the {split} split of {table.dir} has only "
                         f"{len(rows)}; pass a smaller calibration size or use a larger dataset")
     idx = sample_balanced(rows["label"].tolist(), n, seed)
-    return _stack(table, rows["path"].iloc[idx].tolist(), img_size, mean, std)
+    labels = rows["label"].iloc[idx].to_numpy(dtype=np.int64)
+    return _stack(table, rows["path"].iloc[idx].tolist(), img_size, mean, std), labels
 
 
 def iter_batches(dataset_dir: str | os.PathLike | DatasetTable, split: str, img_size: int,

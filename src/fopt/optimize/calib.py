@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fopt.artifacts import InputSpec
-from fopt.data.calibration import calibration_batch
+from fopt.data.calibration import calibration_sample
 from fopt.data.datasets import DatasetTable, load_image
 from fopt.data.transforms import build_transform
 from fopt.errors import DataError, InputError, UsageError
@@ -31,6 +31,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 class CalibrationSet:
     images: np.ndarray           # float32 NCHW, normalised with the model's input spec
     info: dict[str, Any]         # recorded in the INT8 card
+    labels: np.ndarray | None = None        # class indices of a dataset's images (None: a plain folder)
+    class_names: list[str] | None = None    # the dataset's names of those indices
 
 
 def validate_calib_size(n: int | None) -> None:
@@ -69,10 +71,10 @@ def _from_dataset(src: Path, spec: InputSpec, n: int | None, seed: int, split: s
     table = DatasetTable.load(src)
     available = len(table.split(split))
     count = _resolve_count(available, n, f"the {split} split of {src}")
-    images = calibration_batch(table, count, spec.size, spec.mean, spec.std, split=split, seed=seed)
+    images, labels = calibration_sample(table, count, spec.size, spec.mean, spec.std, split=split, seed=seed)
     return CalibrationSet(images, {"source": str(src.resolve()), "kind": "dataset", "split": split,
                                    "n": int(count), "available": int(available), "seed": seed,
-                                   "sampling": "class-balanced"})
+                                   "sampling": "class-balanced"}, labels, list(table.class_names))
 
 
 def _from_image_folder(src: Path, spec: InputSpec, n: int | None, seed: int) -> CalibrationSet:

@@ -69,13 +69,14 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
                    "--tensorrt, else ort.")
 @click.option("--search/--no-search", default=None,
               help="Static INT8: also search, per node class (depthwise, squeeze-excitation, stem, ...), "
-                   "which layers to keep FP32 because their INT8 form is slower here or costs agreement "
-                   "with FP32; writes MODEL.int8-mixed.onnx (default: on with --all).")
+                   "which layers to keep FP32 because their INT8 form is slower here or costs accuracy; "
+                   "writes MODEL.int8-mixed.onnx (default: on with --all).")
 @click.option("--search-runtime", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime",
               show_default=True, help="Runtime the precision search times its candidates on.")
-@click.option("--search-max-disagreement", type=float, default=1.0, show_default=True,
-              help="Precision search: top-1 disagreement with FP32 (points, on the calibration images) "
-                   "above which more classes are kept FP32.")
+@click.option("--search-max-drop", type=float, default=1.0, show_default=True,
+              help="Precision search: points the mixed graph may score below FP32 on the calibration "
+                   "images (top-1 accuracy with a dataset's labels, else agreement with FP32) before "
+                   "more classes are kept FP32.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--min-batch", type=int, default=1, show_default=True, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=int, default=1, show_default=True, help="TensorRT profile: batch to tune for.")
@@ -91,7 +92,7 @@ def _csv_list(value: str | None) -> tuple[str, ...]:
 @hint_options
 def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_methods, eval_dir, no_eval, no_latency,
              out_dir, json_path, csv_path, force, op_types, calib_data, calib_size, calib_method, exclude,
-             keep_fp32, per_tensor, reduce_range, int8_target, search, search_runtime, search_max_disagreement,
+             keep_fp32, per_tensor, reduce_range, int8_target, search, search_runtime, search_max_drop,
              seed, min_batch, opt_batch, max_batch,
              workspace_mb, timing_cache, threads, eval_batch_size, hints):
     """Turn an FP32 ONNX export into INT8, mixed INT8/FP32, FP16, OpenVINO and TensorRT artifacts, each
@@ -119,7 +120,7 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
         calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
         exclude=tuple(x for e in exclude for x in _csv_list(e)), keep_fp32=_csv_list(keep_fp32),
         per_channel=not per_tensor, reduce_range=reduce_range, int8_target=int8_target, seed=seed,
-        search=search, search_runtime=search_runtime, search_max_disagreement=search_max_disagreement,
+        search=search, search_runtime=search_runtime, search_max_drop=search_max_drop,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb,
         timing_cache=timing_cache, threads=threads, eval_batch_size=eval_batch_size, hints=hints)
     result = optimize_onnx(model, opts, log=note)
@@ -141,14 +142,15 @@ def optimize(model, int8_dynamic, int8_static, fp16, tensorrt, openvino, all_met
                  f"{': ' + ', '.join(floats[:4]) + (' ...' if len(floats) > 4 else '') if floats else ''}")
         if a.get("search"):
             s = a["search"]
-            print_table(s["classes"], ["class", "nodes", "ms_with_it_fp32", "agreement_with_it_fp32", "kept_fp32", "why"],
+            print_table(s["classes"], ["class", "nodes", "ms_with_it_fp32", "score_with_it_fp32", "kept_fp32", "why"],
                         title=f"precision search on {s['runtime']}, batch 1; same rounds: FP32 "
-                              f"{s['screen']['fp32_ms']:.3g} ms, all-INT8 {s['screen']['int8_ms']:.3g} ms "
-                              f"(agreement {s['int8_agreement']:.3f}), noise {100 * s['screen']['noise']:.0f}%",
-                        headers={"ms_with_it_fp32": "ms if FP32", "agreement_with_it_fp32": "agreement if FP32",
+                              f"{s['screen']['fp32_ms']:.3g} ms, all-INT8 {s['screen']['int8_ms']:.3g} ms, noise "
+                              f"{100 * s['screen']['noise']:.0f}%; {s['scored_by']} FP32 {s['fp32_score']:.3f}, "
+                              f"all-INT8 {s['int8_score']:.3f}",
+                        headers={"ms_with_it_fp32": "ms if FP32", "score_with_it_fp32": f"{s['scored_by']} if FP32",
                                  "kept_fp32": "kept FP32"})
             note(f"{a['method']}: timed afresh: FP32 {s['fp32_ms']:.3g} ms, all-INT8 {s['int8_ms']:.3g} ms, "
-                 f"mixed {s['mixed_ms']:.3g} ms (agreement with FP32 {s['mixed_agreement']:.3f}; "
+                 f"mixed {s['mixed_ms']:.3g} ms ({s['scored_by']} {s['mixed_score']:.3f}; "
                  f"{s['accuracy_step']})")
         if a.get("ort_executed"):
             note(f"{a['method']}: onnxruntime executes {a['ort_executed']}")

@@ -83,7 +83,7 @@ class OptimizeOptions:
     # per-layer precision search (fopt.optimize.search); None: on with --all, else off
     search: bool | None = None
     search_runtime: str = "onnxruntime"
-    search_max_disagreement: float = 1.0   # points of top-1 disagreement with FP32 allowed
+    search_max_drop: float = 1.0   # points of calibration-image score below FP32 allowed
     # TensorRT
     min_batch: int = 1
     opt_batch: int = 1
@@ -111,7 +111,7 @@ class OptimizeOptions:
         if self.search and not (self.all_methods or "int8-static" in self.methods):
             raise UsageError("--search chooses which layers of the static INT8 graph stay FP32: "
                              "pass it with --int8-static (or --all)")
-        check_search_settings(self.search_runtime, self.search_max_disagreement)
+        check_search_settings(self.search_runtime, self.search_max_drop)
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
         if self.eval_batch_size < 1:
@@ -207,7 +207,7 @@ def _plan(path: Path, info: dict[str, Any], methods: list[str], opts: OptimizeOp
             # after the static steps: it reuses their calibration (the shared cache)
             steps.append(_Step("int8-mixed", path, output_path(METHODS.get("int8-mixed"), path, out_dir),
                                {**common, "target": "ort", "runtime": opts.search_runtime,
-                                "threads": opts.threads, "max_disagreement_pts": opts.search_max_disagreement}))
+                                "threads": opts.threads, "max_drop_pts": opts.search_max_drop}))
     if "fp16" in methods:
         steps.append(_Step("fp16", path, output_path(METHODS.get("fp16"), path, out_dir)))
     if "openvino" in methods:   # the FP32 IR and the NNCF INT8 IR
