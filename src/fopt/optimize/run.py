@@ -491,9 +491,14 @@ def _method_notes(p: Produced, row: dict[str, Any], is_engine: bool, opts: Optim
     if p.method == "int8-mixed":
         search = p.record["search"]
         kept = search["kept_fp32_classes"]
-        out.append((f"kept FP32: {', '.join(kept)}" if kept else "INT8 paid for every class: same graph as int8 static")
-                   + f" (searched on {search['runtime']}: {search['mixed_ms']:.3g} ms vs all-INT8 "
-                     f"{search['int8_ms']:.3g}, FP32 {search['fp32_ms']:.3g})")
+        if kept:
+            what = f"kept FP32: {', '.join(kept)}"
+        elif search["int8_ms"] >= search["fp32_ms"]:
+            what = "all-INT8 is no faster than FP32 here and no class kept FP32 changes that: use FP32"
+        else:
+            what = "INT8 paid for every class: same graph as int8 static"
+        out.append(what + f" (searched on {search['runtime']}: {search['mixed_ms']:.3g} ms vs all-INT8 "
+                          f"{search['int8_ms']:.3g}, FP32 {search['fp32_ms']:.3g})")
     drops = [row[k] for k in ("d_accuracy_pts", "d_macro_f1_pts") if row[k] is not None]
     if p.method in STATIC_INT8 and drops and min(drops) < -ACCURACY_HINT_PTS:
         out.append(f"drop over {ACCURACY_HINT_PTS:g} pt: try another --calib-method "
