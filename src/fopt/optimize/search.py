@@ -89,13 +89,14 @@ def _spatial_dims(model) -> dict[str, list[int]]:
 def node_classes(model) -> dict[str, list[str]]:
     """{class: [node names]} for the Conv/Gemm/MatMul nodes of `model`, in graph order.
 
-    conv_stem: few input channels (an RGB stem); conv_se: a 1x1 kernel on a 1x1 map (squeeze-and-excitation);
-    conv_dw: one input channel per group (depthwise); conv_grouped: other grouped convs; conv_pw:
-    1x1 kernel; conv_dense: the rest; gemm: Gemm and MatMul (classifier heads).
+    conv_stem: few input channels (an RGB stem); conv_se: a 1x1 kernel on a 1x1 map
+    (squeeze-and-excitation); conv_dw: one input channel per group (depthwise); conv_grouped: other
+    grouped convs; conv_pw: 1x1 kernel; conv_dense: the rest; gemm: Gemm and MatMul (classifier
+    heads).
     """
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
-    weights = {i.name: numpy_helper.to_array(i).shape for i in model.graph.initializer}
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}   # shapes, without reading the data
     spatial = _spatial_dims(model)
     out: dict[str, list[str]] = {}
     for n in model.graph.node:
