@@ -195,7 +195,7 @@ def test_kill_pipeline_then_resume(tmp_path, fault_table, quick_cache):
             f"extra {sorted(visible_files(work / 'pl') - ref_files)}")
         rep = json.loads((work / "pl" / "report.json").read_text())
         assert {r["method"] for r in rep["rows"]} == {"torch eager fp32", "torchscript fp32", "onnx fp32",
-                                                      "int8-static"}
+                                                      "int8-static", "int8-mixed"}   # the search: on by default
         ledger = json.loads((work / "pl" / "stages.json").read_text())
         assert {"tiny/train", "tiny/export", "tiny/optimize", "tiny/eval", "tiny/bench"} <= set(ledger)
     assert killed_any, f"no run was still going at its kill point (duration {duration:.1f} s)"
