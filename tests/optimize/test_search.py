@@ -166,17 +166,18 @@ def test_search_without_int8_static_in_options_is_a_usage_error():
     json.dumps(OptimizeOptions(all_methods=True).__dict__)   # the options stay JSON-writable
 
 
-@pytest.mark.parametrize("kept, int8_ms, says", [
-    (["gemm"], 14.8, "kept FP32: gemm"),
-    ([], 16.7, "INT8 paid for every class"),
-    ([], 30.0, "use FP32"),        # all-INT8 slower than FP32: no subset can win
+@pytest.mark.parametrize("kept, int8_ms, requantized, says", [
+    (["gemm"], 14.8, 0, "kept FP32: gemm ("),
+    (["conv_pw"], 14.8, 31, "onnxruntime still runs 31 of those nodes as INT8"),
+    ([], 16.7, 0, "INT8 paid for every class"),
+    ([], 30.0, 0, "use FP32"),        # all-INT8 slower than FP32: no subset can win
 ])
-def test_the_mixed_row_says_what_the_search_found(tmp_path, kept, int8_ms, says):
+def test_the_mixed_row_says_what_the_search_found(tmp_path, kept, int8_ms, requantized, says):
     from fopt.optimize.base import Produced
     from fopt.optimize.run import _method_notes
 
     search = {"kept_fp32_classes": kept, "runtime": "onnxruntime", "mixed_ms": 14.8 if kept else int8_ms,
-              "int8_ms": int8_ms, "fp32_ms": 28.3}
+              "int8_ms": int8_ms, "fp32_ms": 28.3, "ort_runs_as_int8": requantized}
     p = Produced("int8-mixed", tmp_path / "m.int8-mixed.onnx", {}, 1.0, {"search": search})
     row = {"speedup": None, "d_accuracy_pts": None, "d_macro_f1_pts": None}
     notes = _method_notes(p, row, False, OptimizeOptions(methods=("int8-static",)))

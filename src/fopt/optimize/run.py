@@ -493,6 +493,9 @@ def _method_notes(p: Produced, row: dict[str, Any], is_engine: bool, opts: Optim
         kept = search["kept_fp32_classes"]
         if kept:
             what = f"kept FP32: {', '.join(kept)}"
+            if search.get("ort_runs_as_int8"):
+                what += (f" (onnxruntime still runs {search['ort_runs_as_int8']} of those nodes as INT8: it "
+                         f"re-fuses the Q/DQ around them)")
         elif search["int8_ms"] >= search["fp32_ms"]:
             what = "all-INT8 is no faster than FP32 here and no class kept FP32 changes that: use FP32"
         else:
