@@ -13,9 +13,8 @@ target only when complete, so a killed run never leaves a file that looks valid 
 
 from __future__ import annotations
 
-import functools
-
 import contextlib
+import functools
 import datetime as _dt
 import hashlib
 import json
@@ -383,8 +382,8 @@ def _check_still_describes(artifact: Path, card: dict[str, Any]) -> None:
     actual = _sha256_of(str(artifact.resolve()), st.st_mtime_ns, st.st_size)
     if actual != recorded:
         raise StaleCardError(f"{artifact.name}.json was written by `fopt card` for another version of "
-                         f"{artifact.name} (sha256 {recorded[:12]}..., the file is now {actual[:12]}...); "
-                         f"run `fopt card {artifact} --force` with its hints again")
+                             f"{artifact.name} (sha256 {recorded[:12]}..., the file is now {actual[:12]}...); "
+                             f"run `fopt card {artifact} --force` with its hints again")
 
 
 @functools.lru_cache(maxsize=64)
