@@ -14,8 +14,8 @@ target only when complete, so a killed run never leaves a file that looks valid 
 from __future__ import annotations
 
 import contextlib
-import functools
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
