@@ -166,19 +166,28 @@ def test_search_without_int8_static_in_options_is_a_usage_error():
     json.dumps(OptimizeOptions(all_methods=True).__dict__)   # the options stay JSON-writable
 
 
-@pytest.mark.parametrize("kept, int8_ms, requantized, says", [
-    (["gemm"], 14.8, 0, "kept FP32: gemm ("),
-    (["conv_pw"], 14.8, 31, "onnxruntime still runs 31 of those nodes as INT8"),
-    ([], 16.7, 0, "INT8 paid for every class"),
-    ([], 30.0, 0, "use FP32"),        # all-INT8 slower than FP32: no subset can win
+@pytest.mark.parametrize("kept, int8_ms, says", [
+    (["gemm"], 14.8, "kept FP32: gemm ("),
+    ([], 16.7, "INT8 paid for every class"),
+    ([], 30.0, "use FP32"),        # all-INT8 slower than FP32: no subset can win
 ])
-def test_the_mixed_row_says_what_the_search_found(tmp_path, kept, int8_ms, requantized, says):
+def test_the_mixed_row_says_what_the_search_found(tmp_path, kept, int8_ms, says):
     from fopt.optimize.base import Produced
     from fopt.optimize.run import _method_notes
 
     search = {"kept_fp32_classes": kept, "runtime": "onnxruntime", "mixed_ms": 14.8 if kept else int8_ms,
-              "int8_ms": int8_ms, "fp32_ms": 28.3, "ort_runs_as_int8": requantized}
+              "int8_ms": int8_ms, "fp32_ms": 28.3}
     p = Produced("int8-mixed", tmp_path / "m.int8-mixed.onnx", {}, 1.0, {"search": search})
     row = {"speedup": None, "d_accuracy_pts": None, "d_macro_f1_pts": None}
     notes = _method_notes(p, row, False, OptimizeOptions(methods=("int8-static",)))
     assert len(notes) == 1 and says in notes[0] and "FP32 28.3" in notes[0]
+
+
+def test_float_nodes_onnxruntime_runs_as_int8_are_counted():
+    """For any INT8 file (--exclude, --keep-fp32, the search): nodes float in the file that ONNX
+    Runtime re-fuses into integer kernels (the resnet50 case: 22 quantized in the file, 53 run)."""
+    from fopt.optimize.report import ort_requantized
+
+    graph = {"quantized_ops": {"Conv": 22, "Gemm": 1}}
+    assert ort_requantized(graph, {"QLinearConv": 53, "QGemm": 1, "QLinearAdd": 16}) == 31
+    assert ort_requantized(graph, {"QLinearConv": 22, "QGemm": 1, "Conv": 31}) == 0   # really float

@@ -455,6 +455,9 @@ def _measure_artifact(p: Produced, parent: Path, eval_dir: Path | None, opts: Op
                           runs_on=runs_on, params=params,
                           metrics=metrics, parent_metrics=parent_metrics, latency=latency,
                           parent_latency=parent_latency, note="")
+    if entry.get("ort_requantized"):
+        problems.append(f"onnxruntime runs {entry['ort_requantized']} of its float compute nodes as INT8 "
+                        f"(it re-fuses the Q/DQ around them)")
     row["note"] = "; ".join(problems + _method_notes(p, row, is_engine, opts))
     _record_in_card(p.path, parent, metrics, latency, row, entry)
     entry["row"] = row
@@ -475,6 +478,7 @@ def _describe_onnx(entry: dict[str, Any], path: Path, threads: int | None, probl
     try:
         entry["ort_executed_ops"] = report.ort_executed_ops(path, threads)
         entry["ort_executed"] = report.executed_summary(entry["ort_executed_ops"])
+        entry["ort_requantized"] = report.ort_requantized(entry["graph"], entry["ort_executed_ops"])
     except Exception as e:
         problems.append(f"onnxruntime cannot load it: {one_line(e)}")
 
@@ -493,9 +497,6 @@ def _method_notes(p: Produced, row: dict[str, Any], is_engine: bool, opts: Optim
         kept = search["kept_fp32_classes"]
         if kept:
             what = f"kept FP32: {', '.join(kept)}"
-            if search.get("ort_runs_as_int8"):
-                what += (f" (onnxruntime still runs {search['ort_runs_as_int8']} of those nodes as INT8: it "
-                         f"re-fuses the Q/DQ around them)")
         elif search["int8_ms"] >= search["fp32_ms"]:
             what = "all-INT8 is no faster than FP32 here and no class kept FP32 changes that: use FP32"
         else:
@@ -523,5 +524,6 @@ def _record_in_card(path: Path, parent: Path, metrics: dict[str, Any] | None, la
                                             "note": report.QUICK_LATENCY_LABEL}
     if "ort_executed_ops" in entry:
         card_metrics["ort_executed_ops"] = entry["ort_executed_ops"]
+        card_metrics["ort_requantized"] = entry["ort_requantized"]
     if card_metrics:
         update_card_metrics(path, card_metrics)

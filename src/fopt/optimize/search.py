@@ -247,23 +247,6 @@ def choose_classes(int8_ms: float, int8_score: float, fp32_ms: float, fp32_score
     return keep, why, ended
 
 
-def _ort_requantized(path: Path) -> int:
-    """How many compute nodes left float in `path` ONNX Runtime nevertheless executes as INT8.
-
-    Its graph optimizer fuses DequantizeLinear -> Conv with float weights -> QuantizeLinear into a
-    QLinearConv (quantizing the weights itself), so a convolution kept FP32 whose input and output
-    stay quantized for its neighbours runs as INT8 there. Measured: resnet50 with its 31 pointwise
-    convolutions kept FP32 executed 53 QLinearConv, as many as all-INT8."""
-    import onnx
-
-    from fopt.onnxgraph import graph_summary
-    from fopt.optimize.report import ort_executed_ops
-
-    in_file = sum(graph_summary(onnx.load(str(path), load_external_data=False))["quantized_ops"].values())
-    executed = ort_executed_ops(path)
-    return max(0, sum(executed.get(op, 0) for op in ("QLinearConv", "QGemm", "QLinearMatMul")) - in_file)
-
-
 # ----------------------------------------------------------------------------- the search
 
 def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet, card: dict[str, Any],
@@ -331,7 +314,6 @@ def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet
             bench.time_rounds(list(final.values()))
         finally:
             bench.close()
-        refused = _ort_requantized(mixed.path) if keep else 0
         shutil.copyfile(mixed.path, dst)
         record = dict(mixed.record)
 
@@ -350,8 +332,6 @@ def search_int8(src: str | Path, dst: str | Path, *, calibration: CalibrationSet
         "mixed_ms": round(final[mixed.name].ms, 4),
         "fp32_score": round(fp32.score, 4), "int8_score": round(int8.score, 4),
         "mixed_score": round(mixed.score, 4),
-        # convolutions left float in the file that ONNX Runtime still runs as INT8 (see below)
-        "ort_runs_as_int8": refused,
         "seconds": round(time.perf_counter() - t0, 1),
         "note": ("latency: batch 1, median of round medians in one process; score: top-1 "
                  + ("accuracy on the calibration images (train split, their labels)" if labelled else
