@@ -95,3 +95,33 @@ def test_op_times_can_take_each_calls_page_faults_off():
     priced = torch_op_times(Fresh(), x, 2, runs=3, fault_price_s=1.0)  # a fault "costs" 1 s
     assert all(t is not None and t > 0 for t in raw)
     assert priced == [0.0, 0.0]  # every call faulted, so nothing is left at that price
+
+
+
+_HEAP_HOLDS_FREE_MEMORY = """
+import json, torch
+from fopt.bench.measure.faults import faults_per_run, page_fault_probe
+blocks = [torch.ones(30 * 2 ** 20 // 4) for _ in range(3)]   # below the mmap threshold: the heap
+del blocks                                                   # freed, and kept (no trim)
+size = 20 * 2 ** 20
+plain = faults_per_run(lambda: torch.empty(size // 4).fill_(1.0))
+print(json.dumps({"plain": plain, "probe": page_fault_probe(threads=1, nbytes=size, reps=3)}))
+"""
+
+
+def test_the_probe_faults_even_where_the_allocator_would_serve_its_block():
+    """In a process whose heap holds free memory, a block is served without a fault (after a full
+    calibration, the probe once counted none there and priced nothing); the probe maps its own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(32 * 2 ** 20), MALLOC_TRIM_THRESHOLD_=str(2 ** 30))
+    out = subprocess.run([sys.executable, "-c", _HEAP_HOLDS_FREE_MEMORY], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    pages = 20 * 2 ** 20 // PAGE_BYTES
+    assert res["plain"] < 0.01 * pages      # the situation: a plain allocation no longer faults
+    assert res["probe"]["faults"] >= 0.9 * pages
+    assert 1e-8 < res["probe"]["seconds_per_fault"] < 1e-4
