@@ -134,3 +134,17 @@ def test_outliers_are_timed_again_and_the_fastest_timing_kept():
     assert calls and calls[0] >= 1
     assert eqs[2]["seconds"] == pytest.approx(4e6 * truth)
     assert fit["classes"]["conv_dense"]["sec_per_work"] == pytest.approx(truth, rel=1e-6)
+
+
+def test_drift_is_the_machine_slowing_down_not_one_noisy_gemm():
+    from fopt.bench.costmodel.probes import GemmResult
+
+    def timings(*secs):
+        return [GemmResult(name, 1024, s) for name, s in zip(("ort32", "ort8", "torch"), secs)]
+
+    start = timings(0.010, 0.005, 0.012)
+    one_noisy = timings(0.016, 0.005, 0.012)        # one GEMM caught a hiccup: 38% slower
+    all_slower = timings(0.013, 0.0065, 0.0156)     # everything 30% slower: another process
+    assert calib.gemm_drift_pct(start, one_noisy) == pytest.approx(0.0)
+    assert calib.gemm_drift_pct(start, all_slower) == pytest.approx(100 * (1 - 1 / 1.3))
+    assert calib.gemm_drift_pct(start, all_slower) > calib.UNSTABLE_PCT

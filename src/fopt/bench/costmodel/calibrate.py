@@ -47,8 +47,8 @@ from fopt.bench.costmodel.probes import (
     FULL_BRANCHES,
     QUICK_BRANCHES,
     current_clock,
+    branch_input,
     probe_clock,
-    probe_inputs,
     time_callable,
 )
 from fopt.bench.measure.faults import faults_per_run, page_fault_probe
@@ -104,7 +104,7 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
         path = workdir / f"{tag}.branch{i}.onnx"
         onnx.save(extractor.extract_model([f"x{i}"], [f"y{i}"]), str(path))
         for b in batches:
-            x = probe_inputs([spec], b, seed=i)[0]
+            x = branch_input(spec, b, i)
             graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name=f"x{i}")
             nodes = [classify(n) for n in graph.nodes]
             equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
@@ -126,7 +126,7 @@ def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, 
         sess = ort_session(path, threads=threads)
         for e in eqs:
             i = e["branch"]
-            x = probe_inputs([branches[i]], e["batch"], seed=i)[0]
+            x = branch_input(branches[i], e["batch"], i)
             sec = time_callable(lambda: sess.run(None, {f"x{i}": x}), budget_s)
             e["seconds"] = min(sec, e.get("seconds", sec))
             e["timings"] = e.get("timings", 0) + 1
@@ -150,7 +150,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
             for i, block in enumerate(net.blocks):
                 # One input at a time, as a model holds only its live activations. Each call's
                 # page faults are taken off its time at `fault_price_s` (`fopt.bench.measure.faults`).
-                x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
+                x = torch.relu(torch.tensor(branch_input(branches[i], b, i)))
                 calls = record_torch_calls(block, x)
                 times_ms = torch_op_times(block, x, len(calls), runs=runs, clock=clock, fault_price_s=fault_price_s)
                 for j, (c, ms) in enumerate(zip(calls, times_ms)):
@@ -158,7 +158,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
                         continue
                     nw = classify(c.node)
                     equations.append({"probe": c.node.op, "batch": b, "seconds": ms / 1e3, "ops": [c.node.op],
-                                      "branch": i, "call": j, "timings": 1,
+                                      "branch": i, "call": j, "calls": len(calls), "timings": 1,
                                       "nodes": [nw.as_equation_node()], **_lookup_only(branches[i])})
                 if i % overhead_every == 0 and all(t is not None for t in times_ms):
                     block_s = time_callable(lambda: block(x), budget_s)
@@ -180,9 +180,9 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
         groups.setdefault((e["branch"], e["batch"]), []).append(e)
     with torch.inference_mode():
         for (i, b), eqs in groups.items():
-            x = torch.relu(torch.from_numpy(probe_inputs([branches[i]], b, seed=i)[0]))
+            x = torch.relu(torch.tensor(branch_input(branches[i], b, i)))
             block = net.blocks[i]
-            n = len(record_torch_calls(block, x))
+            n = eqs[0].get("calls") or len(record_torch_calls(block, x))
             times_ms = torch_op_times(block, x, n, runs=runs, clock=current_clock(), fault_price_s=fault_price_s)
             for e in eqs:
                 ms = times_ms[e["call"]] if e["call"] < len(times_ms) else None
@@ -225,8 +225,11 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     check_clock(clock, threads, device)
     torch.set_num_threads(threads)
 
-    with probe_clock(get_clock(clock)):
-        return _calibrate_cpu(threads, quick=quick, clock=clock, save=save, on_step=on_step)
+    try:
+        with probe_clock(get_clock(clock)):
+            return _calibrate_cpu(threads, quick=quick, clock=clock, save=save, on_step=on_step)
+    finally:
+        branch_input.cache_clear()
 
 
 def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
@@ -359,13 +362,21 @@ def _fit_backends(backends: dict[str, Any], retimers: dict[str, Callable[[list[d
             e.pop("model", None)  # a temporary file
 
 
+def gemm_drift_pct(first: list[probes.GemmResult], last: list[probes.GemmResult]) -> float:
+    """How far the machine's speed moved between two timings of the same GEMMs: the median over
+    the GEMMs of |rate change| in %. A busy spell slows all of them; one short timing's noise
+    moves one (on a quiet 2-core VM single GEMMs moved 15-40% between back-to-back timings, so
+    the largest change flagged every calibration there as made on a busy machine)."""
+    return float(statistics.median(abs(b.ops_per_s / a.ops_per_s - 1) for a, b in zip(first, last)) * 100)
+
+
 def _cpu_record(rec: dict[str, Any], threads: int, *, clock: str, quick: bool, cfg: dict[str, Any],
                 rates: _MachineRates, gemm_timings: tuple[list[probes.GemmResult], ...],
                 backends: dict[str, Any]) -> dict[str, Any]:
     """The calibration record (module doc) from the measured parts; the fastest of the GEMM
-    timings is kept, and how far the last moved from the first is its ``stability``."""
-    first, last = gemm_timings[0], gemm_timings[-1]
-    drift = max(abs(b.ops_per_s / a.ops_per_s - 1) for a, b in zip(first, last)) * 100
+    timings is kept, and how far the last moved from the first (`gemm_drift_pct`) is its
+    ``stability``."""
+    drift = gemm_drift_pct(gemm_timings[0], gemm_timings[-1])
     gemms = [max(timings, key=lambda g: g.ops_per_s) for timings in zip(*gemm_timings)]
     gemm = {g.name: g.ops_per_s for g in gemms}
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
