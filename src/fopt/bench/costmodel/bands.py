@@ -19,6 +19,11 @@ percentiles (`LEVEL`):
 - ``far`` (a shape far from every probe layer): the class's probe layers all taken out of the
   lookup, so the linear class fit prices it, as a model's unusual layer is.
 
+A fourth pool, ``repeat``, is not the model's error but the machine's: each probe is timed in
+whole passes minutes apart, and how far the same probe moved between passes is how far a later
+measurement moves from the one the calibration saw. Every band is widened by it
+(`with_repeatability`).
+
 A model's band (`calibrated_band`) prices each node with its pool: in family its class's
 quantiles (``pooled`` when the class has fewer than `MIN_RESIDUALS`), out of family the wider
 of its class's and the out-of-family pool's. Node errors are summed as if they moved together
@@ -40,7 +45,7 @@ from fopt.bench.costmodel.predict import CalibratedEstimate, peak_mac_rate, pred
 
 LEVEL = 0.8               # the band's nominal coverage
 MIN_RESIDUALS = 5         # fewer residuals than this: a class uses the pooled in-family quantiles
-BANDS_VERSION = 1         # stored bands of another version are recomputed
+BANDS_VERSION = 2         # stored bands of another version are recomputed
 
 
 def _quantiles(logs: list[float]) -> list[float] | None:
@@ -77,10 +82,24 @@ def _blocks(eqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (e.get("branch"), e.get("batch"))
         m = merged.get(key)
         if m is None:
-            m = merged[key] = {"seconds": 0.0, "nodes": []}
+            m = merged[key] = {"seconds": 0.0, "nodes": [], "pass_s": list(e.get("pass_s") or [])}
             out.append(m)
+        else:   # a block's pass times: its calls' times of the same pass, summed
+            ps = e.get("pass_s") or []
+            m["pass_s"] = [a + b for a, b in zip(m["pass_s"], ps)] if len(ps) == len(m["pass_s"]) else []
         m["seconds"] += e["seconds"]
         m["nodes"] += e["nodes"]
+    return out
+
+
+def _repeat_residuals(eqs: list[dict[str, Any]]) -> list[float]:
+    """log(one whole pass's timing / the previous pass's) of every probe timed in several, both
+    ways round: how far the same work moves when this machine times it again minutes later."""
+    out: list[float] = []
+    for e in eqs:
+        ps = [p for p in e.get("pass_s") or [] if p > 0]
+        for a, b in zip(ps, ps[1:]):
+            out += [math.log(b / a), math.log(a / b)]
     return out
 
 
@@ -135,7 +154,8 @@ def residual_bands(backend: dict[str, Any], cap: float | None) -> dict[str, Any]
     return {"version": BANDS_VERSION, "level": LEVEL,
             "classes": {c: _quantiles(rs) for c, rs in sorted(in_family.items())},
             "pooled": _quantiles(all_in), "far": _quantiles(far), "borrowed": _quantiles(borrowed),
-            "roofline": _quantiles(_roofline_residuals(eqs, backend))}
+            "roofline": _quantiles(_roofline_residuals(eqs, backend)),
+            "repeat": _quantiles(_repeat_residuals(eqs))}
 
 
 def _roofline_residuals(eqs: list[dict[str, Any]], backend: dict[str, Any]) -> list[float]:
@@ -220,6 +240,8 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any]) -> tuple[floa
         hi_in += n.estimate_ms * math.exp(q_in[1])
         if reason:
             why[reason] = why.get(reason, 0.0) + n.estimate_ms
+    lo, hi = with_repeatability(ce.total_ms, lo, hi, bands)
+    lo_in, hi_in = with_repeatability(ce.total_ms, lo_in, hi_in, bands)
     notes = []
     if why and ce.total_ms > 0:
         parts = ", ".join(f"{k} ({100 * v / ce.total_ms:.0f}% of the estimate)" for k, v in sorted(why.items()))
@@ -229,8 +251,21 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any]) -> tuple[floa
 
 
 def roofline_band(roofline_ms: float, bands: dict[str, Any]) -> tuple[float, float] | None:
-    """The roofline estimate times its probe residuals' quantile factors (None without them)."""
+    """The roofline estimate times its probe residuals' quantile factors, widened by the
+    machine's repeatability (None without residuals)."""
     q = bands.get("roofline")
     if not q or roofline_ms is None:
         return None
-    return roofline_ms * math.exp(q[0]), roofline_ms * math.exp(q[1])
+    return with_repeatability(roofline_ms, roofline_ms * math.exp(q[0]), roofline_ms * math.exp(q[1]), bands)
+
+
+def with_repeatability(center: float, lo: float, hi: float, bands: dict[str, Any]) -> tuple[float, float]:
+    """[lo, hi] around `center`, widened by the machine's own repeatability (``repeat``: the
+    same probe timed in two passes). The residual quantiles say how far the model misses a
+    probe timed once; a later measurement also moves as this machine's speed does, independently
+    of the model's error, so the two add in quadrature in log space."""
+    r = bands.get("repeat")
+    if not r or center <= 0 or lo <= 0 or hi <= 0:
+        return lo, hi
+    down, up = math.log(lo / center), math.log(hi / center)
+    return center * math.exp(-math.hypot(down, r[0])), center * math.exp(math.hypot(up, r[1]))

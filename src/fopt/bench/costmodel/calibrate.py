@@ -112,12 +112,15 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
                               "nodes": [nw.as_equation_node() for nw in nodes],
                               "ops": [n.op for n in graph.nodes], **_lookup_only(spec)})
     for _ in range(passes):  # whole passes, minutes apart: a burst of other work rarely hits both
-        _retime_ort(equations, branches, threads, budget_s)
+        _retime_ort(equations, branches, threads, budget_s, whole_pass=True)
     return {"equations": equations + chain_equations}
 
 
-def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, budget_s: float) -> None:
-    """Time (again) each branch equation; keeps the fastest of all its timings."""
+def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, budget_s: float,
+                whole_pass: bool = False) -> None:
+    """Time (again) each branch equation; keeps the fastest of all its timings. The timings of
+    whole passes are also kept in order (``pass_s``): how much the same probe moves from one
+    pass to the next is this machine's repeatability (`fopt.bench.costmodel.bands`)."""
     by_model: dict[str, list[dict[str, Any]]] = {}
     for e in equations:
         if "model" in e:
@@ -130,6 +133,8 @@ def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, 
             sec = time_callable(lambda: sess.run(None, {f"x{i}": x}), budget_s)
             e["seconds"] = min(sec, e.get("seconds", sec))
             e["timings"] = e.get("timings", 0) + 1
+            if whole_pass:
+                e.setdefault("pass_s", []).append(sec)
         sess = None   # released before the next session is built
 
 
@@ -159,6 +164,7 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
                     nw = classify(c.node)
                     equations.append({"probe": c.node.op, "batch": b, "seconds": ms / 1e3, "ops": [c.node.op],
                                       "branch": i, "call": j, "calls": len(calls), "timings": 1,
+                                      "pass_s": [ms / 1e3],
                                       "nodes": [nw.as_equation_node()], **_lookup_only(branches[i])})
                 if i % overhead_every == 0 and all(t is not None for t in times_ms):
                     block_s = time_callable(lambda: block(x), budget_s)
@@ -170,8 +176,9 @@ def _torch_backend(net, branches, batches, budget_s: float, runs: int, overhead_
 
 
 def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
-                  fault_price_s: float | None = None) -> None:
-    """Time the blocks of these equations again in situ; keeps each call's fastest timing."""
+                  fault_price_s: float | None = None, whole_pass: bool = False) -> None:
+    """Time the blocks of these equations again in situ; keeps each call's fastest timing (and,
+    for a whole pass, each timing in ``pass_s``, as `_retime_ort`)."""
     import torch
 
 
@@ -188,6 +195,8 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
                 ms = times_ms[e["call"]] if e["call"] < len(times_ms) else None
                 if ms is not None:
                     e["seconds"] = min(e["seconds"], ms / 1e3)
+                    if whole_pass:
+                        e.setdefault("pass_s", []).append(ms / 1e3)
                 e["timings"] = e.get("timings", 1) + 1
 
 
@@ -336,7 +345,8 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         # As for ONNX Runtime: further whole passes, the fastest timing kept per ATen call.
         for k in range(1, cfg["passes"]):
             step(f"kernel classes: torch eager, pass {k + 1}")
-            _retime_torch(backends["torch-eager/fp32"]["equations"], net, branches, cfg["torch_runs"], fault_price)
+            _retime_torch(backends["torch-eager/fp32"]["equations"], net, branches, cfg["torch_runs"], fault_price,
+                          whole_pass=True)
         step("fitting (and timing outliers again)")
         retimers = {
             "torch-eager/fp32": lambda eqs: _retime_torch(eqs, net, branches, cfg["torch_runs"], fault_price),

@@ -147,8 +147,13 @@ def _branch(spec: BranchSpec):
             return x * self.gate(self.fc2(torch.relu(self.fc1(s))))
 
     class Add(nn.Module):
+        # Residual adds alone, `REPEAT` deep: in a QDQ graph ONNX Runtime folds the Relu into the
+        # quantization and each add runs as QLinearAdd. (With the Add fed by a Sigmoid, the two
+        # always had the same elements, and the fit gave the integer add no cost per element.)
         def forward(self, x):
-            return x + torch.sigmoid(x)
+            for _ in range(REPEAT):
+                x = x + torch.relu(x)
+            return x
 
     # A block that keeps its shape is repeated: the branch's fixed parts (input reorder or
     # quantization, output reorder or dequantization) are then shared by REPEAT layers, so the
