@@ -19,10 +19,10 @@ percentiles (`LEVEL`):
 - ``far`` (a shape far from every probe layer): the class's probe layers all taken out of the
   lookup, so the linear class fit prices it, as a model's unusual layer is.
 
-A fourth pool, ``repeat``, is not the model's error but the machine's: each probe is timed in
-whole passes minutes apart, and how far the same probe moved between passes is how far a later
-measurement moves from the one the calibration saw. Every band is widened by it
-(`with_repeatability`).
+A fourth term, ``drift``, is not the model's error but the machine's: each probe is timed in
+whole passes minutes apart, and the median move of all probes from one pass to the next is how
+far this machine's speed moved in that time (`machine_drift`). Every band is widened by it
+(`with_drift`).
 
 A model's band (`calibrated_band`) prices each node with its pool: in family its class's
 quantiles (``pooled`` when the class has fewer than `MIN_RESIDUALS`), out of family the wider
@@ -92,15 +92,20 @@ def _blocks(eqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _repeat_residuals(eqs: list[dict[str, Any]]) -> list[float]:
-    """log(one whole pass's timing / the previous pass's) of every probe timed in several, both
-    ways round: how far the same work moves when this machine times it again minutes later."""
-    out: list[float] = []
+def machine_drift(eqs: list[dict[str, Any]]) -> list[float] | None:
+    """[-d, d, n]: how far this machine's speed moved between whole timing passes, minutes apart.
+    d is |the median over probes of log(this pass / the previous pass)|: each probe's own timing
+    noise is already in the residuals, while a move of the whole machine (the VM's neighbours,
+    its clock) shifts every probe at once, and a later measurement with them. None without two
+    passes."""
+    moves = []
     for e in eqs:
         ps = [p for p in e.get("pass_s") or [] if p > 0]
-        for a, b in zip(ps, ps[1:]):
-            out += [math.log(b / a), math.log(a / b)]
-    return out
+        moves += [math.log(b / a) for a, b in zip(ps, ps[1:])]
+    if not moves:
+        return None
+    d = abs(float(np.median(moves)))
+    return [-d, d, len(moves)]
 
 
 def _without(points: dict[str, list], cls: str, feats: set[tuple] | None) -> dict[str, list]:
@@ -155,7 +160,7 @@ def residual_bands(backend: dict[str, Any], cap: float | None) -> dict[str, Any]
             "classes": {c: _quantiles(rs) for c, rs in sorted(in_family.items())},
             "pooled": _quantiles(all_in), "far": _quantiles(far), "borrowed": _quantiles(borrowed),
             "roofline": _quantiles(_roofline_residuals(eqs, backend)),
-            "repeat": _quantiles(_repeat_residuals(eqs))}
+            "drift": machine_drift(eqs)}
 
 
 def _roofline_residuals(eqs: list[dict[str, Any]], backend: dict[str, Any]) -> list[float]:
@@ -240,8 +245,8 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any]) -> tuple[floa
         hi_in += n.estimate_ms * math.exp(q_in[1])
         if reason:
             why[reason] = why.get(reason, 0.0) + n.estimate_ms
-    lo, hi = with_repeatability(ce.total_ms, lo, hi, bands)
-    lo_in, hi_in = with_repeatability(ce.total_ms, lo_in, hi_in, bands)
+    lo, hi = with_drift(ce.total_ms, lo, hi, bands)
+    lo_in, hi_in = with_drift(ce.total_ms, lo_in, hi_in, bands)
     notes = []
     if why and ce.total_ms > 0:
         parts = ", ".join(f"{k} ({100 * v / ce.total_ms:.0f}% of the estimate)" for k, v in sorted(why.items()))
@@ -252,19 +257,19 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any]) -> tuple[floa
 
 def roofline_band(roofline_ms: float, bands: dict[str, Any]) -> tuple[float, float] | None:
     """The roofline estimate times its probe residuals' quantile factors, widened by the
-    machine's repeatability (None without residuals)."""
+    machine's drift (None without residuals)."""
     q = bands.get("roofline")
     if not q or roofline_ms is None:
         return None
-    return with_repeatability(roofline_ms, roofline_ms * math.exp(q[0]), roofline_ms * math.exp(q[1]), bands)
+    return with_drift(roofline_ms, roofline_ms * math.exp(q[0]), roofline_ms * math.exp(q[1]), bands)
 
 
-def with_repeatability(center: float, lo: float, hi: float, bands: dict[str, Any]) -> tuple[float, float]:
-    """[lo, hi] around `center`, widened by the machine's own repeatability (``repeat``: the
-    same probe timed in two passes). The residual quantiles say how far the model misses a
-    probe timed once; a later measurement also moves as this machine's speed does, independently
-    of the model's error, so the two add in quadrature in log space."""
-    r = bands.get("repeat")
+def with_drift(center: float, lo: float, hi: float, bands: dict[str, Any]) -> tuple[float, float]:
+    """[lo, hi] around `center`, widened by the machine's drift (``drift``, `machine_drift`). The
+    residual quantiles say how far the model misses a probe timed then; a later measurement
+    also moves with the machine, independently of the model's error, so the two add in
+    quadrature in log space."""
+    r = bands.get("drift")
     if not r or center <= 0 or lo <= 0 or hi <= 0:
         return lo, hi
     down, up = math.log(lo / center), math.log(hi / center)

@@ -120,7 +120,7 @@ def _retime_ort(equations: list[dict[str, Any]], branches, threads: int | None, 
                 whole_pass: bool = False) -> None:
     """Time (again) each branch equation; keeps the fastest of all its timings. The timings of
     whole passes are also kept in order (``pass_s``): how much the same probe moves from one
-    pass to the next is this machine's repeatability (`fopt.bench.costmodel.bands`)."""
+    pass to the next is how far this machine's speed drifts (`fopt.bench.costmodel.bands`)."""
     by_model: dict[str, list[dict[str, Any]]] = {}
     for e in equations:
         if "model" in e:
@@ -410,6 +410,7 @@ def _cpu_record(rec: dict[str, Any], threads: int, *, clock: str, quick: bool, c
         "stability": {"gemm_change_pct": drift, "stable": drift <= UNSTABLE_PCT},
         "probes": {
             "gemm": [{"name": g.name, "n": g.n, "seconds": g.seconds, "ops_per_s": g.ops_per_s} for g in gemms],
+            "gemm_ops_per_s_start_mid_end": [[g.ops_per_s for g in t] for t in gemm_timings],
             "bandwidth": {"cache_bytes": cfg["bw_small"], "cache_Bps": rates.bw_cache,
                           "dram_bytes": cfg["bw_large"], "dram_Bps": rates.bw_dram},
             "overhead": rates.overhead,
@@ -521,6 +522,10 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         summary.append({"quantity": "onnxruntime profiler cost per node", "value": _us(over["profiler"]["delta_s"]),
                         "unit": "us"})
     for key, b in cal.get("backends", {}).items():
+        drift = (b.get("bands") or {}).get("drift")
+        if drift:   # `fopt.bench.costmodel.bands.machine_drift`: every band is widened by it
+            summary.append({"quantity": f"{key}: machine speed moved between timing passes",
+                            "value": 100 * math.expm1(drift[1]), "unit": "%"})
         if "gap" in b:
             summary.append({"quantity": f"{key} cost per op beyond its ATen call", "value": _us(b["gap"]["per_op_s"]),
                             "unit": "us"})
