@@ -148,3 +148,25 @@ def test_drift_is_the_machine_slowing_down_not_one_noisy_gemm():
     assert calib.gemm_drift_pct(start, one_noisy) == pytest.approx(0.0)
     assert calib.gemm_drift_pct(start, all_slower) == pytest.approx(100 * (1 - 1 / 1.3))
     assert calib.gemm_drift_pct(start, all_slower) > calib.UNSTABLE_PCT
+
+
+def test_the_int8_probe_network_is_quantized_once_and_reused(tmp_path, monkeypatch):
+    from fopt.bench.costmodel import probes
+
+    branches = probes.QUICK_BRANCHES[:3]
+    fp32 = tmp_path / "probe.onnx"
+    fp32.write_bytes(probes.probenet_to_onnx(probes.build_probenet(branches), branches))
+    made = []
+    real = probes.quantize_probe
+    monkeypatch.setattr(probes, "quantize_probe", lambda *a, **k: (made.append(1), real(*a, **k)))
+    keep = tmp_path / "kept"
+    assert calib._int8_probe(str(fp32), str(tmp_path / "a.onnx"), branches, keep) is False
+    assert calib._int8_probe(str(fp32), str(tmp_path / "b.onnx"), branches, keep) is True
+    assert len(made) == 1 and len(list(keep.iterdir())) == 1
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    # another FP32 probe (other branches) is another file; without a cache nothing is kept
+    other = tmp_path / "other.onnx"
+    other.write_bytes(probes.probenet_to_onnx(probes.build_probenet(branches[:2]), branches[:2]))
+    assert calib._int8_probe(str(other), str(tmp_path / "c.onnx"), branches[:2], keep) is False
+    assert calib._int8_probe(str(other), str(tmp_path / "d.onnx"), branches[:2], None) is False
+    assert len(made) == 3 and len(list(keep.iterdir())) == 2

@@ -25,7 +25,9 @@ with measured peaks.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -33,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fopt.artifacts import atomic_path
 from fopt.bench.costmodel import probes
 from fopt.bench.costmodel.bands import bands_for
-from fopt.bench.costmodel.cache import SCHEMA, save_calibration
+from fopt.bench.costmodel.cache import SCHEMA, cache_dir, save_calibration
 from fopt.bench.costmodel.fit import (
     DEFAULT_CACHE_BYTES,
     fit_gap,
@@ -46,8 +49,8 @@ from fopt.bench.costmodel.kernels import classify, output_bytes
 from fopt.bench.costmodel.probes import (
     FULL_BRANCHES,
     QUICK_BRANCHES,
-    current_clock,
     branch_input,
+    current_clock,
     probe_clock,
     time_callable,
 )
@@ -253,7 +256,8 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     # one slow spell can take 25% off a single timing (measured: 354 against 485 GFLOP/s).
     step("GEMM rates, second timing")
     mid_gemms = _gemm_rates(cfg, threads)
-    backends = _probe_backends(net, cfg, threads, rates, _cache_bytes(rec), step)
+    backends = _probe_backends(net, cfg, threads, rates, _cache_bytes(rec), step,
+                               probe_cache=cache_dir() / "probes" if save else None)
     # The same GEMM at the end as at the start: if the machine's speed changed in between (another
     # process, frequency), the calibration is suspect and says so.
     end_gemms = _gemm_rates(cfg, threads)
@@ -314,8 +318,9 @@ def _relu_chain_equations(over: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates, cache_bytes: float,
-                    step: Callable[[str], None]) -> dict[str, Any]:
-    """Per backend in `BACKEND_KEYS`: its probe equations, timed in whole passes, then fitted."""
+                    step: Callable[[str], None], probe_cache: Path | None = None) -> dict[str, Any]:
+    """Per backend in `BACKEND_KEYS`: its probe equations, timed in whole passes, then fitted.
+    The INT8 probe network is kept in `probe_cache` for the next calibration (`_int8_probe`)."""
     branches, batches = cfg["branches"], cfg["batches"]
     fault_price = rates.fault_price_s
     backends: dict[str, Any] = {}
@@ -336,8 +341,8 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         step("kernel classes: onnxruntime fp32")
         backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work,
                                                     cfg["passes"])
-        step("kernel classes: onnxruntime int8")
-        probes.quantize_probe(fp32, int8, branches)
+        step("kernel classes: onnxruntime int8" + (" (INT8 probe network from the cache)"
+                                                    if _int8_probe(fp32, int8, branches, probe_cache) else ""))
         backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work,
                                                     cfg["passes"])
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
@@ -356,6 +361,30 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         }
         _fit_backends(backends, retimers, cache_bytes)
     return backends
+
+
+PROBE_QUANT_VERSION = 1   # bump when `probes.quantize_probe` makes a different INT8 probe
+
+
+def _int8_probe(fp32: str, int8: str, branches, keep_in: Path | None) -> bool:
+    """Write the INT8 probe network to `int8`: a copy of the one an earlier calibration kept in
+    `keep_in` for the same FP32 probe bytes and onnxruntime version (True), else quantized now
+    (`probes.quantize_probe`, about 14 of a calibration's 80 s on a 2-core VM) and kept there."""
+    import onnxruntime
+
+    if keep_in is None:
+        probes.quantize_probe(fp32, int8, branches)
+        return False
+    digest = hashlib.sha256(Path(fp32).read_bytes()).hexdigest()[:16]
+    kept = keep_in / f"probe-{digest}-q{PROBE_QUANT_VERSION}-ort{onnxruntime.__version__}.int8.onnx"
+    if kept.is_file():
+        shutil.copyfile(kept, int8)
+        return True
+    probes.quantize_probe(fp32, int8, branches)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(kept) as tmp:
+        shutil.copyfile(int8, tmp)
+    return False
 
 
 def _fit_backends(backends: dict[str, Any], retimers: dict[str, Callable[[list[dict[str, Any]]], None]],
