@@ -25,7 +25,6 @@ with measured peaks.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import math
 import shutil
 import statistics
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fopt.artifacts import atomic_path
+from fopt.artifacts import atomic_path, sha256_file
 from fopt.bench.costmodel import probes
 from fopt.bench.costmodel.bands import bands_for
 from fopt.bench.costmodel.cache import SCHEMA, cache_dir, save_calibration
@@ -375,7 +374,7 @@ def _int8_probe(fp32: str, int8: str, branches, keep_in: Path | None) -> bool:
     if keep_in is None:
         probes.quantize_probe(fp32, int8, branches)
         return False
-    digest = hashlib.sha256(Path(fp32).read_bytes()).hexdigest()[:16]
+    digest = sha256_file(fp32)[:16]
     kept = keep_in / f"probe-{digest}-q{PROBE_QUANT_VERSION}-ort{onnxruntime.__version__}.int8.onnx"
     if kept.is_file():
         shutil.copyfile(kept, int8)
