@@ -170,3 +170,26 @@ def test_the_int8_probe_network_is_quantized_once_and_reused(tmp_path, monkeypat
     assert calib._int8_probe(str(other), str(tmp_path / "c.onnx"), branches[:2], keep) is False
     assert calib._int8_probe(str(other), str(tmp_path / "d.onnx"), branches[:2], None) is False
     assert len(made) == 3 and len(list(keep.iterdir())) == 2
+
+
+def test_the_pool_probe_separates_pooling_from_its_branch_reorders(tmp_path):
+    """Run as ONNX Runtime runs it (FP32 and QDQ INT8), the max-pool probe's pools must not do
+    work in a fixed ratio to another class of the same branch: a single pool had exactly its
+    input ReLU's and reorder's elements, and the joint fit then priced every pool at zero."""
+    from fopt.bench.costmodel.kernels import classify
+    from fopt.bench.costmodel.probes import build_probenet, probe_inputs, probenet_to_onnx, quantize_probe
+    from fopt.bench.measure.profile import ort_exec_graph
+
+    spec = [("maxpool", 16, 16, 28, 3, 2, 1)]
+    fp32, int8 = tmp_path / "pool.onnx", tmp_path / "pool.int8.onnx"
+    fp32.write_bytes(probenet_to_onnx(build_probenet(spec), spec))
+    quantize_probe(str(fp32), str(int8), spec)
+    for path in (fp32, int8):
+        graph = ort_exec_graph(path, probe_inputs(spec, 1)[0], threads=1, runs=1, input_name="x0")
+        work: dict[str, float] = {}
+        for node in graph.nodes:
+            nw = classify(node)
+            work[nw.kernel_class] = work.get(nw.kernel_class, 0.0) + nw.work
+        assert work.get("pool", 0) > 0, (path.name, work)
+        ratios = {c: w / work["pool"] for c, w in work.items() if c != "pool" and w > 0}
+        assert ratios and all(abs(r - 1.0) > 0.1 for r in ratios.values()), (path.name, work)
