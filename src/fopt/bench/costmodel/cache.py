@@ -28,8 +28,9 @@ class CalibrationMissing(FoptError):
     """`cpu` was asked for before `fopt bench --calibrate` measured this machine."""
 
 
-SCHEMA = 5   # 5: pool probes at three sizes; 4: small-input probes (64 px layer sizes); 3: integer element-wise class, fused
-             # activations in the equations (older: treated as absent, so recalibrated)
+SCHEMA = 5   # 5: pool probes (chains, three sizes); 4: small-input probes (64 px layer sizes); 3: integer
+             # element-wise class, fused activations in the equations (older: treated as absent, so
+             # recalibrated)
 
 
 def cache_dir() -> Path:

@@ -73,7 +73,7 @@ FULL_BRANCHES: list[BranchSpec] = [
     ("add", 24, 24, 56, 1, 1, 1), ("add", 256, 256, 56, 1, 1, 1), ("add", 112, 112, 14, 1, 1, 1),
     # max pooling (chains of `REPEAT`, see `_branch`) at three sizes: a resnet stem's 3x3, a deeper
     # stage's, VGG's 2x2. Priced from one single pool, ONNX Runtime's pools cost nothing
-    # (squeezenet's three took 0.3-0.4 ms of 4-5 ms).
+    # (squeezenet's three took about 0.3 ms of 4-5 ms, profiled).
     ("maxpool", 64, 64, 112, 3, 2, 1), ("maxpool", 128, 128, 56, 3, 2, 1), ("maxpool", 256, 256, 28, 2, 2, 1),
     # classifier heads (input is the pooled vector)
     ("linear", 1280, 22, 1, 1, 1, 1), ("linear", 576, 1024, 1, 1, 1, 1), ("linear", 2048, 1000, 1, 1, 1, 1),
