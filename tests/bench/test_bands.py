@@ -97,6 +97,24 @@ def test_band_arithmetic():
     assert roofline_band(2.0, FAKE_BANDS) == pytest.approx((1.0, 8.0))
 
 
+def test_the_chain_networks_miss_widens_the_side_it_missed_at_the_nearest_batch():
+    """The calibration's chain network ran 1.5x its estimate at batch 1 and 0.8x at batch 8:
+    a batch-1 band gains on its upper end only, a batch-16 band (nearest: 8) on its lower end
+    only, each in quadrature with what was there; the note says so. No chain: no change."""
+    bands = {**FAKE_BANDS, "composition": {"1": 1.5, "8": 0.8}}
+    ce = CalibratedEstimate(total_ms=3.0, fixed_ms=0.0, nodes=[_node(1.0, "eltwise"), _node(2.0, "conv_dw")])
+    lo0, hi0, _ = calibrated_band(ce, FAKE_BANDS, 1)
+    lo, hi, notes = calibrated_band(ce, bands, 1)
+    assert lo == pytest.approx(lo0)
+    assert hi == pytest.approx(3.0 * math.exp(math.hypot(math.log(hi0 / 3.0), math.log(1.5))))
+    assert any("x1.50" in n and "batch 1" in n for n in notes)
+    lo16, hi16, notes16 = calibrated_band(ce, bands, 16)
+    assert hi16 == pytest.approx(hi0)
+    assert lo16 == pytest.approx(3.0 * math.exp(-math.hypot(math.log(lo0 / 3.0), math.log(0.8))))
+    assert any("x0.80" in n and "batch 8" in n for n in notes16)
+    assert calibrated_band(ce, {**FAKE_BANDS, "composition": None}, 1)[:2] == pytest.approx((lo0, hi0))
+
+
 def test_the_machines_drift_widens_every_band_in_quadrature():
     """The machine ran 20% slower in one timing pass than in the last: a later measurement may
     too, whatever the model's error; the two add in quadrature in log space, at both ends."""

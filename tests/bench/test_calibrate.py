@@ -75,7 +75,7 @@ def test_quick_calibration_end_to_end(cache_dir):
     """The reduced probe set runs every stage, fits every class, and lands in the tmp cache."""
     steps = []
     cal = calib.calibrate("cpu", threads=1, quick=True, on_step=steps.append)
-    assert steps[0] == "GEMM rates" and steps[-1].startswith("fitting")
+    assert steps[0] == "GEMM rates" and steps[-2].startswith("fitting") and steps[-1].startswith("a whole network")
     assert cache.cache_path().exists() and str(cache.cache_path()) == cal["path"]
     loaded = cache.load_machine_calibration("cpu", 1)
     assert loaded["created"] == cal["created"]
@@ -92,6 +92,9 @@ def test_quick_calibration_end_to_end(cache_dir):
         points = loaded["backends"][key]["rate_points"]
         assert {"conv_dense", "conv_dw", "conv_pw"} <= set(points)
         assert all(len(p) == 8 and p[-1] > 0 for p in points["conv_dw"])
+    for key in ("onnxruntime/fp32", "onnxruntime/int8"):   # the chain network, measured / estimated
+        comp = loaded["backends"][key]["composition"]
+        assert set(comp) == {"1", "2"} and all(0.05 < r < 20 for r in comp.values()), (key, comp)
     assert "quant" in loaded["backends"]["onnxruntime/int8"]["classes"]
     assert "layout" in loaded["backends"]["onnxruntime/fp32"]["classes"]
     gap = loaded["backends"]["torch-eager/fp32"]["gap"]
@@ -193,3 +196,20 @@ def test_the_pool_probe_separates_pooling_from_its_branch_reorders(tmp_path):
         assert work.get("pool", 0) > 0, (path.name, work)
         ratios = {c: w / work["pool"] for c, w in work.items() if c != "pool" and w > 0}
         assert ratios and all(abs(r - 1.0) > 0.1 for r in ratios.values()), (path.name, work)
+
+
+def test_the_chain_network_runs_as_one_model_and_is_estimated(tmp_path):
+    """The composition probe: one input, the stem's shape, and an executed graph the calibrated
+    model can price (every node classified, no unknown op)."""
+    from fopt.bench.costmodel.kernels import classify
+    from fopt.bench.costmodel.probes import build_chain, chain_spec, probe_inputs, probenet_to_onnx
+    from fopt.bench.measure.profile import ort_exec_graph
+
+    spec = chain_spec(quick=True)
+    path = tmp_path / "chain.onnx"
+    path.write_bytes(probenet_to_onnx(build_chain(quick=True), [spec]))
+    graph = ort_exec_graph(path, probe_inputs([spec], 2)[0], threads=1, runs=1, input_name="x0")
+    classes = [classify(n) for n in graph.nodes]
+    assert not any(c.unknown for c in classes)
+    kinds = {c.kernel_class for c in classes}
+    assert {"conv_stem", "conv_pw", "conv_dw", "gemv"} <= kinds

@@ -254,7 +254,7 @@ def _calibrated_band(row: BenchRow, ce: CalibratedEstimate, cal: Calibration, ke
     bands = bands_for(cal, key)
     if not bands:
         return
-    band = calibrated_band(ce, bands)
+    band = calibrated_band(ce, bands, row.batch_size)
     if band is None:
         row.estimate_notes.append("calibrated: no band (the calibration holds no probe residuals; "
                                   "run `fopt bench --calibrate` again)")

@@ -45,6 +45,7 @@ from fopt.bench.costmodel.fit import (
     rate_points,
 )
 from fopt.bench.costmodel.kernels import classify, output_bytes
+from fopt.bench.costmodel.predict import calibrated_estimate
 from fopt.bench.costmodel.probes import (
     FULL_BRANCHES,
     QUICK_BRANCHES,
@@ -217,7 +218,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
               save: bool = True, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the micro-benchmarks, fit, cache (unless `save` is False) and return the calibration.
 
-    `quick` runs a reduced probe set (seconds; for tests); the full set took 69-91 s on an idle
+    `quick` runs a reduced probe set (seconds; for tests); the full set took 69-92 s on an idle
     2-core VM (about 10 s less once the INT8 probe network is kept in the cache: `_int8_probe`).
     """
 
@@ -262,6 +263,8 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
     end_gemms = _gemm_rates(cfg, threads)
     cal = _cpu_record(rec, threads, clock=clock, quick=quick, cfg=cfg, rates=rates,
                       gemm_timings=(rates.gemms, mid_gemms, end_gemms), backends=backends)
+    step("a whole network of probe layers, estimated and timed")
+    _composition(cal, cfg, threads, quick, probe_cache=cache_dir() / "probes" if save else None)
     for key in backends:   # the estimate bands (out-of-sample residuals), stored for every later estimate
         bands_for(cal, key)
     cal["duration_s"] = time.perf_counter() - t_start
@@ -300,6 +303,37 @@ def _machine_rates(cfg: dict[str, Any], threads: int, step: Callable[[str], None
     step("page fault cost")
     page_faults = page_fault_probe(threads, clock=probes.current_clock())
     return _MachineRates(gemms, bw_cache, bw_dram, over, page_faults)
+
+
+def _composition(cal: dict[str, Any], cfg: dict[str, Any], threads: int, quick: bool,
+                 probe_cache: Path | None = None) -> None:
+    """How far a whole network of probe-like layers (`probes.build_chain`), run as a model runs,
+    lands from its calibrated estimate: measured / estimated per ONNX Runtime backend and batch,
+    stored as the backend's ``composition``. Each probe branch is timed in its own loop; a model
+    runs hundreds of nodes back to back, and there ONNX Runtime's INT8 nodes took 1.5-2.5x what
+    their branches did at batch 1 (FP32: about 1x). `fopt.bench.costmodel.bands` widens bands by
+    it. The INT8 chain is kept with the INT8 probe network (`_int8_probe`)."""
+    spec = probes.chain_spec(quick)
+    with tempfile.TemporaryDirectory(prefix="fopt-chain-") as tmp:
+        fp32, int8 = str(Path(tmp) / "chain.onnx"), str(Path(tmp) / "chain.int8.onnx")
+        Path(fp32).write_bytes(probes.probenet_to_onnx(probes.build_chain(quick), [spec]))
+        _int8_probe(fp32, int8, [spec], probe_cache)
+        for key, path in (("onnxruntime/fp32", fp32), ("onnxruntime/int8", int8)):
+            backend = cal["backends"].get(key)
+            if backend is None:
+                continue
+            sess = ort_session(path, threads=threads)
+            ratios = {}
+            for b in cfg["batches"]:
+                x = branch_input(spec, b, 0)
+                graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name="x0")
+                graph.precision = key.rsplit("/", 1)[1]
+                est_s = calibrated_estimate(graph, cal, key).total_ms / 1e3
+                measured_s = time_callable(lambda: sess.run(None, {"x0": x}), cfg["budget_s"] * 8)
+                if est_s > 0:
+                    ratios[str(b)] = measured_s / est_s
+            sess = None
+            backend["composition"] = ratios
 
 
 def _cache_bytes(rec: dict[str, Any]) -> float:
@@ -554,6 +588,9 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         if drift:   # `fopt.bench.costmodel.bands.machine_drift`: every band is widened by it
             summary.append({"quantity": f"{key}: machine speed moved between timing passes",
                             "value": 100 * math.expm1(drift[1]), "unit": "%"})
+        for batch, ratio in sorted((b.get("composition") or {}).items(), key=lambda kv: int(kv[0])):
+            summary.append({"quantity": f"{key}: a whole network of probe layers, measured / estimated, "
+                                        f"batch {batch}", "value": ratio, "unit": "x"})
         if "gap" in b:
             summary.append({"quantity": f"{key} cost per op beyond its ATen call", "value": _us(b["gap"]["per_op_s"]),
                             "unit": "us"})

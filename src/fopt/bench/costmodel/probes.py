@@ -211,6 +211,56 @@ def build_probenet(branches: list[BranchSpec]):
     return net
 
 
+# A whole network of probe-like layers, run back to back as a model runs them: the stem, nine
+# inverted residual blocks (pointwise expansion, depthwise, pointwise projection, residual add
+# where the shape allows) and a head. It resembles no particular family; the calibration prices
+# it with its own fits and times it (`fopt.bench.costmodel.calibrate._composition`), because
+# ONNX Runtime's INT8 nodes ran 1.5-2.5x slower inside such a chain at batch 1 than inside
+# their probe branch's loop.
+CHAIN_BLOCKS = [(64, 24, 2), (72, 24, 1), (96, 40, 2), (120, 40, 1), (240, 80, 2), (240, 80, 1),
+                (480, 112, 1), (672, 160, 2), (960, 160, 1)]   # (expanded channels, out channels, stride)
+
+
+def chain_spec(quick: bool = False) -> BranchSpec:
+    """The chain network's input, as a probe spec (the stem's), so `probe_inputs` draws it."""
+    return ("conv", 3, 16, 64 if quick else 224, 3, 2, 1)
+
+
+def build_chain(quick: bool = False):
+    """The chain network (eval mode, random weights, BN statistics randomised); `quick`: three
+    blocks. Its input is ``x0``, shaped by `chain_spec`."""
+    import torch
+    import torch.nn as nn
+
+    def cbr(cin, cout, k=1, stride=1, groups=1):
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    class Inverted(nn.Module):
+        def __init__(self, cin, mid, cout, stride):
+            super().__init__()
+            self.residual = stride == 1 and cin == cout
+            self.body = nn.Sequential(*cbr(cin, mid), *cbr(mid, mid, 3, stride, mid),
+                                      nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = self.body(x)
+            return x + y if self.residual else y
+
+    torch.manual_seed(0)
+    layers, c = cbr(3, 16, 3, 2), 16
+    for mid, cout, stride in CHAIN_BLOCKS[:3] if quick else CHAIN_BLOCKS:
+        layers.append(Inverted(c, mid, cout, stride))
+        c = cout
+    layers += [*cbr(c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, 22)]
+    net = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
 def probe_inputs(branches: list[BranchSpec], batch: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(_input_shape(s, batch), dtype=np.float32) for s in branches]
