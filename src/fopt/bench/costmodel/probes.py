@@ -202,7 +202,14 @@ def build_probenet(branches: list[BranchSpec]):
             return tuple(b(torch.relu(x)) for b, x in zip(self.blocks, xs))
 
     torch.manual_seed(0)
-    net = ProbeNet().eval()
+    return _with_random_bn_statistics(ProbeNet().eval())
+
+
+def _with_random_bn_statistics(net):
+    """`net` with its BatchNorm statistics drawn (random weights have none worth folding)."""
+    import torch
+    import torch.nn as nn
+
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -252,13 +259,7 @@ def build_chain(quick: bool = False):
         layers.append(Inverted(c, mid, cout, stride))
         c = cout
     layers += [*cbr(c, 4 * c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * c, 22)]
-    net = nn.Sequential(*layers).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net
+    return _with_random_bn_statistics(nn.Sequential(*layers).eval())
 
 
 def probe_inputs(branches: list[BranchSpec], batch: int, seed: int = 0) -> list[np.ndarray]:
