@@ -311,8 +311,9 @@ def _composition(cal: dict[str, Any], cfg: dict[str, Any], threads: int, quick: 
     lands from its calibrated estimate: measured / estimated per ONNX Runtime backend and batch,
     stored as the backend's ``composition``. Each probe branch is timed in its own loop; a model
     runs hundreds of nodes back to back, and there ONNX Runtime's INT8 nodes took 1.5-2.5x what
-    their branches did at batch 1 (FP32: about 1x). `fopt.bench.costmodel.bands` widens bands by
-    it. The INT8 chain is kept with the INT8 probe network (`_int8_probe`)."""
+    their branches did at batch 1 (the whole chain 1.3-1.8x its INT8 estimate, 1.0-1.5x its FP32
+    one, in four calibrations). `fopt.bench.costmodel.bands` widens bands by it. The INT8 chain
+    is kept with the INT8 probe network (`_int8_probe`)."""
     spec = probes.chain_spec(quick)
     with tempfile.TemporaryDirectory(prefix="fopt-chain-") as tmp:
         fp32, int8 = str(Path(tmp) / "chain.onnx"), str(Path(tmp) / "chain.int8.onnx")
