@@ -29,7 +29,7 @@ calibration prices a chain of probe-like layers and times it
 (`fopt.bench.costmodel.calibrate._composition`). Where it ran slower than its estimate, a
 calibrated band's upper end is widened by that ratio (faster: the lower end), at the batch size
 nearest the row's (`with_composition`). Measured at batch 1 on a 2-core VM, in five
-calibrations: ONNX Runtime INT8 ran such a chain 1.1-1.8x its estimate, FP32 0.8-1.5x.
+calibrations: ONNX Runtime INT8 ran such a chain 1.1-1.8x its estimate, FP32 0.8-1.8x.
 
 A model's band (`calibrated_band`) prices each node with its pool: in family its class's
 quantiles (``pooled`` when the class has fewer than `MIN_RESIDUALS`), out of family the wider

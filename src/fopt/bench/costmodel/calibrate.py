@@ -311,7 +311,7 @@ def _composition(cal: dict[str, Any], cfg: dict[str, Any], threads: int, quick: 
     lands from its calibrated estimate: measured / estimated per ONNX Runtime backend and batch,
     stored as the backend's ``composition``. Each probe branch is timed in its own loop; a model
     runs hundreds of nodes back to back, and there ONNX Runtime's INT8 nodes took 1.5-2.5x what
-    their branches did at batch 1 (the whole chain 1.1-1.8x its INT8 estimate, 0.8-1.5x its FP32
+    their branches did at batch 1 (the whole chain 1.1-1.8x its INT8 estimate, 0.8-1.8x its FP32
     one, in five calibrations). `fopt.bench.costmodel.bands` widens bands by it. The INT8 chain
     is kept with the INT8 probe network (`_int8_probe`)."""
     spec = probes.chain_spec(quick)
