@@ -257,15 +257,16 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any],
     lo, hi = with_drift(ce.total_ms, lo, hi, bands)
     lo_in, hi_in = with_drift(ce.total_ms, lo_in, hi_in, bands)
     notes = []
-    ratio = composition_ratio(bands, batch)
-    if ratio is not None:
+    chain = composition_ratio(bands, batch)
+    if chain is not None:
+        chain_batch, ratio = chain
         before = (lo, hi)
         lo, hi = with_composition(ce.total_ms, lo, hi, ratio)
         lo_in, hi_in = with_composition(ce.total_ms, lo_in, hi_in, ratio)
         if (lo, hi) != before:
             notes.append(f"band widened from [{before[0]:.3g}, {before[1]:.3g}] to [{lo:.3g}, {hi:.3g}] ms: a "
                          f"whole network of probe layers ran x{ratio:.2f} its estimate on this backend "
-                         f"(calibration, batch {_nearest_batch(bands, batch)})")
+                         f"(calibration, batch {chain_batch})")
     if why and ce.total_ms > 0:
         parts = ", ".join(f"{k} ({100 * v / ce.total_ms:.0f}% of the estimate)" for k, v in sorted(why.items()))
         notes.append(f"band widened from [{lo_in:.3g}, {hi_in:.3g}] to [{lo:.3g}, {hi:.3g}] ms: out-of-family "
@@ -294,21 +295,17 @@ def with_drift(center: float, lo: float, hi: float, bands: dict[str, Any]) -> tu
     return center * math.exp(-math.hypot(down, r[0])), center * math.exp(math.hypot(up, r[1]))
 
 
-def _nearest_batch(bands: dict[str, Any], batch: int | None) -> str | None:
-    comp = bands.get("composition") or {}
+def composition_ratio(bands: dict[str, Any], batch: int | None) -> tuple[str, float] | None:
+    """(batch, measured / estimated) of the calibration's chain network at the batch size nearest
+    `batch` (in log2; the smallest when `batch` is None), None without one."""
+    comp = {b: float(r) for b, r in (bands.get("composition") or {}).items() if r and r > 0}
     if not comp:
         return None
     if batch is None or batch < 1:
-        return min(comp, key=int)
-    return min(comp, key=lambda b: (abs(math.log2(int(b)) - math.log2(batch)), int(b)))
-
-
-def composition_ratio(bands: dict[str, Any], batch: int | None) -> float | None:
-    """Measured / estimated of the calibration's chain network at the batch size nearest `batch`
-    (in log2), None without one."""
-    b = _nearest_batch(bands, batch)
-    r = (bands.get("composition") or {}).get(b) if b is not None else None
-    return float(r) if r and r > 0 else None
+        b = min(comp, key=int)
+    else:
+        b = min(comp, key=lambda b: (abs(math.log2(int(b)) - math.log2(batch)), int(b)))
+    return b, comp[b]
 
 
 def with_composition(center: float, lo: float, hi: float, ratio: float) -> tuple[float, float]:
