@@ -75,7 +75,13 @@ def test_quick_calibration_end_to_end(cache_dir):
     """The reduced probe set runs every stage, fits every class, and lands in the tmp cache."""
     steps = []
     cal = calib.calibrate("cpu", threads=1, quick=True, on_step=steps.append)
-    assert steps[0] == "GEMM rates" and steps[-2].startswith("fitting") and steps[-1].startswith("a whole network")
+    names = [m.rsplit(" (", 1)[0] for m in steps]   # each progress line ends "(N s in)"
+    assert names[0] == "GEMM rates" and names[-2].startswith("a whole network") and names[-1] == "estimate bands"
+    # where the time went is kept with the calibration, in the order the progress lines came
+    assert [name for name, _ in cal["steps_started_s"]] == names
+    started = [t for _, t in cal["steps_started_s"]]
+    assert started == sorted(started) and started[-1] <= cal["duration_s"]
+    assert all(m.endswith(f"({t:.0f} s in)") for m, t in zip(steps, started))
     assert cache.cache_path().exists() and str(cache.cache_path()) == cal["path"]
     loaded = cache.load_machine_calibration("cpu", 1)
     assert loaded["created"] == cal["created"]

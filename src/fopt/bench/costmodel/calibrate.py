@@ -246,9 +246,15 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
 
 def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
                    on_step: Callable[[str], None] | None) -> dict[str, Any]:
-    step = on_step or (lambda msg: None)
     cfg = _probe_config(quick)
     t_start = time.perf_counter()
+    steps: list[list[Any]] = []   # [step, seconds since the start]: where a calibration's time goes
+
+    def step(msg: str) -> None:
+        steps.append([msg, round(time.perf_counter() - t_start, 2)])
+        if on_step:
+            on_step(f"{msg} ({steps[-1][1]:.0f} s in)")
+
     rec = machine_record()
     rates = _machine_rates(cfg, threads, step)
     net = probes.build_probenet(cfg["branches"])
@@ -260,14 +266,17 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
                                probe_cache=cache_dir() / "probes" if save else None)
     # The same GEMM at the end as at the start: if the machine's speed changed in between (another
     # process, frequency), the calibration is suspect and says so.
+    step("GEMM rates, last timing")
     end_gemms = _gemm_rates(cfg, threads)
     cal = _cpu_record(rec, threads, clock=clock, quick=quick, cfg=cfg, rates=rates,
                       gemm_timings=(rates.gemms, mid_gemms, end_gemms), backends=backends)
     step("a whole network of probe layers, estimated and timed")
     _composition(cal, cfg, threads, quick, probe_cache=cache_dir() / "probes" if save else None)
+    step("estimate bands")
     for key in backends:   # the estimate bands (out-of-sample residuals), stored for every later estimate
         bands_for(cal, key)
     cal["duration_s"] = time.perf_counter() - t_start
+    cal["steps_started_s"] = steps
     if save:
         cal["path"] = str(save_calibration(cal))
     return cal
@@ -375,8 +384,9 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         step("kernel classes: onnxruntime fp32")
         backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work,
                                                     cfg["passes"])
-        step("kernel classes: onnxruntime int8" + (" (INT8 probe network from the cache)"
-                                                    if _int8_probe(fp32, int8, branches, probe_cache) else ""))
+        step("INT8 probe network")
+        kept = _int8_probe(fp32, int8, branches, probe_cache)
+        step("kernel classes: onnxruntime int8" + (" (INT8 probe network from the cache)" if kept else ""))
         backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work,
                                                     cfg["passes"])
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
