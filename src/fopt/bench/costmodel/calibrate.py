@@ -218,7 +218,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
               save: bool = True, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the micro-benchmarks, fit, cache (unless `save` is False) and return the calibration.
 
-    `quick` runs a reduced probe set (seconds; for tests); the full set took 69-96 s on an idle
+    `quick` runs a reduced probe set (seconds; for tests); the full set took 64-96 s on an idle
     2-core VM (about 10 s less once the INT8 probe network is kept in the cache: `_int8_probe`).
     """
 
