@@ -219,7 +219,7 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
     """Run the micro-benchmarks, fit, cache (unless `save` is False) and return the calibration.
 
     `quick` runs a reduced probe set (seconds; for tests); the full set took 64-96 s on an idle
-    2-core VM (about 10 s less once the INT8 probe network is kept in the cache: `_int8_probe`).
+    2-core VM (5-9 s less once the INT8 probe network is kept in the cache: `_int8_probe`).
     """
 
     device = resolve_device(device)
