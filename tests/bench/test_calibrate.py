@@ -219,3 +219,26 @@ def test_the_chain_network_runs_as_one_model_and_is_estimated(tmp_path):
     assert not any(c.unknown for c in classes)
     kinds = {c.kernel_class for c in classes}
     assert {"conv_stem", "conv_pw", "conv_dw", "gemv"} <= kinds
+
+
+def test_one_profiled_session_gives_each_batch_its_own_executed_graph(tmp_path):
+    """The calibration profiles each probe branch at both batch sizes in one session: each
+    batch's graph must carry its own shapes and match what a session of its own finds."""
+    from fopt.bench.costmodel.probes import build_probenet, probe_inputs, probenet_to_onnx
+    from fopt.bench.measure.profile import ort_exec_graph, ort_exec_graphs
+
+    spec = [("conv", 8, 16, 14, 3, 1, 1)]
+    path = tmp_path / "probe.onnx"
+    path.write_bytes(probenet_to_onnx(build_probenet(spec), spec))
+    xs = [probe_inputs(spec, b)[0] for b in (1, 3)]
+    together = ort_exec_graphs(path, xs, threads=1, runs=2, input_name="x0")
+    alone = [ort_exec_graph(path, x, threads=1, runs=2, input_name="x0") for x in xs]
+
+    def key(g):
+        return [(n.op, n.input_shapes, n.output_shapes, n.weight_shape) for n in g.nodes]
+
+    assert [g.batch_size for g in together] == [1, 3]
+    assert key(together[0]) != key(together[1])
+    assert [key(g) for g in together] == [key(g) for g in alone]
+    assert all(n.output_shapes[0][0] == 3 for n in together[1].nodes if n.output_shapes)
+    assert all(n.measured_ms is not None for g in together for n in g.nodes)

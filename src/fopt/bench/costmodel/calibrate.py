@@ -57,7 +57,7 @@ from fopt.bench.costmodel.probes import (
 from fopt.bench.measure.faults import faults_per_run, page_fault_probe
 from fopt.bench.measure.machine import default_threads, machine_key, machine_record
 from fopt.bench.measure.profile import (
-    ort_exec_graph,
+    ort_exec_graphs,
     record_torch_calls,
     torch_op_times,
 )
@@ -92,9 +92,10 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
     """One equation per probe branch and batch size: its executed nodes and its unprofiled time.
 
     Each branch is cut out of the probe network (`onnx.utils.Extractor`, saved in `workdir`)
-    and run in its own session: a short profiled run gives the nodes ONNX Runtime executes for
-    it (structure and shapes only) and unprofiled runs give its time, so the profiler's cost
-    per node never lands in the fit (see `fit_joint`)."""
+    and run on its own: short profiled runs, one per batch size in one session, give the nodes
+    ONNX Runtime executes for it (structure and shapes only) and unprofiled runs in another
+    session give its time, so the profiler's cost per node never lands in the fit (see
+    `fit_joint`)."""
     import onnx
     from onnx.utils import Extractor
 
@@ -106,9 +107,9 @@ def _ort_backend(model_path: str, branches, batches, threads: int | None, budget
     for i, spec in enumerate(branches):
         path = workdir / f"{tag}.branch{i}.onnx"
         onnx.save(extractor.extract_model([f"x{i}"], [f"y{i}"]), str(path))
-        for b in batches:
-            x = branch_input(spec, b, i)
-            graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name=f"x{i}")
+        graphs = ort_exec_graphs(path, [branch_input(spec, b, i) for b in batches], threads=threads, runs=1,
+                                 input_name=f"x{i}")
+        for b, graph in zip(batches, graphs):
             nodes = [classify(n) for n in graph.nodes]
             equations.append({"probe": f"{spec[0]} {spec[1]}->{spec[2]} @{spec[3]} k{spec[4]} s{spec[5]} g{spec[6]}",
                               "batch": b, "branch": i, "model": str(path),
@@ -207,10 +208,13 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
 
 def _probe_config(quick: bool) -> dict[str, Any]:
     """Sizes, time budgets, probe branches and passes of the full or the quick calibration."""
+    # ``ort_budget_s`` times each ONNX Runtime probe branch: 20 ms is 20 or more runs of every
+    # branch below 1 ms (the slow ones run 3 times whatever the budget), and 180 branch timings
+    # per pass and backend made 30 ms cost about 8 s of a calibration more than 20 ms.
     if quick:
-        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50, "passes": 1,
+        return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "ort_budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50, "passes": 1,
                 "branches": QUICK_BRANCHES, "batches": (1, 2), "chain_sizes": (20_000, 80_000)}
-    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.03, "torch_budget_s": 0.015, "torch_runs": 3, "delta_runs": 300, "passes": 2,
+    return {"gemm_n": 1024, "bw_small": 8 << 20, "bw_large": 256 << 20, "budget_s": 0.03, "ort_budget_s": 0.02, "torch_budget_s": 0.015, "torch_runs": 3, "delta_runs": 300, "passes": 2,
             "branches": FULL_BRANCHES, "batches": (1, 8), "chain_sizes": (50_000, 200_000)}
 
 
@@ -334,9 +338,9 @@ def _composition(cal: dict[str, Any], cfg: dict[str, Any], threads: int, quick: 
                 continue
             sess = ort_session(path, threads=threads)
             ratios = {}
-            for b in cfg["batches"]:
-                x = branch_input(spec, b, 0)
-                graph = ort_exec_graph(path, x, threads=threads, runs=1, input_name="x0")
+            xs = [branch_input(spec, b, 0) for b in cfg["batches"]]
+            for b, x, graph in zip(cfg["batches"], xs, ort_exec_graphs(path, xs, threads=threads, runs=1,
+                                                                        input_name="x0")):
                 graph.precision = key.rsplit("/", 1)[1]
                 est_s = calibrated_estimate(graph, cal, key).total_ms / 1e3
                 measured_s = time_callable(lambda: sess.run(None, {"x0": x}), cfg["budget_s"] * 8)
@@ -382,12 +386,12 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         fp32, int8 = str(work / "probe.onnx"), str(work / "probe.int8.onnx")
         Path(fp32).write_bytes(probes.probenet_to_onnx(net, branches))
         step("kernel classes: onnxruntime fp32")
-        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["budget_s"], chain, work,
+        backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["ort_budget_s"], chain, work,
                                                     cfg["passes"])
         step("INT8 probe network")
         kept = _int8_probe(fp32, int8, branches, probe_cache)
         step("kernel classes: onnxruntime int8" + (" (INT8 probe network from the cache)" if kept else ""))
-        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["budget_s"], chain, work,
+        backends["onnxruntime/int8"] = _ort_backend(int8, branches, batches, threads, cfg["ort_budget_s"], chain, work,
                                                     cfg["passes"])
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
             backends[key]["run_fixed_s"] = rates.overhead["onnxruntime_run_fixed_s"]
@@ -400,8 +404,8 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         retimers = {
             "torch-eager/fp32": lambda eqs: _retime_torch(eqs, net, branches, cfg["torch_runs"], fault_price),
             # (the Relu-chain equations have no branch model to run again; _retime_ort skips them)
-            "onnxruntime/fp32": lambda eqs: _retime_ort(eqs, branches, threads, cfg["budget_s"]),
-            "onnxruntime/int8": lambda eqs: _retime_ort(eqs, branches, threads, cfg["budget_s"]),
+            "onnxruntime/fp32": lambda eqs: _retime_ort(eqs, branches, threads, cfg["ort_budget_s"]),
+            "onnxruntime/int8": lambda eqs: _retime_ort(eqs, branches, threads, cfg["ort_budget_s"]),
         }
         _fit_backends(backends, retimers, cache_bytes)
     return backends

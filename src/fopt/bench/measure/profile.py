@@ -145,60 +145,97 @@ def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1, quantile
 
 def ort_exec_graph(path: str | Path, batch: np.ndarray, *, threads: int | None = None,
                    runs: int = 3, providers: list[str] | None = None,
-                   input_name: str | None = None, feeds: dict[str, np.ndarray] | None = None,
-                   node_quantile: float = 50.0, cpu_clock: Callable[[], float] | None = None) -> ExecGraph:
+                   input_name: str | None = None, node_quantile: float = 50.0,
+                   cpu_clock: Callable[[], float] | None = None) -> ExecGraph:
     """Run `path` `runs`+1 times with profiling; return its executed nodes (first run dropped).
 
     Each node's ``measured_ms`` is the `node_quantile` of its time over the kept runs (a low
     quantile resists another process stealing the CPU during some runs). With `cpu_clock` (the
     thread's CPU time; one intra-op thread only) each run's node times are scaled by the run's
     CPU time over its wall time, which removes time the CPU spent on other processes."""
+    return ort_exec_graphs(path, [batch], threads=threads, runs=runs,
+                           providers=providers, input_name=input_name, node_quantile=node_quantile,
+                           cpu_clock=cpu_clock)[0]
+
+
+def ort_exec_graphs(path: str | Path, inputs: list[np.ndarray], *,
+                    threads: int | None = None, runs: int = 3, providers: list[str] | None = None,
+                    input_name: str | None = None, node_quantile: float = 50.0,
+                    cpu_clock: Callable[[], float] | None = None) -> list[ExecGraph]:
+    """`ort_exec_graph` for several inputs of `input_name` (batch sizes), one after another in
+    one profiled session: one graph per input. A profiled session took about 20 ms to build on
+    a 2-core VM, and the calibration needs the graphs of 90 probe branches at two batch sizes
+    for each ONNX Runtime backend."""
     import onnx
 
     with tempfile.TemporaryDirectory(prefix="fopt-ortprof-") as tmp:
         optimized_path = Path(tmp) / "optimized.onnx"
         sess = ort_session(path, threads=threads, providers=providers or CPU,
                            profile_prefix=str(Path(tmp) / "prof"), optimized_model_path=optimized_path)
-        if feeds is None:
-            name = input_name or sess.get_inputs()[0].name
-            feeds = {name: batch}
-        scales = []
-        for _ in range(runs + 1):
-            w0 = time.perf_counter()
-            c0 = cpu_clock() if cpu_clock else 0.0
-            sess.run(None, feeds)
-            if cpu_clock:
-                c1, w1 = cpu_clock(), time.perf_counter()
-                scales.append(min(1.0, (c1 - c0) / (w1 - w0)) if w1 > w0 else 1.0)
+        name = input_name or sess.get_inputs()[0].name
+        scales: list[list[float]] = []
+        for item in inputs:
+            feeds = {name: item}
+            scales.append([])
+            for _ in range(runs + 1):
+                w0 = time.perf_counter()
+                c0 = cpu_clock() if cpu_clock else 0.0
+                sess.run(None, feeds)
+                if cpu_clock:
+                    c1, w1 = cpu_clock(), time.perf_counter()
+                    scales[-1].append(min(1.0, (c1 - c0) / (w1 - w0)) if w1 > w0 else 1.0)
         prof_file = sess.end_profiling()
         events = json.loads(Path(prof_file).read_text())
         optimized = onnx.load(str(optimized_path), load_external_data=False)
         del sess
-    # Scaled runs: the mean, whose sum over nodes is the runs' mean CPU time (a low quantile
-    # would pick the nodes that the uniform scaling deflated).
-    per_node, _ = parse_ort_profile(events, skip_runs=1, quantile=None if cpu_clock else node_quantile,
-                                            run_scale=scales if cpu_clock else None)
     graph_nodes = {n.name: n for n in optimized.graph.node if n.name}
     inits = {i.name: i for i in optimized.graph.initializer}
-    nodes = []
-    for name, rec in sorted(per_node.items(), key=lambda kv: kv[1]["order"]):
-        args = rec["args"]
-        in_shapes, in_dtypes = _shape_list(args.get("input_type_shape"))
-        out_shapes, out_dtypes = _shape_list(args.get("output_type_shape"))
-        onode = graph_nodes.get(name)
-        attrs: dict[str, Any] = {}
-        domain = ""
-        wshape, wdtype = None, None
-        if onode is not None:
-            attrs = _onnx_attrs(onode)
-            domain = onode.domain
-            wshape, wdtype = _weight_info(onode, inits)
-        nodes.append(ExecNode(name=name, op=args.get("op_name", "?"), domain=domain,
-                              input_shapes=in_shapes, input_dtypes=in_dtypes,
-                              output_shapes=out_shapes, output_dtypes=out_dtypes, attrs=attrs,
-                              weight_shape=wshape, weight_dtype=wdtype, measured_ms=rec["ms"]))
-    return ExecGraph(backend="onnxruntime", precision="", batch_size=int(batch.shape[0]) if batch is not None else 0,
-                     nodes=nodes, source="onnxruntime profile + optimized model")
+    graphs = []
+    for item, item_events, item_scales in zip(inputs, _split_runs(events, len(inputs), runs + 1), scales):
+        # Scaled runs: the mean, whose sum over nodes is the runs' mean CPU time (a low quantile
+        # would pick the nodes that the uniform scaling deflated).
+        per_node, _ = parse_ort_profile(item_events, skip_runs=1, quantile=None if cpu_clock else node_quantile,
+                                        run_scale=item_scales if cpu_clock else None)
+        nodes = [_exec_node(name, rec, graph_nodes, inits)
+                 for name, rec in sorted(per_node.items(), key=lambda kv: kv[1]["order"])]
+        graphs.append(ExecGraph(backend="onnxruntime", precision="", batch_size=int(item.shape[0]),
+                                nodes=nodes, source="onnxruntime profile + optimized model"))
+    return graphs
+
+
+def _split_runs(events: list[dict[str, Any]], groups: int, runs_per_group: int) -> list[list[dict[str, Any]]]:
+    """The profile's events cut into `groups` consecutive groups of `runs_per_group` runs each:
+    an event belongs to the group of the last run that started at or before it."""
+    if groups == 1:
+        return [events]
+    runs = sorted((e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"))
+    if len(runs) != groups * runs_per_group:
+        raise RuntimeError(f"the ONNX Runtime profile holds {len(runs)} runs, expected {groups * runs_per_group}")
+    starts = runs[::runs_per_group]
+    out: list[list[dict[str, Any]]] = [[] for _ in range(groups)]
+    for e in events:
+        ts = e.get("ts", 0)
+        g = max((k for k, s in enumerate(starts) if s <= ts), default=0)
+        out[g].append(e)
+    return out
+
+
+def _exec_node(name: str, rec: dict[str, Any], graph_nodes: dict[str, Any], inits: dict[str, Any]) -> ExecNode:
+    args = rec["args"]
+    in_shapes, in_dtypes = _shape_list(args.get("input_type_shape"))
+    out_shapes, out_dtypes = _shape_list(args.get("output_type_shape"))
+    onode = graph_nodes.get(name)
+    attrs: dict[str, Any] = {}
+    domain = ""
+    wshape, wdtype = None, None
+    if onode is not None:
+        attrs = _onnx_attrs(onode)
+        domain = onode.domain
+        wshape, wdtype = _weight_info(onode, inits)
+    return ExecNode(name=name, op=args.get("op_name", "?"), domain=domain,
+                    input_shapes=in_shapes, input_dtypes=in_dtypes,
+                    output_shapes=out_shapes, output_dtypes=out_dtypes, attrs=attrs,
+                    weight_shape=wshape, weight_dtype=wdtype, measured_ms=rec["ms"])
 
 
 # ----------------------------------------------------------------------------- PyTorch
