@@ -73,6 +73,10 @@ def test_calibration_is_a_device_spec_for_analyze(synthetic_cal):
 
 def test_quick_calibration_end_to_end(cache_dir):
     """The reduced probe set runs every stage, fits every class, and lands in the tmp cache."""
+    from fopt.bench.costmodel.predict import calibrated_estimate
+    from fopt.bench.costmodel.probes import build_chain, chain_spec, probe_inputs, probenet_to_onnx
+    from fopt.bench.measure.profile import ort_exec_graphs
+
     steps = []
     cal = calib.calibrate("cpu", threads=1, quick=True, on_step=steps.append)
     names = [m.rsplit(" (", 1)[0] for m in steps]   # each progress line ends "(N s in)"
@@ -98,9 +102,22 @@ def test_quick_calibration_end_to_end(cache_dir):
         points = loaded["backends"][key]["rate_points"]
         assert {"conv_dense", "conv_dw", "conv_pw"} <= set(points)
         assert all(len(p) == 8 and p[-1] > 0 for p in points["conv_dw"])
+    assert sum(n.startswith("a whole network") for n in names) == 3
     for key in ("onnxruntime/fp32", "onnxruntime/int8"):   # the chain network, measured / estimated
         comp = loaded["backends"][key]["composition"]
         assert set(comp) == {"1", "2"} and all(0.05 < r < 20 for r in comp.values()), (key, comp)
+        # timed at the start, midway and at the end; the ratio is the fastest over the estimate
+        timings = loaded["backends"][key]["composition_timings_s"]
+        assert set(timings) == {"1", "2"} and all(len(t) == 3 and min(t) > 0 for t in timings.values())
+    chain_fp32 = cache_dir / "chain.onnx"
+    chain_fp32.write_bytes(probenet_to_onnx(build_chain(quick=True), [chain_spec(quick=True)]))
+    timings = loaded["backends"]["onnxruntime/fp32"]["composition_timings_s"]
+    for b, graph in zip((1, 2), ort_exec_graphs(chain_fp32, [probe_inputs([chain_spec(quick=True)], b)[0]
+                                                             for b in (1, 2)], threads=1, runs=1, input_name="x0")):
+        graph.precision = "fp32"
+        est_s = calibrated_estimate(graph, loaded, "onnxruntime/fp32").total_ms / 1e3
+        assert loaded["backends"]["onnxruntime/fp32"]["composition"][str(b)] == pytest.approx(
+            min(timings[str(b)]) / est_s, rel=1e-6)
     assert "quant" in loaded["backends"]["onnxruntime/int8"]["classes"]
     assert "layout" in loaded["backends"]["onnxruntime/fp32"]["classes"]
     gap = loaded["backends"]["torch-eager/fp32"]["gap"]

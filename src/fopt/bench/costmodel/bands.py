@@ -26,7 +26,7 @@ far this machine's speed moved in that time (`machine_drift`). Every band is wid
 
 A fifth, ``composition``, is the model's error on a whole network rather than on one probe: the
 calibration prices a chain of probe-like layers and times it
-(`fopt.bench.costmodel.calibrate._composition`). Where it ran slower than its estimate, a
+(`fopt.bench.costmodel.calibrate._Chain`). Where it ran slower than its estimate, a
 calibrated band's upper end is widened by that ratio (faster: the lower end), at the batch size
 nearest the row's (`with_composition`). Measured at batch 1 on a 2-core VM, in five
 calibrations: ONNX Runtime INT8 ran such a chain 1.1-1.8x its estimate, FP32 0.8-1.8x.

@@ -221,7 +221,7 @@ def _with_random_bn_statistics(net):
 # A whole network of probe-like layers, run back to back as a model runs them: the stem, nine
 # inverted residual blocks (pointwise expansion, depthwise, pointwise projection, residual add
 # where the shape allows) and a head. It resembles no particular family; the calibration prices
-# it with its own fits and times it (`fopt.bench.costmodel.calibrate._composition`), because
+# it with its own fits and times it (`fopt.bench.costmodel.calibrate._Chain`), because
 # ONNX Runtime's INT8 nodes ran 1.5-2.5x slower inside such a chain at batch 1 than inside
 # their probe branch's loop.
 CHAIN_BLOCKS = [(64, 24, 2), (72, 24, 1), (96, 40, 2), (120, 40, 1), (240, 80, 2), (240, 80, 1),
