@@ -115,6 +115,26 @@ def test_the_chain_networks_miss_widens_the_side_it_missed_at_the_nearest_batch(
     assert calibrated_band(ce, {**FAKE_BANDS, "composition": None}, 1)[:2] == pytest.approx((lo0, hi0))
 
 
+def test_the_chains_slowest_timing_widens_the_upper_end_only():
+    """The chain network ran 1.4x slower at its slowest timing than at its fastest at batch 1
+    (a slow spell of the machine) and not at all at batch 8: a batch-1 band's upper end widens
+    in quadrature, its lower end stays, a batch-8 band is unchanged; a note says why."""
+    from fopt.bench.costmodel.bands import chain_spells
+
+    spells = chain_spells({"composition_timings_s": {"1": [2.0e-3, 2.8e-3, 2.1e-3], "8": [9e-3, 9e-3]}})
+    assert spells == pytest.approx({"1": 1.4, "8": 1.0})
+    assert chain_spells({"composition_timings_s": {"1": [2.0e-3]}}) is None   # timed once: nothing to say
+    bands = {**FAKE_BANDS, "spells": spells}
+    ce = CalibratedEstimate(total_ms=3.0, fixed_ms=0.0, nodes=[_node(1.0, "eltwise"), _node(2.0, "conv_dw")])
+    lo0, hi0, _ = calibrated_band(ce, FAKE_BANDS, 1)
+    lo, hi, notes = calibrated_band(ce, bands, 1)
+    assert lo == pytest.approx(lo0)
+    assert hi == pytest.approx(3.0 * math.exp(math.hypot(math.log(hi0 / 3.0), math.log(1.4))))
+    assert any("x1.40 slower" in n and "batch 1" in n for n in notes)
+    lo8, hi8, notes8 = calibrated_band(ce, bands, 8)
+    assert (lo8, hi8) == pytest.approx(calibrated_band(ce, FAKE_BANDS, 8)[:2]) and notes8 == []
+
+
 def test_the_machines_drift_widens_every_band_in_quadrature():
     """The machine ran 20% slower in one timing pass than in the last: a later measurement may
     too, whatever the model's error; the two add in quadrature in log space, at both ends."""

@@ -102,13 +102,16 @@ def test_quick_calibration_end_to_end(cache_dir):
         points = loaded["backends"][key]["rate_points"]
         assert {"conv_dense", "conv_dw", "conv_pw"} <= set(points)
         assert all(len(p) == 8 and p[-1] > 0 for p in points["conv_dw"])
-    assert sum(n.startswith("a whole network") for n in names) == 3
+    assert sum(n.startswith("a whole network") for n in names) == 5
     for key in ("onnxruntime/fp32", "onnxruntime/int8"):   # the chain network, measured / estimated
         comp = loaded["backends"][key]["composition"]
         assert set(comp) == {"1", "2"} and all(0.05 < r < 20 for r in comp.values()), (key, comp)
-        # timed at the start, midway and at the end; the ratio is the fastest over the estimate
+        # timed at the start, after each backend's probes and at the end; the ratio is the
+        # fastest timing over the estimate, the spells its slowest over its fastest
         timings = loaded["backends"][key]["composition_timings_s"]
-        assert set(timings) == {"1", "2"} and all(len(t) == 3 and min(t) > 0 for t in timings.values())
+        assert set(timings) == {"1", "2"} and all(len(t) == 5 and min(t) > 0 for t in timings.values())
+        spells = loaded["backends"][key]["bands"]["spells"]
+        assert spells == pytest.approx({b: max(t) / min(t) for b, t in timings.items()})
     chain_fp32 = cache_dir / "chain.onnx"
     chain_fp32.write_bytes(probenet_to_onnx(build_chain(quick=True), [chain_spec(quick=True)]))
     timings = loaded["backends"]["onnxruntime/fp32"]["composition_timings_s"]

@@ -25,11 +25,17 @@ far this machine's speed moved in that time (`machine_drift`). Every band is wid
 (`with_drift`).
 
 A fifth, ``composition``, is the model's error on a whole network rather than on one probe: the
-calibration prices a chain of probe-like layers and times it
-(`fopt.bench.costmodel.calibrate._Chain`). Where it ran slower than its estimate, a
-calibrated band's upper end is widened by that ratio (faster: the lower end), at the batch size
-nearest the row's (`with_composition`). Measured at batch 1 on a 2-core VM, in five
-calibrations: ONNX Runtime INT8 ran such a chain 1.1-1.8x its estimate, FP32 0.8-1.8x.
+calibration prices a chain of probe-like layers and times it five times over its length
+(`fopt.bench.costmodel.calibrate._Chain`). Where its fastest timing was slower than its
+estimate, a calibrated band's upper end is widened by that ratio (faster: the lower end), at
+the batch size nearest the row's (`widened`).
+
+A sixth, ``spells``, is the machine's again: how much slower the same chain ran at its slowest
+timing than at its fastest. This 2-core VM has slow spells, seconds long, with no steal time
+counted, in which two intra-op threads run a small network no faster than one: the FP32 chain
+at batch 1 took 2.8 ms, or 4.0-4.3 ms. A measuring process that starts in one is slower by
+that much whatever the model's error, so the upper end is widened by it (`widened`). The
+``drift`` term above does not see them: each probe keeps its fastest pass.
 
 A model's band (`calibrated_band`) prices each node with its pool: in family its class's
 quantiles (``pooled`` when the class has fewer than `MIN_RESIDUALS`), out of family the wider
@@ -52,7 +58,7 @@ from fopt.bench.costmodel.predict import CalibratedEstimate, peak_mac_rate, pred
 
 LEVEL = 0.8               # the band's nominal coverage
 MIN_RESIDUALS = 5         # fewer residuals than this: a class uses the pooled in-family quantiles
-BANDS_VERSION = 3         # stored bands of another version are recomputed
+BANDS_VERSION = 4         # stored bands of another version are recomputed
 
 
 def _quantiles(logs: list[float]) -> list[float] | None:
@@ -167,7 +173,8 @@ def residual_bands(backend: dict[str, Any], cap: float | None) -> dict[str, Any]
             "classes": {c: _quantiles(rs) for c, rs in sorted(in_family.items())},
             "pooled": _quantiles(all_in), "far": _quantiles(far), "borrowed": _quantiles(borrowed),
             "roofline": _quantiles(_roofline_residuals(eqs, backend)),
-            "drift": machine_drift(eqs), "composition": backend.get("composition")}
+            "drift": machine_drift(eqs), "composition": backend.get("composition"),
+            "spells": chain_spells(backend)}
 
 
 def _roofline_residuals(eqs: list[dict[str, Any]], backend: dict[str, Any]) -> list[float]:
@@ -257,16 +264,25 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any],
     lo, hi = with_drift(ce.total_ms, lo, hi, bands)
     lo_in, hi_in = with_drift(ce.total_ms, lo_in, hi_in, bands)
     notes = []
-    chain = composition_ratio(bands, batch)
+    chain = at_nearest_batch(bands.get("composition"), batch)
     if chain is not None:
         chain_batch, ratio = chain
         before = (lo, hi)
-        lo, hi = with_composition(ce.total_ms, lo, hi, ratio)
-        lo_in, hi_in = with_composition(ce.total_ms, lo_in, hi_in, ratio)
+        lo, hi = widened(ce.total_ms, lo, hi, ratio)
+        lo_in, hi_in = widened(ce.total_ms, lo_in, hi_in, ratio)
         if (lo, hi) != before:
             notes.append(f"band widened from [{before[0]:.3g}, {before[1]:.3g}] to [{lo:.3g}, {hi:.3g}] ms: a "
                          f"whole network of probe layers ran x{ratio:.2f} its estimate on this backend "
                          f"(calibration, batch {chain_batch})")
+    spells = at_nearest_batch(bands.get("spells"), batch)
+    if spells is not None and spells[1] > 1:
+        spell_batch, ratio = spells
+        before = (lo, hi)
+        lo, hi = widened(ce.total_ms, lo, hi, ratio)
+        lo_in, hi_in = widened(ce.total_ms, lo_in, hi_in, ratio)
+        notes.append(f"band widened from [{before[0]:.3g}, {before[1]:.3g}] to [{lo:.3g}, {hi:.3g}] ms: this "
+                     f"machine's speed moves: the same network of probe layers ran up to x{ratio:.2f} slower "
+                     f"at one point of the calibration than at another (batch {spell_batch})")
     if why and ce.total_ms > 0:
         parts = ", ".join(f"{k} ({100 * v / ce.total_ms:.0f}% of the estimate)" for k, v in sorted(why.items()))
         notes.append(f"band widened from [{lo_in:.3g}, {hi_in:.3g}] to [{lo:.3g}, {hi:.3g}] ms: out-of-family "
@@ -295,10 +311,18 @@ def with_drift(center: float, lo: float, hi: float, bands: dict[str, Any]) -> tu
     return center * math.exp(-math.hypot(down, r[0])), center * math.exp(math.hypot(up, r[1]))
 
 
-def composition_ratio(bands: dict[str, Any], batch: int | None) -> tuple[str, float] | None:
-    """(batch, measured / estimated) of the calibration's chain network at the batch size nearest
-    `batch` (in log2; the smallest when `batch` is None), None without one."""
-    comp = {b: float(r) for b, r in (bands.get("composition") or {}).items() if r and r > 0}
+def chain_spells(backend: dict[str, Any]) -> dict[str, float] | None:
+    """{batch: slowest / fastest timing} of the calibration's chain network (``spells``, module
+    doc); None for a calibration that timed it once or not at all."""
+    timings = backend.get("composition_timings_s") or {}
+    out = {b: max(t) / min(t) for b, t in timings.items() if len(t) > 1 and min(t) > 0}
+    return out or None
+
+
+def at_nearest_batch(per_batch: dict[str, float] | None, batch: int | None) -> tuple[str, float] | None:
+    """(batch, ratio) of a per-batch ratio (the chain's ``composition`` or ``spells``) at the
+    batch size nearest `batch` (in log2; the smallest when `batch` is None), None without one."""
+    comp = {b: float(r) for b, r in (per_batch or {}).items() if r and r > 0}
     if not comp:
         return None
     if batch is None or batch < 1:
@@ -308,10 +332,11 @@ def composition_ratio(bands: dict[str, Any], batch: int | None) -> tuple[str, fl
     return b, comp[b]
 
 
-def with_composition(center: float, lo: float, hi: float, ratio: float) -> tuple[float, float]:
-    """[lo, hi] widened on the side the chain network missed by (`composition_ratio`): slower
-    than estimated widens the upper end, faster the lower one, in quadrature in log space with
-    what is there (the node residuals and drift measure other misses)."""
+def widened(center: float, lo: float, hi: float, ratio: float) -> tuple[float, float]:
+    """[lo, hi] widened on the side a ratio of measured to expected time points (the chain's
+    ``composition`` or ``spells``): slower widens the upper end, faster the lower one, in
+    quadrature in log space with what is there (the node residuals and drift measure other
+    misses)."""
     if center <= 0 or lo <= 0 or hi <= 0 or ratio <= 0:
         return lo, hi
     r = math.log(ratio)

@@ -272,7 +272,7 @@ def _calibrate_cpu(threads: int, *, quick: bool, clock: str, save: bool,
         chain = _Chain(cfg, threads, quick, Path(tmp), probe_cache)
         chain.time()
         backends = _probe_backends(net, cfg, threads, rates, _cache_bytes(rec), step, probe_cache=probe_cache,
-                                   midway=chain.time)
+                                   between=chain.time)
         # The same GEMM at the end as at the start: if the machine's speed changed in between
         # (another process, frequency), the calibration is suspect and says so.
         step("GEMM rates, last timing")
@@ -332,9 +332,10 @@ class _Chain:
     1.5-2.5x what their branches did at batch 1 in one profile. `fopt.bench.costmodel.bands`
     widens bands by it.
 
-    The chain is timed at several points of the calibration (`time`) and its fastest timing
-    kept, as each probe keeps its fastest pass: timed once, it measured this VM's slow spells
-    rather than composition. Re-timed in one process against one calibration, the FP32 chain at
+    The chain is timed five times over the calibration (`time`) and its fastest timing kept, as
+    each probe keeps its fastest pass: timed once, it measured this VM's slow spells rather than
+    composition (the spread of its timings measures those: ``spells`` in
+    `fopt.bench.costmodel.bands`). Re-timed in one process against one calibration, the FP32 chain at
     batch 1 came out at 1.09, 1.42, 2.16 and 2.45x its estimate, and 1.1-1.3x in fresh
     processes; in its slow spells (seconds long, no steal time counted) two intra-op threads ran
     it no faster than one. The INT8 chain is kept with the INT8 probe network (`_int8_probe`)."""
@@ -394,10 +395,15 @@ def _relu_chain_equations(over: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates, cache_bytes: float,
                     step: Callable[[str], None], probe_cache: Path | None = None,
-                    midway: Callable[[], None] | None = None) -> dict[str, Any]:
+                    between: Callable[[], None] | None = None) -> dict[str, Any]:
     """Per backend in `BACKEND_KEYS`: its probe equations, timed in whole passes, then fitted.
     The INT8 probe network is kept in `probe_cache` for the next calibration (`_int8_probe`).
-    `midway` runs after the ONNX Runtime probes (the chain's middle timing)."""
+    `between` runs after each backend's probes (the chain network's timings, `_Chain`)."""
+    def timed_between() -> None:
+        if between:
+            step("a whole network of probe layers, timed again")
+            between()
+
     branches, batches = cfg["branches"], cfg["batches"]
     fault_price = rates.fault_price_s
     backends: dict[str, Any] = {}
@@ -408,6 +414,7 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
     backends["torch-eager/fp32"] = _torch_backend(net, branches, batches, cfg["torch_budget_s"], cfg["torch_runs"],
                                                   fault_price_s=fault_price)
     backends["torch-eager/fp32"]["run_fixed_s"] = 0.0
+    timed_between()
     chain = _relu_chain_equations(rates.overhead)
     # The branch models cut out of the probe network live here until the fit has timed its
     # outliers again.
@@ -418,6 +425,7 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
         step("kernel classes: onnxruntime fp32")
         backends["onnxruntime/fp32"] = _ort_backend(fp32, branches, batches, threads, cfg["ort_budget_s"], chain, work,
                                                     cfg["passes"])
+        timed_between()
         step("INT8 probe network")
         kept = _int8_probe(fp32, int8, branches, probe_cache)
         step("kernel classes: onnxruntime int8" + (" (INT8 probe network from the cache)" if kept else ""))
@@ -425,9 +433,7 @@ def _probe_backends(net, cfg: dict[str, Any], threads: int, rates: _MachineRates
                                                     cfg["passes"])
         for key in ("onnxruntime/fp32", "onnxruntime/int8"):
             backends[key]["run_fixed_s"] = rates.overhead["onnxruntime_run_fixed_s"]
-        if midway:
-            step("a whole network of probe layers, second timing")
-            midway()
+        timed_between()
         # As for ONNX Runtime: further whole passes, the fastest timing kept per ATen call.
         for k in range(1, cfg["passes"]):
             step(f"kernel classes: torch eager, pass {k + 1}")
