@@ -313,6 +313,19 @@ def worst_points(rows: list[dict[str, Any]], cal: dict[str, Any] | None, n: int 
              "spread_pct": r.get("spread_pct"), "reason": reason(r, cal)} for r in ok[:n]]
 
 
+def calibration_spells(cal: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per ONNX Runtime backend, {batch: slowest / fastest timing} of the calibration's chain
+    network (`fopt.bench.costmodel.bands.chain_spells`): how much the machine's speed moved."""
+    from fopt.bench.costmodel.bands import chain_spells
+
+    out = {}
+    for key, backend in (cal.get("backends") or {}).items():
+        per = chain_spells(backend)
+        if per:
+            out[key] = dict(sorted(per.items(), key=lambda kv: int(kv[0])))
+    return out
+
+
 def print_report(summary: dict[str, Any], worst: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
     from fopt.console import print_table
 
@@ -434,6 +447,10 @@ def main(argv: list[str] | None = None) -> int:
         calibrate("cpu", threads, clock=args.clock, on_step=lambda m: log(f"  calibrating: {m}"))
         cal = load_machine_calibration("cpu", threads, args.clock)
     log(f"calibration of {cal['created']} ({cal['path']})")
+    spells = calibration_spells(cal)
+    if spells:   # how steady the machine was: bands widen by it, and no estimate follows it
+        log("  the same network of probe layers, slowest / fastest of its timings in the calibration: "
+            + ", ".join(f"{k} b{b} x{r:.2f}" for k, per in spells.items() for b, r in per.items()))
 
     cache: dict[str, Any] = {}
 
@@ -517,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                         "weights": "random", "classes": NUM_CLASSES,
                         "band_pct": BAND_PCT, "quick": args.quick, "load_average_at_end": load,
                         "calibration": {"created": cal["created"], "quick": cal.get("quick"), "path": cal.get("path"),
-                                        "duration_s": cal.get("duration_s"), "stability": cal.get("stability")}},
+                                        "duration_s": cal.get("duration_s"), "stability": cal.get("stability"),
+                                        "spells": spells}},
            "build_errors": build_errors, "seconds": round(time.perf_counter() - t0, 1),
            "machine": data["machine"], "results": rows}
     from fopt.artifacts import write_json_atomic

@@ -27,3 +27,14 @@ def test_family_summary_scores_held_out_apart_and_checks_the_goals(bq):
     assert any(g.startswith("median band half-width") for g in goals)
     assert set(bq.HELD_OUT).isdisjoint({"resnet18", "resnet50", "efficientnet_b0", "mobilenet_v3_small",
                                         "mobilenet_v3_large", "tiny"}) and len(bq.HELD_OUT) >= 4
+
+
+def test_the_report_says_how_steady_the_machine_was_during_the_calibration(bq):
+    """The chain network's slowest over fastest timing per ONNX Runtime backend and batch, in
+    batch order; a calibration that timed it once (before bands version 4) reports nothing."""
+    cal = {"backends": {"torch-eager/fp32": {},
+                        "onnxruntime/fp32": {"composition_timings_s": {"8": [20e-3, 30e-3], "1": [2e-3, 2e-3, 4e-3]}},
+                        "onnxruntime/int8": {"composition_timings_s": {"1": [3e-3]}}}}
+    spells = bq.calibration_spells(cal)
+    assert spells == {"onnxruntime/fp32": {"1": 2.0, "8": 1.5}}
+    assert list(spells["onnxruntime/fp32"]) == ["1", "8"]

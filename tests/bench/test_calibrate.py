@@ -127,6 +127,7 @@ def test_quick_calibration_end_to_end(cache_dir):
     assert gap["per_op_s"] >= 0 and gap["per_byte_s"] >= 0
     summary, classes = calib.calibration_rows(loaded)
     assert any(r["quantity"].startswith("GEMM int8") for r in summary) and len(classes) > 20
+    assert sum("slow spells" in r["quantity"] for r in summary) == 4   # 2 backends x 2 batches
 
 
 def test_probe_network_covers_every_class_it_claims():

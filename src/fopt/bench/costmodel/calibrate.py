@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from fopt.artifacts import atomic_path, sha256_file
 from fopt.bench.costmodel import probes
-from fopt.bench.costmodel.bands import bands_for
+from fopt.bench.costmodel.bands import bands_for, chain_spells
 from fopt.bench.costmodel.cache import SCHEMA, cache_dir, save_calibration
 from fopt.bench.costmodel.fit import (
     DEFAULT_CACHE_BYTES,
@@ -643,8 +643,11 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
             summary.append({"quantity": f"{key}: machine speed moved between timing passes",
                             "value": 100 * math.expm1(drift[1]), "unit": "%"})
         for batch, ratio in sorted((b.get("composition") or {}).items(), key=lambda kv: int(kv[0])):
-            summary.append({"quantity": f"{key}: a whole network of probe layers, measured / estimated, "
+            summary.append({"quantity": f"{key}: a whole network of probe layers, fastest timing / estimated, "
                                         f"batch {batch}", "value": ratio, "unit": "x"})
+        for batch, ratio in sorted((chain_spells(b) or {}).items(), key=lambda kv: int(kv[0])):
+            summary.append({"quantity": f"{key}: the same network, slowest / fastest of its timings (the "
+                                        f"machine's slow spells), batch {batch}", "value": ratio, "unit": "x"})
         if "gap" in b:
             summary.append({"quantity": f"{key} cost per op beyond its ATen call", "value": _us(b["gap"]["per_op_s"]),
                             "unit": "us"})
