@@ -209,8 +209,8 @@ def _retime_torch(equations: list[dict[str, Any]], net, branches, runs: int,
 def _probe_config(quick: bool) -> dict[str, Any]:
     """Sizes, time budgets, probe branches and passes of the full or the quick calibration."""
     # ``ort_budget_s`` times each ONNX Runtime probe branch: 20 ms is 20 or more runs of every
-    # branch below 1 ms (the slow ones run 3 times whatever the budget), and 180 branch timings
-    # per pass and backend made 30 ms cost about 8 s of a calibration more than 20 ms.
+    # branch below 1 ms (the slow ones run 3 times whatever the budget), and with 180 branch
+    # timings per pass and backend 30 ms made each backend's step about 3 s longer (measured).
     if quick:
         return {"gemm_n": 256, "bw_small": 4 << 20, "bw_large": 64 << 20, "budget_s": 0.02, "ort_budget_s": 0.02, "torch_budget_s": 0.004, "torch_runs": 2, "delta_runs": 50, "passes": 1,
                 "branches": QUICK_BRANCHES, "batches": (1, 2), "chain_sizes": (20_000, 80_000)}
@@ -333,12 +333,13 @@ class _Chain:
     widens bands by it.
 
     The chain is timed five times over the calibration (`time`) and its fastest timing kept, as
-    each probe keeps its fastest pass: timed once, it measured this VM's slow spells rather than
-    composition (the spread of its timings measures those: ``spells`` in
-    `fopt.bench.costmodel.bands`). Re-timed in one process against one calibration, the FP32 chain at
-    batch 1 came out at 1.09, 1.42, 2.16 and 2.45x its estimate, and 1.1-1.3x in fresh
-    processes; in its slow spells (seconds long, no steal time counted) two intra-op threads ran
-    it no faster than one. The INT8 chain is kept with the INT8 probe network (`_int8_probe`)."""
+    each probe keeps its fastest pass: timed once, it measured this VM's slow spells rather
+    than composition (the spread of its timings measures those: ``spells`` in
+    `fopt.bench.costmodel.bands`). Re-timed in one process against one calibration, the FP32
+    chain at batch 1 came out at 1.09, 1.42, 2.16 and 2.45x its estimate, and 1.1-1.3x in fresh
+    processes; in the slow spells (seconds long, no steal time counted) two intra-op threads
+    ran it no faster than one. The INT8 chain is kept with the INT8 probe network
+    (`_int8_probe`)."""
 
     def __init__(self, cfg: dict[str, Any], threads: int, quick: bool, workdir: Path,
                  probe_cache: Path | None = None):
