@@ -76,6 +76,16 @@ def _node(ms: float, cls: str, *, fit_class: str | None = None, unknown: bool = 
                           bytes_moved=0.0, estimate_ms=ms, bound="memory", unknown_op=unknown)
 
 
+def _two_nodes() -> CalibratedEstimate:
+    return CalibratedEstimate(total_ms=3.0, fixed_ms=0.0, nodes=[_node(1.0, "eltwise"), _node(2.0, "conv_dw")])
+
+
+def _in_quadrature(center: float, end: float, ratio: float) -> float:
+    """`end` of a band around `center`, moved away by `ratio` in quadrature in log space."""
+    sign = 1.0 if end >= center else -1.0
+    return center * math.exp(sign * math.hypot(math.log(end / center), math.log(ratio)))
+
+
 FAKE_BANDS = {"classes": {"eltwise": [math.log(0.9), math.log(1.2), 40],
                           "conv_dw": [math.log(0.8), math.log(1.5), 30],
                           "pool": [math.log(0.5), math.log(3.0), 2]},   # too few: the pooled pool
@@ -102,15 +112,15 @@ def test_the_chain_networks_miss_widens_the_side_it_missed_at_the_nearest_batch(
     a batch-1 band gains on its upper end only, a batch-16 band (nearest: 8) on its lower end
     only, each in quadrature with what was there; the note says so. No chain: no change."""
     bands = {**FAKE_BANDS, "composition": {"1": 1.5, "8": 0.8}}
-    ce = CalibratedEstimate(total_ms=3.0, fixed_ms=0.0, nodes=[_node(1.0, "eltwise"), _node(2.0, "conv_dw")])
+    ce = _two_nodes()
     lo0, hi0, _ = calibrated_band(ce, FAKE_BANDS, 1)
     lo, hi, notes = calibrated_band(ce, bands, 1)
     assert lo == pytest.approx(lo0)
-    assert hi == pytest.approx(3.0 * math.exp(math.hypot(math.log(hi0 / 3.0), math.log(1.5))))
+    assert hi == pytest.approx(_in_quadrature(3.0, hi0, 1.5))
     assert any("x1.50" in n and "batch 1" in n for n in notes)
     lo16, hi16, notes16 = calibrated_band(ce, bands, 16)
     assert hi16 == pytest.approx(hi0)
-    assert lo16 == pytest.approx(3.0 * math.exp(-math.hypot(math.log(lo0 / 3.0), math.log(0.8))))
+    assert lo16 == pytest.approx(_in_quadrature(3.0, lo0, 0.8))
     assert any("x0.80" in n and "batch 8" in n for n in notes16)
     assert calibrated_band(ce, {**FAKE_BANDS, "composition": None}, 1)[:2] == pytest.approx((lo0, hi0))
 
@@ -125,11 +135,11 @@ def test_the_chains_slowest_timing_widens_the_upper_end_only():
     assert spells == pytest.approx({"1": 1.4, "8": 1.0})
     assert chain_spells({"composition_timings_s": {"1": [2.0e-3]}}) is None   # timed once: nothing to say
     bands = {**FAKE_BANDS, "spells": spells}
-    ce = CalibratedEstimate(total_ms=3.0, fixed_ms=0.0, nodes=[_node(1.0, "eltwise"), _node(2.0, "conv_dw")])
+    ce = _two_nodes()
     lo0, hi0, _ = calibrated_band(ce, FAKE_BANDS, 1)
     lo, hi, notes = calibrated_band(ce, bands, 1)
     assert lo == pytest.approx(lo0)
-    assert hi == pytest.approx(3.0 * math.exp(math.hypot(math.log(hi0 / 3.0), math.log(1.4))))
+    assert hi == pytest.approx(_in_quadrature(3.0, hi0, 1.4))
     assert any("x1.40 slower" in n and "batch 1" in n for n in notes)
     lo8, hi8, notes8 = calibrated_band(ce, bands, 8)
     assert (lo8, hi8) == pytest.approx(calibrated_band(ce, FAKE_BANDS, 8)[:2]) and notes8 == []
@@ -140,7 +150,7 @@ def test_the_machines_drift_widens_every_band_in_quadrature():
     too, whatever the model's error; the two add in quadrature in log space, at both ends."""
     d = math.log(1.2)
     bands = {**FAKE_BANDS, "drift": [-d, d, 200]}
-    ce = CalibratedEstimate(total_ms=3.0, fixed_ms=0.0, nodes=[_node(1.0, "eltwise"), _node(2.0, "conv_dw")])
+    ce = _two_nodes()
     lo0, hi0, _ = calibrated_band(ce, FAKE_BANDS)
     lo, hi, _ = calibrated_band(ce, bands)
     assert lo == pytest.approx(3.0 * math.exp(-math.hypot(math.log(lo0 / 3.0), d)))
