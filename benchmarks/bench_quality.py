@@ -318,12 +318,8 @@ def calibration_spells(cal: dict[str, Any]) -> dict[str, dict[str, float]]:
     network (`fopt.bench.costmodel.bands.chain_spells`): how much the machine's speed moved."""
     from fopt.bench.costmodel.bands import chain_spells
 
-    out = {}
-    for key, backend in (cal.get("backends") or {}).items():
-        per = chain_spells(backend)
-        if per:
-            out[key] = dict(sorted(per.items(), key=lambda kv: int(kv[0])))
-    return out
+    per_backend = {key: chain_spells(backend) for key, backend in (cal.get("backends") or {}).items()}
+    return {key: per for key, per in per_backend.items() if per}
 
 
 def print_report(summary: dict[str, Any], worst: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:

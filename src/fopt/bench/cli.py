@@ -45,7 +45,7 @@ def _batch_sizes(ctx, param, value: str) -> list[int]:
 @click.option("--estimate/--no-estimate", default=True, show_default=True,
               help="Put the naive, roofline and calibrated estimates beside each row.")
 @click.option("--calibrate", "do_calibrate", is_flag=True,
-              help="Measure this machine first (65-100 s on a 2-core VM) and cache the result.")
+              help="Measure this machine first (55-100 s on a 2-core VM) and cache the result.")
 @click.option("--quick-calibration", is_flag=True, hidden=True, help="Reduced probe set (tests).")
 @click.option("--show-calibration", is_flag=True, help="Print this machine's cached calibration.")
 @json_option

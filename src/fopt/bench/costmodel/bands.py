@@ -264,25 +264,23 @@ def calibrated_band(ce: CalibratedEstimate, bands: dict[str, Any],
     lo, hi = with_drift(ce.total_ms, lo, hi, bands)
     lo_in, hi_in = with_drift(ce.total_ms, lo_in, hi_in, bands)
     notes = []
-    chain = at_nearest_batch(bands.get("composition"), batch)
-    if chain is not None:
-        chain_batch, ratio = chain
+    # The chain network's two terms (module doc): its miss, and the machine's slow spells.
+    chain_terms = (("composition", lambda r, b: f"a whole network of probe layers ran x{r:.2f} its estimate on "
+                                                f"this backend (calibration, batch {b})"),
+                   ("spells", lambda r, b: f"this machine's speed moves: the same network of probe layers ran up "
+                                           f"to x{r:.2f} slower at one point of the calibration than at another "
+                                           f"(batch {b})"))
+    for term, says in chain_terms:
+        found = at_nearest_batch(bands.get(term), batch)
+        if found is None:
+            continue
+        chain_batch, ratio = found
         before = (lo, hi)
         lo, hi = widened(ce.total_ms, lo, hi, ratio)
         lo_in, hi_in = widened(ce.total_ms, lo_in, hi_in, ratio)
         if (lo, hi) != before:
-            notes.append(f"band widened from [{before[0]:.3g}, {before[1]:.3g}] to [{lo:.3g}, {hi:.3g}] ms: a "
-                         f"whole network of probe layers ran x{ratio:.2f} its estimate on this backend "
-                         f"(calibration, batch {chain_batch})")
-    spells = at_nearest_batch(bands.get("spells"), batch)
-    if spells is not None and spells[1] > 1:
-        spell_batch, ratio = spells
-        before = (lo, hi)
-        lo, hi = widened(ce.total_ms, lo, hi, ratio)
-        lo_in, hi_in = widened(ce.total_ms, lo_in, hi_in, ratio)
-        notes.append(f"band widened from [{before[0]:.3g}, {before[1]:.3g}] to [{lo:.3g}, {hi:.3g}] ms: this "
-                     f"machine's speed moves: the same network of probe layers ran up to x{ratio:.2f} slower "
-                     f"at one point of the calibration than at another (batch {spell_batch})")
+            notes.append(f"band widened from [{before[0]:.3g}, {before[1]:.3g}] to [{lo:.3g}, {hi:.3g}] ms: "
+                         + says(ratio, chain_batch))
     if why and ce.total_ms > 0:
         parts = ", ".join(f"{k} ({100 * v / ce.total_ms:.0f}% of the estimate)" for k, v in sorted(why.items()))
         notes.append(f"band widened from [{lo_in:.3g}, {hi_in:.3g}] to [{lo:.3g}, {hi:.3g}] ms: out-of-family "
@@ -313,9 +311,10 @@ def with_drift(center: float, lo: float, hi: float, bands: dict[str, Any]) -> tu
 
 def chain_spells(backend: dict[str, Any]) -> dict[str, float] | None:
     """{batch: slowest / fastest timing} of the calibration's chain network (``spells``, module
-    doc); None for a calibration that timed it once or not at all."""
+    doc), in batch order; None for a calibration that timed it once or not at all."""
     timings = backend.get("composition_timings_s") or {}
-    out = {b: max(t) / min(t) for b, t in timings.items() if len(t) > 1 and min(t) > 0}
+    out = {b: max(t) / min(t) for b, t in sorted(timings.items(), key=lambda kv: int(kv[0]))
+           if len(t) > 1 and min(t) > 0}
     return out or None
 
 
@@ -337,7 +336,7 @@ def widened(center: float, lo: float, hi: float, ratio: float) -> tuple[float, f
     ``composition`` or ``spells``): slower widens the upper end, faster the lower one, in
     quadrature in log space with what is there (the node residuals and drift measure other
     misses)."""
-    if center <= 0 or lo <= 0 or hi <= 0 or ratio <= 0:
+    if center <= 0 or lo <= 0 or hi <= 0 or ratio <= 0 or ratio == 1:
         return lo, hi
     r = math.log(ratio)
     if r > 0:

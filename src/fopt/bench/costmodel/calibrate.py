@@ -222,8 +222,8 @@ def calibrate(device: str = "cpu", threads: int | None = None, *, quick: bool = 
               save: bool = True, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the micro-benchmarks, fit, cache (unless `save` is False) and return the calibration.
 
-    `quick` runs a reduced probe set (seconds; for tests); the full set took 64-96 s on an idle
-    2-core VM (5-9 s less once the INT8 probe network is kept in the cache: `_int8_probe`).
+    `quick` runs a reduced probe set (seconds; for tests); the full set took 55-96 s on a 2-core
+    VM (5-9 s less once the INT8 probe network is kept in the cache: `_int8_probe`).
     """
 
     device = resolve_device(device)
@@ -646,7 +646,7 @@ def calibration_rows(cal: dict[str, Any]) -> tuple[list[dict[str, Any]], list[di
         for batch, ratio in sorted((b.get("composition") or {}).items(), key=lambda kv: int(kv[0])):
             summary.append({"quantity": f"{key}: a whole network of probe layers, fastest timing / estimated, "
                                         f"batch {batch}", "value": ratio, "unit": "x"})
-        for batch, ratio in sorted((chain_spells(b) or {}).items(), key=lambda kv: int(kv[0])):
+        for batch, ratio in (chain_spells(b) or {}).items():
             summary.append({"quantity": f"{key}: the same network, slowest / fastest of its timings (the "
                                         f"machine's slow spells), batch {batch}", "value": ratio, "unit": "x"})
         if "gap" in b:

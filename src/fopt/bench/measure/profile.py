@@ -106,6 +106,12 @@ def _weight_info(node, inits: dict[str, Any]) -> tuple[list[int] | None, str | N
     return [int(d) for d in init.dims], dtype
 
 
+def _model_runs(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The profile's session runs (``model_run`` events), in order."""
+    return sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                  key=lambda e: e["ts"])
+
+
 def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1, quantile: float | None = 50.0,
                       run_scale: list[float] | None = None) -> tuple[dict[str, dict], list[float]]:
     """Per node name: args of its first event and the `quantile` of its duration (ms) over the
@@ -114,8 +120,7 @@ def parse_ort_profile(events: list[dict[str, Any]], skip_runs: int = 1, quantile
     `run_scale` (one factor per run, first included) multiplies every node time of that run:
     CPU time / wall time of the run spreads time stolen by other processes back out of it."""
 
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"),
-                  key=lambda e: e["ts"])
+    runs = _model_runs(events)
     scales = list(run_scale or [])
     kept = runs[skip_runs:] if len(runs) > skip_runs else runs
     kept_scale = scales[skip_runs:] if len(scales) == len(runs) else [1.0] * len(kept)
@@ -208,10 +213,10 @@ def _split_runs(events: list[dict[str, Any]], groups: int, runs_per_group: int) 
     an event belongs to the group of the last run that started at or before it."""
     if groups == 1:
         return [events]
-    runs = sorted((e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"))
+    runs = _model_runs(events)
     if len(runs) != groups * runs_per_group:
         raise RuntimeError(f"the ONNX Runtime profile holds {len(runs)} runs, expected {groups * runs_per_group}")
-    starts = runs[::runs_per_group]
+    starts = [r["ts"] for r in runs[::runs_per_group]]
     out: list[list[dict[str, Any]]] = [[] for _ in range(groups)]
     for e in events:
         ts = e.get("ts", 0)
