@@ -33,7 +33,7 @@ the batch size nearest the row's (`widened`).
 A sixth, ``spells``, is the machine's again: how much slower the same chain ran at its slowest
 timing than at its fastest. This 2-core VM has slow spells, seconds long, with no steal time
 counted, in which two intra-op threads run a small network no faster than one: the FP32 chain
-at batch 1 took 2.8 ms, or 4.0-4.3 ms. A measuring process that starts in one is slower by
+at batch 1 took about 2.8 ms, or 3.9-4.7 ms. A measuring process that starts in one is slower by
 that much whatever the model's error, so the upper end is widened by it (`widened`). The
 ``drift`` term above does not see them: each probe keeps its fastest pass.
 
