@@ -129,11 +129,14 @@ def test_search_writes_a_graph_with_exactly_the_kept_classes_fp32(model_copy, si
     floats = set(graph_summary(load_onnx(mixed))["float_compute_nodes"])
     assert len(floats) == sum(r["nodes"] for r in search["classes"] if r["kept_fp32"])
     assert set(card["quantization"]["excluded_nodes"]) == floats
-    # the decision matches the rule on the screen's own numbers
+    # the decision matches the rule on the screen's own numbers, except where the card's rounding
+    # (4 decimals of a ms, about 0.1% of this graph's 0.07 ms) could have flipped the comparison
     screen = search["screen"]
+    threshold = screen["int8_ms"] * (1 - screen["noise"])
     for r in search["classes"]:
-        faster = r["ms_with_it_fp32"] < screen["int8_ms"] * (1 - screen["noise"])
-        assert faster <= r["kept_fp32"]   # faster beyond the noise -> kept (kept may also be for accuracy)
+        if abs(r["ms_with_it_fp32"] - threshold) > 2e-4:
+            faster = r["ms_with_it_fp32"] < threshold
+            assert faster <= r["kept_fp32"]   # faster beyond the noise -> kept (kept may also be for accuracy)
 
 
 def test_search_scores_agreement_when_the_images_carry_no_labels(model_copy, silu_onnx, synth_dataset):
