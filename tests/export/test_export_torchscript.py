@@ -55,7 +55,9 @@ def test_measured_freeze_records_timings(tiny_checkpoint, tmp_path):
     r = checkpoint_to_torchscript(tiny_checkpoint, tmp_path / "t.pt", log=lines.append)
     rec = r.details["freeze"]
     assert rec["decided_by"] == "measured" and rec["frozen_ms"] > 0 and rec["unfrozen_ms"] > 0
-    assert rec["frozen"] == (rec["frozen_ms"] <= rec["unfrozen_ms"] * 1.05)
+    tie = rec["unfrozen_ms"] * 1.05
+    if abs(rec["frozen_ms"] - tie) > 2e-4:   # else the record's 4-decimal rounding could flip it
+        assert rec["frozen"] == (rec["frozen_ms"] <= tie)
     assert any(line.startswith("torchscript: frozen") for line in lines)
 
 
