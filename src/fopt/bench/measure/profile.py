@@ -20,6 +20,7 @@ calibrated estimate and ``--per-layer`` both start from the executed graph:
 
 from __future__ import annotations
 
+import bisect
 import json
 import statistics
 import tempfile
@@ -218,10 +219,8 @@ def _split_runs(events: list[dict[str, Any]], groups: int, runs_per_group: int) 
         raise RuntimeError(f"the ONNX Runtime profile holds {len(runs)} runs, expected {groups * runs_per_group}")
     starts = [r["ts"] for r in runs[::runs_per_group]]
     out: list[list[dict[str, Any]]] = [[] for _ in range(groups)]
-    for e in events:
-        ts = e.get("ts", 0)
-        g = max((k for k, s in enumerate(starts) if s <= ts), default=0)
-        out[g].append(e)
+    for e in events:   # (session set-up, before the first run, goes with the first group)
+        out[max(bisect.bisect_right(starts, e.get("ts", 0)) - 1, 0)].append(e)
     return out
 
 
